@@ -1,0 +1,230 @@
+"""Replay a golden file of the reference implementation and compare trm against it.
+
+    python -m trm.interop.replay GOLDEN.pt [GOLDEN2.pt ...] [--verbose]
+
+The model is built from the golden file's ``meta['config']`` alone (any reference config),
+its weights imported from ``state_dict``, then every recorded train and eval step is
+replayed (see shared/golden/README.md for the procedure). For each quantity the maximum
+absolute difference is printed. Floats must satisfy ``|a - b| <= 1e-5 + 1e-4·|b|``
+elementwise (b = golden), integers and booleans must be equal. Exit status 0 only if
+everything agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+
+from trm.interop.reference import (build_model_from_reference, load_reference_checkpoint,
+                                   model_kwargs_from_reference_config, trm_key_to_reference)
+from trm.losses import ACTLoss
+from trm.models import TRM
+from trm.optim import AdamATan2, SignSGD
+
+ATOL = 1e-5
+RTOL = 1e-4
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    max_abs_diff: float
+    ok: bool
+    exact: bool
+    detail: str = ""
+
+
+def compare(name: str, ours: Any, golden: Any) -> Check:
+    """Compares one quantity (tensor, number or bool) with the golden value."""
+    g = golden if isinstance(golden, torch.Tensor) else torch.tensor(golden)
+    o = ours if isinstance(ours, torch.Tensor) else torch.tensor(ours)
+    o = o.detach().cpu()
+    if o.shape != g.shape:
+        return Check(name, float("inf"), False, True,
+                     f"shape {tuple(o.shape)} != golden {tuple(g.shape)}")
+    if g.dtype.is_floating_point:
+        o64, g64 = o.to(torch.float64), g.to(torch.float64)
+        if not torch.isfinite(o64).all() or not torch.isfinite(g64).all():
+            same = torch.equal(torch.isnan(o64), torch.isnan(g64))
+            fin = torch.isfinite(g64)
+            ok = same and bool(torch.equal(o64[~fin], g64[~fin]) or not (~fin).any())
+            o64, g64 = o64[fin], g64[fin]
+        else:
+            ok = True
+        diff = (o64 - g64).abs()
+        ok = ok and bool((diff <= ATOL + RTOL * g64.abs()).all())
+        return Check(name, float(diff.max()) if diff.numel() else 0.0, ok, False)
+    equal = torch.equal(o.to(g.dtype), g)
+    mism = int((o.to(g.dtype) != g).sum()) if o.numel() else 0
+    return Check(name, 0.0 if equal else float(mism), equal, True,
+                 "" if equal else f"{mism} element(s) differ")
+
+
+def _step_checks(prefix: str, carry, outputs, loss, metrics, preds,
+                 record: Mapping[str, Any]) -> List[Check]:
+    checks = [compare(f"{prefix}.loss", loss, record["loss"])]
+    for key, value in record["metrics"].items():
+        if key not in metrics:
+            checks.append(Check(f"{prefix}.metrics.{key}", float("inf"), False, True, "missing"))
+            continue
+        checks.append(compare(f"{prefix}.metrics.{key}", metrics[key], value))
+    for key in ("logits", "q_halt_logits", "q_continue_logits"):
+        checks.append(compare(f"{prefix}.{key}", outputs[key], record[key]))
+    checks.append(compare(f"{prefix}.preds", preds, record["outputs"]["preds"]))
+    checks.append(compare(f"{prefix}.halted", carry.halted, record["halted"]))
+    checks.append(compare(f"{prefix}.steps", carry.steps, record["steps"]))
+    for key, value in record["current_data"].items():
+        checks.append(compare(f"{prefix}.current_data.{key}", carry.current_data[key], value))
+    checks.append(compare(f"{prefix}.z_H", carry.z_H, record["z_H"]))
+    checks.append(compare(f"{prefix}.z_L", carry.z_L, record["z_L"]))
+    if "all_halted" in record:
+        checks.append(compare(f"{prefix}.all_halted", bool(carry.halted.all()),
+                              record["all_halted"]))
+    return checks
+
+
+def _param_by_reference_name(model: TRM) -> Dict[str, torch.nn.Parameter]:
+    return {trm_key_to_reference(n): p for n, p in model.named_parameters()}
+
+
+def replay(golden: Mapping[str, Any], model: Optional[TRM] = None) -> List[Check]:
+    """Replays every step of ``golden`` with a trm model; returns one Check per quantity."""
+    config = golden["meta"]["config"]
+    if model is None:
+        model = build_model_from_reference(config, golden["state_dict"])
+    loss_head = ACTLoss()
+    checks: List[Check] = []
+    if "num_params" in golden:
+        checks.append(compare("num_params", model.num_params(), golden["num_params"]))
+
+    # Train mode: batch t at ACT step t; step 0's raw loss is back-propagated.
+    model.train()
+    batches = golden["train_batches"]
+    carry = model.initial_carry(batches[0])
+    for t, (batch, record) in enumerate(zip(batches, golden["train_steps"])):
+        model.zero_grad(set_to_none=True)
+        carry, outputs = model(carry, batch)
+        loss, metrics, preds = loss_head(carry, outputs)
+        checks += _step_checks(f"train[{t}]", carry, outputs, loss, metrics, preds, record)
+        if t == 0 and "grads" in golden:
+            loss.backward()
+            checks += _grad_checks(model, golden["grads"])
+
+    # Eval mode: the same batch until every row halted.
+    model.eval()
+    with torch.no_grad():
+        batch = golden["eval_batch"]
+        carry = model.initial_carry(batch)
+        for t, record in enumerate(golden["eval_steps"]):
+            carry, outputs = model(carry, batch)
+            loss, metrics, preds = loss_head(carry, outputs)
+            checks += _step_checks(f"eval[{t}]", carry, outputs, loss, metrics, preds, record)
+        checks.append(Check("eval.steps_until_all_halted", 0.0,
+                            bool(carry.halted.all()) and len(golden["eval_steps"]) ==
+                            model.eval_halt_max_steps, True))
+
+    if "optim_check" in golden:
+        checks += _optim_checks(golden)
+    return checks
+
+
+def _grad_checks(model: TRM, grads: Mapping[str, torch.Tensor]) -> List[Check]:
+    checks = []
+    params = _param_by_reference_name(model)
+    for name, value in grads.items():
+        short = name.replace("_orig_mod.", "")
+        if short.endswith("puzzle_emb.local_weights"):
+            local = model.puzzle_emb.local_weights
+            ours = None if local is None else local.grad
+        elif short.endswith("puzzle_emb.local_ids"):
+            ours = model.puzzle_emb.local_ids
+        else:
+            p = params.get(short)
+            ours = None if p is None else p.grad
+        if ours is None:
+            checks.append(Check(f"grad.{short}", float("inf"), False, False, "no gradient"))
+        else:
+            checks.append(compare(f"grad.{short}", ours, value))
+    return checks
+
+
+def _optim_checks(golden: Mapping[str, Any]) -> List[Check]:
+    """Runs trm's optimizers on the golden step-0 gradients from the golden weights."""
+    oc = golden["optim_check"]
+    model = build_model_from_reference(golden["meta"]["config"], golden["state_dict"])
+    params = _param_by_reference_name(model)
+    grads = golden["grads"]
+    for name, p in params.items():
+        p.grad = grads[name].clone().to(p.dtype)
+    adam = AdamATan2(list(params.values()), lr=oc["adam"]["lr"], betas=oc["adam"]["betas"],
+                     weight_decay=oc["adam"]["weight_decay"])
+    checks = []
+    for k, key in ((1, "params_after_1"), (2, "params_after_2")):
+        adam.step()
+        for name, value in oc[key].items():
+            checks.append(compare(f"optim.adam_atan2.step{k}.{name}", params[name], value))
+
+    emb = model.puzzle_emb
+    emb.train()
+    emb.local_weights = emb.weights[grads["model.inner.puzzle_emb.local_ids"].long()].clone()
+    emb.local_weights.requires_grad_(True)
+    emb.local_weights.grad = grads["model.inner.puzzle_emb.local_weights"].clone()
+    emb.local_ids = grads["model.inner.puzzle_emb.local_ids"]
+    sgd = SignSGD(emb, lr=oc["signsgd"]["lr"], weight_decay=oc["signsgd"]["weight_decay"])
+    sgd.step()
+    checks.append(compare("optim.sign_sgd.puzzle_emb.weights", emb.weights,
+                          oc["puzzle_emb_weights_after"]))
+    return checks
+
+
+def load_golden(path: str) -> Dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def format_report(path: str, checks: List[Check], verbose: bool = False) -> str:
+    groups: Dict[str, List[Check]] = {}
+    for c in checks:
+        # Group per quantity across steps: train[3].z_H -> train.z_H
+        key = c.name.split("[")[0] + c.name[c.name.index("]") + 1:] if "[" in c.name else c.name
+        groups.setdefault(key, []).append(c)
+    lines = [f"== {path}"]
+    width = max(len(k) for k in groups)
+    for key, cs in groups.items():
+        ok = all(c.ok for c in cs)
+        worst = max(c.max_abs_diff for c in cs)
+        kind = "exact" if cs[0].exact else "max|diff|"
+        details = "; ".join(f"{c.name}: {c.detail}" for c in cs if c.detail and not c.ok)
+        if verbose or not ok or True:
+            lines.append(f"  {'ok  ' if ok else 'FAIL'} {key:<{width}}  {kind} "
+                         f"{worst:.3e}" + (f"  ({details})" if details else ""))
+    failed = sum(not c.ok for c in checks)
+    lines.append(f"  {len(checks) - failed} of {len(checks)} checks passed"
+                 + ("" if not failed else f", {failed} FAILED"))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trm.interop.replay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("golden", nargs="+", help="golden .pt file(s) of the reference")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    all_ok = True
+    for path in args.golden:
+        golden = load_golden(path)
+        kwargs = model_kwargs_from_reference_config(golden["meta"]["config"])
+        print(f"model: {TRM.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+        checks = replay(golden)
+        print(format_report(path, checks))
+        all_ok &= all(c.ok for c in checks)
+    print("PARITY OK" if all_ok else "PARITY FAILED")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
