@@ -65,6 +65,9 @@ class EMA:
             raise KeyError("EMA state does not match the model's parameters: "
                            f"missing {sorted(set(self.shadow) - set(shadow))[:5]}, "
                            f"unexpected {sorted(set(shadow) - set(self.shadow))[:5]}.")
+        bad = [k for k, v in shadow.items() if v.shape != self.shadow[k].shape]
+        if bad:
+            raise KeyError(f"EMA state has other shapes than the model for {bad[:5]}.")
         self.rate = float(state["rate"])
         for k, v in shadow.items():
             self.shadow[k].copy_(v)

