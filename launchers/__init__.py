@@ -1,0 +1,10 @@
+"""Launchers: named sweeps, a local runner and a Cloud TPU VM driver.
+
+* :mod:`launchers.sweeps` -- the sweep definitions (plain dataclasses) and their registry.
+* :mod:`launchers.sweep` -- ``python -m launchers.sweep --sweep=NAME --list``.
+* :mod:`launchers.local` -- run a sweep's runs as subprocesses on this machine.
+* :mod:`launchers.tpu` -- ``python -m launchers.tpu <verb>``: create, set up and drive TPU VMs.
+
+The launchers never import ``trm``: they only build ``python -m trm.train`` command lines and
+read ``run.json`` files (docs/DESIGN.md, "Workdir"), so they work on a machine without torch.
+"""

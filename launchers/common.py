@@ -1,0 +1,186 @@
+"""Helpers shared by the launchers: command lines, running them, run state, formatting.
+
+Command construction elsewhere is pure (lists of argv lists); this module holds the thin layer
+that prints or executes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Callable, Iterable, Sequence, TextIO
+
+RUN_JSON = "run.json"
+COMPLETED = "completed"
+DEFAULT_TRAIN_MODULE = "trm.train"
+
+
+class CommandError(RuntimeError):
+    """A command exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], returncode: int):
+        self.argv = list(argv)
+        self.returncode = returncode
+        super().__init__(f"command failed with exit code {returncode}: {format_command(argv)}")
+
+
+def format_command(argv: Sequence[str]) -> str:
+    """One shell-quoted line that a POSIX shell splits back into exactly ``argv``."""
+    return shlex.join(argv)
+
+
+def execute(
+    commands: Iterable[Sequence[str]],
+    *,
+    dry_run: bool,
+    out: TextIO | None = None,
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> None:
+    """Prints (``dry_run``) or runs ``commands`` one after the other.
+
+    Runs stream their output to this process's stdout/stderr. Lines starting with ``#`` are
+    comments: printed in a dry run, skipped otherwise.
+
+    Raises:
+      CommandError: for the first command that exits non-zero (later ones do not run).
+    """
+    out = out or sys.stdout
+    for argv in commands:
+        argv = list(argv)
+        if argv and argv[0].startswith("#"):
+            if dry_run:
+                print(" ".join(argv), file=out)
+            continue
+        line = format_command(argv)
+        if dry_run:
+            print(line, file=out)
+            continue
+        print(f"+ {line}", file=sys.stderr, flush=True)
+        try:
+            result = runner(argv, check=False)
+        except FileNotFoundError:
+            raise CommandError(argv, 127) from None
+        if result.returncode != 0:
+            raise CommandError(argv, result.returncode)
+
+
+def capture(
+    argv: Sequence[str],
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> subprocess.CompletedProcess:
+    """Runs ``argv`` and returns its result with stdout/stderr captured as text."""
+    try:
+        return runner(list(argv), check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+
+
+def comment(text: str) -> list[str]:
+    """A dry-run comment line (see :func:`execute`)."""
+    return [f"# {text}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer command lines and run state.
+
+
+def trainer_args(
+    gin_files: Sequence[str], bindings: Sequence[str], workdir: str
+) -> list[str]:
+    """The flags of ``python -m trm.train`` for one run."""
+    return (
+        [f"--gin_file={f}" for f in gin_files]
+        + [f"--gin_param={b}" for b in bindings]
+        + [f"--workdir={workdir}"]
+    )
+
+
+def check_extra_bindings(extra: Sequence[str], swept: Iterable[str]) -> None:
+    """Rejects extra ``--gin_param`` s that would override a swept macro (or are malformed).
+
+    Raises:
+      ValueError: naming the offending binding.
+    """
+    swept = set(swept)
+    for binding in extra:
+        if "=" not in binding:
+            raise ValueError(f"--gin_param {binding!r} is not KEY=VALUE")
+        key = binding.split("=", 1)[0].strip()
+        if key in swept:
+            hint = " (use --seeds)" if key == "SEED" else ""
+            raise ValueError(
+                f"--gin_param {binding!r} overrides {key}, which this sweep varies{hint}"
+            )
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; ``None`` or ``""`` -> ``None`` (the sweep's default)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def read_run_json(workdir: str) -> dict | None:
+    """The parsed ``run.json`` of a local workdir, or ``None`` if missing or unreadable."""
+    try:
+        with open(os.path.join(workdir, RUN_JSON)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_completed(run_json: dict | None) -> bool:
+    return bool(run_json) and run_json.get("status") == COMPLETED
+
+
+@dataclasses.dataclass
+class RunState:
+    """What ``run.json`` says about one run (all fields optional)."""
+
+    name: str
+    status: str | None = None
+    last_step: int | None = None
+    total_steps: int | None = None
+
+    @classmethod
+    def from_json(cls, name: str, data: dict | None) -> "RunState":
+        """Reads ``status``, ``last_step`` (or ``step``), ``total_steps`` (or ``train_steps``)."""
+        if not data:
+            return cls(name=name, status="not started")
+        return cls(
+            name=name,
+            status=data.get("status"),
+            last_step=data.get("last_step", data.get("step")),
+            total_steps=data.get("total_steps", data.get("train_steps")),
+        )
+
+    def row(self) -> list[str]:
+        step = "-" if self.last_step is None else str(self.last_step)
+        if self.total_steps:
+            step += f"/{self.total_steps}"
+        return [self.name, self.status or "-", step]
+
+
+def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    rows = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3725`` -> ``"1:02:05"``; ``None`` -> ``"?"``."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

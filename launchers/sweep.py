@@ -1,0 +1,67 @@
+"""List sweeps and their runs.
+
+    python -m launchers.sweep                           # every sweep, one line each
+    python -m launchers.sweep --sweep=e2_2_tn --list    # run names and bindings
+    python -m launchers.sweep --sweep=e2_2_tn --list --seeds=0,1
+    python -m launchers.sweep --sweep=e2_2_tn --list --json
+
+Sweeps are defined in :mod:`launchers.sweeps`; run them with ``python -m launchers.local``
+or ``python -m launchers.tpu sweep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from launchers import common
+from launchers.sweeps import get_sweep, list_sweeps
+
+
+def format_runs(runs) -> str:
+    """One line per run: name, then ``--gin_file=`` flags and bindings, shell-quoted."""
+    width = max(len(r.name) for r in runs)
+    lines = []
+    for run in runs:
+        args = [f"--gin_file={f}" for f in run.gin_files] + list(run.bindings)
+        lines.append(f"{run.name.ljust(width)}  {common.format_command(args)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m launchers.sweep", description="List named sweeps and their runs."
+    )
+    parser.add_argument("--sweep", help="sweep name (default: list all sweeps)")
+    parser.add_argument("--list", action="store_true", help="print run names and bindings")
+    parser.add_argument("--seeds", help="comma-separated seeds, overrides the sweep's seeds")
+    parser.add_argument("--json", action="store_true", help="print runs as JSON")
+    args = parser.parse_args(argv)
+
+    if not args.sweep:
+        rows = []
+        for name in list_sweeps():
+            sweep = get_sweep(name)
+            rows.append([name, str(len(sweep.runs())), sweep.description])
+        print(common.format_table(rows, ["sweep", "runs", "description"]))
+        return 0
+    try:
+        sweep = get_sweep(args.sweep)
+        runs = sweep.runs(common.parse_seeds(args.seeds))
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.__dict__ for r in runs], indent=2))
+    elif args.list:
+        print(format_runs(runs))
+    else:
+        print(f"{sweep.name}: {sweep.description}")
+        print(f"base: {' '.join(sweep.gin_files)}; {len(runs)} runs; --list to show them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

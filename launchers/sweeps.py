@@ -1,0 +1,287 @@
+"""Named sweeps: grids (or lists) of gin bindings over a base experiment file.
+
+A sweep is a cartesian product of *axes* times a seeds axis. Each axis is a list of
+:class:`Point` s; a point has a short label (it becomes part of the run name), the gin
+bindings it sets and, optionally, gin files that replace the sweep's base files (for
+ablations that are whole experiment files, e.g. the sequence mixer).
+
+Run names are ``<sweep>/<label>_<label>..._s<seed>``, e.g. ``e2_2_tn/t3_n6_s0``: stable across
+invocations, so a re-launched sweep finds (and resumes or skips) the same workdirs.
+
+The bound names are the run-level gin macros of ``gin/runs/*.gin`` and the experiment files
+(docs/DESIGN.md): ``H_CYCLES``, ``L_CYCLES``, ``HIDDEN_SIZE``, ``NUM_TRAIN_PUZZLES``, ``LR``,
+``GLOBAL_BATCH_SIZE``, ``SEED``. Values are written as gin literals (strings need quotes).
+
+Python API::
+
+    from launchers.sweeps import get_sweep, list_sweeps
+    for run in get_sweep("e2_2_tn").runs(seeds=[0, 1]):
+        print(run.name, run.gin_files, run.bindings)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from typing import Iterable, Mapping, Sequence
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_SWEEP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+SEED_MACRO = "SEED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One setting of one axis.
+
+    Attributes:
+      label: short, path-safe label used in run names (``t3_n6``, ``h512``, ``lr1e-4``).
+      bindings: gin bindings, macro name -> gin literal (``{"H_CYCLES": "3"}``).
+      gin_files: if non-empty, these files replace the sweep's base files for this point.
+    """
+
+    label: str
+    bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    gin_files: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not _LABEL_RE.match(self.label):
+            raise ValueError(f"point label {self.label!r} is not path-safe")
+        object.__setattr__(self, "bindings", dict(self.bindings))
+        object.__setattr__(self, "gin_files", tuple(self.gin_files))
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """A named list of points; a sweep takes the cartesian product of its axes."""
+
+    name: str
+    points: tuple[Point, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "points", tuple(self.points))
+        labels = [p.label for p in self.points]
+        if not labels:
+            raise ValueError(f"axis {self.name!r} has no points")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"axis {self.name!r} has duplicate labels: {labels}")
+
+
+def macro_axis(macro: str, values: Sequence[object], prefix: str) -> Axis:
+    """An axis over one gin macro: ``macro_axis("HIDDEN_SIZE", [256, 512], "h")``.
+
+    Values are written with ``str()`` (use strings for exact gin literals such as ``"1e-4"``);
+    labels are ``prefix + value``.
+    """
+    points = [Point(f"{prefix}{v}", {macro: str(v)}) for v in values]
+    return Axis(macro.lower(), tuple(points))
+
+
+def files_axis(name: str, files: Mapping[str, str]) -> Axis:
+    """An axis whose points swap the whole experiment file: ``{label: gin file}``."""
+    return Axis(name, tuple(Point(label, {}, (f,)) for label, f in files.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of a sweep: what ``python -m trm.train`` gets, minus the workdir.
+
+    Attributes:
+      name: ``<sweep>/<labels>_s<seed>``; the run's workdir is ``<root>/<name>``.
+      gin_files: gin files, in order (names resolved by trm's gin search path).
+      bindings: ``"KEY=VALUE"`` strings, in order (later ones win).
+    """
+
+    name: str
+    gin_files: list[str]
+    bindings: list[str]
+
+    def binding_keys(self) -> list[str]:
+        return [b.split("=", 1)[0].strip() for b in self.bindings]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A named grid of gin bindings over base gin files, times a seeds axis.
+
+    Attributes:
+      name: snake_case sweep name; the prefix of every run name.
+      gin_files: base experiment file(s) (a point's own ``gin_files`` replace them).
+      axes: the grid; runs are the cartesian product in axis order (the first axis varies
+        slowest, seeds slower still). An empty tuple gives one run per seed.
+      seeds: default seeds; each run binds ``SEED=<seed>`` and its name ends in ``_s<seed>``.
+      fixed: bindings applied to every run, before the axis bindings.
+      description: one line for ``--list``.
+    """
+
+    name: str
+    gin_files: tuple[str, ...]
+    axes: tuple[Axis, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    fixed: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self):
+        if not _SWEEP_NAME_RE.match(self.name):
+            raise ValueError(f"sweep name {self.name!r} must be snake_case")
+        for field in ("gin_files", "axes", "seeds", "fixed"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
+        if not self.seeds:
+            raise ValueError(f"sweep {self.name!r} has no seeds")
+
+    def swept_keys(self) -> set[str]:
+        """Macro names that differ between runs (including ``SEED``)."""
+        keys = {SEED_MACRO}
+        for axis in self.axes:
+            for point in axis.points:
+                keys.update(point.bindings)
+        return keys
+
+    def runs(self, seeds: Iterable[int] | None = None) -> list[Run]:
+        """All runs of the grid, for ``seeds`` (default: the sweep's own seeds)."""
+        seeds = tuple(self.seeds if seeds is None else seeds)
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"duplicate seeds: {seeds}")
+        runs = []
+        # Seeds vary slowest: a queue cut short still covers every grid point once.
+        for seed in seeds:
+            for combo in itertools.product(*(axis.points for axis in self.axes)):
+                gin_files = list(self.gin_files)
+                bindings = list(self.fixed)
+                for point in combo:
+                    if point.gin_files:
+                        gin_files = list(point.gin_files)
+                    bindings += [f"{k}={v}" for k, v in point.bindings.items()]
+                name = "_".join([p.label for p in combo] + [f"s{int(seed)}"])
+                runs.append(
+                    Run(
+                        name=f"{self.name}/{name}",
+                        gin_files=gin_files,
+                        bindings=bindings + [f"{SEED_MACRO}={int(seed)}"],
+                    )
+                )
+        return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: one dict, duplicates raise, misses list the known names.
+
+_SWEEPS: dict[str, Sweep] = {}
+
+
+def register_sweep(sweep: Sweep) -> Sweep:
+    """Adds ``sweep`` to the registry; a duplicate name raises ``ValueError``."""
+    if sweep.name in _SWEEPS:
+        raise ValueError(f"sweep {sweep.name!r} is already registered")
+    _SWEEPS[sweep.name] = sweep
+    return sweep
+
+
+def get_sweep(name: str) -> Sweep:
+    """The sweep called ``name``; ``KeyError`` listing the known names if there is none."""
+    try:
+        return _SWEEPS[name]
+    except KeyError:
+        known = ", ".join(list_sweeps())
+        raise KeyError(f"unknown sweep {name!r}; known sweeps: {known}") from None
+
+
+def list_sweeps() -> list[str]:
+    """Names of all registered sweeps, sorted."""
+    return sorted(_SWEEPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The study's sweeps (../shared/STUDY_PLAN.md). TPU sweeps default to one seed (each run is
+# hours of a v4-32); pass --seeds=0,1,2 for error bars. CPU twins default to three seeds.
+
+TN_SCHEDULES = ((2, 2), (2, 6), (3, 4), (3, 6), (4, 6))  # E2.2 (T=H_CYCLES, n=L_CYCLES)
+
+
+def _tn_axis() -> Axis:
+    return Axis(
+        "tn",
+        tuple(
+            Point(f"t{t}_n{n}", {"H_CYCLES": str(t), "L_CYCLES": str(n)})
+            for t, n in TN_SCHEDULES
+        ),
+    )
+
+
+def _family(base: str, *, cpu: bool) -> list[Sweep]:
+    """The sweep families, at TPU scale (``cpu=False``) or CPU scale (``cpu=True``)."""
+    p = "cpu_" if cpu else ""
+    seeds = (0, 1, 2) if cpu else (0,)
+
+    def f(name: str) -> str:  # experiment file name, CPU twins carry the cpu_ prefix
+        return f"{p}{name}.gin"
+
+    if cpu:
+        widths, puzzles = (32, 64, 128), (64, 256, 1024)
+        lrs, lr_batches, batches = ("3e-4", "1e-3", "3e-3"), (32, 128), (16, 32, 64, 128)
+    else:
+        widths, puzzles = (256, 512, 1024), (250, 1000, 4000)
+        lrs, lr_batches = ("5e-5", "1e-4", "2e-4", "4e-4", "8e-4"), (256, 512, 1024, 2048)
+        batches = (256, 512, 1024, 2048)
+    return [
+        Sweep(
+            f"{p}e2_1_ema",
+            (base,),
+            (files_axis("ema", {"ema_on": base, "ema_off": f("e2_1_ema_off")}),),
+            seeds,
+            description="E2.1: EMA of the weights on (baseline) vs off [87.4 vs 79.9]",
+        ),
+        Sweep(
+            f"{p}e2_2_tn",
+            (base,),
+            (_tn_axis(),),
+            seeds,
+            description="E2.2: recursion schedule (T, n) [(2,2) 73.7, (3,6) 87.4]",
+        ),
+        Sweep(
+            f"{p}e2_3_mixer",
+            (f("e2_3_mlp"),),
+            (files_axis("mixer", {"mlp": f("e2_3_mlp"), "attention": f("e2_3_attention")}),),
+            seeds,
+            description="E2.3: sequence mixer, MLP vs self-attention [87.4 vs 74.7]",
+        ),
+        Sweep(
+            f"{p}e3_1_width",
+            (base,),
+            (macro_axis("HIDDEN_SIZE", widths, "h"),),
+            seeds,
+            description="E3.1: model size (hidden width)",
+        ),
+        Sweep(
+            f"{p}e3_2_data",
+            (base,),
+            (macro_axis("NUM_TRAIN_PUZZLES", puzzles, "p"),),
+            seeds,
+            description="E3.2: data size (number of training puzzles)",
+        ),
+        Sweep(
+            f"{p}e3_3_lr",
+            (base,),
+            (
+                macro_axis("GLOBAL_BATCH_SIZE", lr_batches, "b"),
+                macro_axis("LR", lrs, "lr"),
+            ),
+            seeds,
+            description="E3.3: lr sweep at each global batch size (optimum lr vs batch)",
+        ),
+        Sweep(
+            f"{p}e3_4_batch",
+            (base,),
+            (macro_axis("GLOBAL_BATCH_SIZE", batches, "b"),),
+            seeds,
+            description="E3.4: global batch size at the base lr (critical batch size)",
+        ),
+    ]
+
+
+for _sweep in _family("e1_1_baseline.gin", cpu=False) + _family("cpu_e1_1_baseline.gin", cpu=True):
+    register_sweep(_sweep)
+del _sweep

@@ -1,0 +1,147 @@
+"""``python -m launchers.local`` with real subprocesses running a tiny fake trainer.
+
+The fake trainer (written by the tests) records its argv, writes run.json and can fail or
+sleep on request, so skip / resume / failure / parallel logic is exercised end to end without
+``trm.train``.
+"""
+
+import io
+import json
+import os
+import shlex
+import sys
+import textwrap
+import time
+
+import pytest
+
+from launchers import local
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    args = sys.argv[1:]
+    workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
+    os.makedirs(workdir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(workdir, "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"argv": args, "omp": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
+    print("training", os.path.basename(workdir))
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in workdir:
+        print("boom", file=sys.stderr)
+        sys.exit(3)
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+        json.dump({"status": "completed", "last_step": 10, "total_steps": 10,
+                   "t0": start, "t1": time.time()}, f)
+    """
+)
+
+
+@pytest.fixture
+def trainer(tmp_path, monkeypatch):
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "fake_trainer.py").write_text(FAKE_TRAINER)
+    monkeypatch.setenv("PYTHONPATH", str(mod_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("FAKE_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_SLEEP", raising=False)
+    return "fake_trainer"
+
+
+def _run(args, root):
+    out = io.StringIO()
+    rc = local.main(["--sweep=cpu_e2_2_tn", "--seeds=0", f"--root={root}",
+                     "--train_module=fake_trainer"] + args, out=out)
+    return rc, out.getvalue()
+
+
+def _calls(workdir):
+    path = os.path.join(workdir, "calls.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_runs_every_run_with_its_bindings(trainer, tmp_path):
+    root = tmp_path / "runs"
+    rc, out = _run(["--gin_param=TRAIN_STEPS=10", "--gin_param=DATA_DIR='/tmp/a b'"], root)
+    assert rc == 0, out
+    assert "[5/5]" in out and "ETA 0:00:00" in out and "all 5 runs completed" in out
+    workdir = root / "cpu_e2_2_tn" / "t3_n6_s0"
+    (call,) = _calls(workdir)
+    assert call["argv"] == [
+        "--gin_file=cpu_e1_1_baseline.gin", "--gin_param=H_CYCLES=3", "--gin_param=L_CYCLES=6",
+        "--gin_param=SEED=0", "--gin_param=TRAIN_STEPS=10", "--gin_param=DATA_DIR='/tmp/a b'",
+        f"--workdir={workdir}",
+    ]
+    log = (workdir / local.LAUNCHER_LOG).read_text()
+    assert "training t3_n6_s0" in log and "fake_trainer" in log.splitlines()[0]
+
+
+def test_skips_completed_and_resumes_interrupted(trainer, tmp_path):
+    root = tmp_path / "runs"
+    done = root / "cpu_e2_2_tn" / "t2_n2_s0"
+    interrupted = root / "cpu_e2_2_tn" / "t2_n6_s0"
+    for workdir, status in [(done, "completed"), (interrupted, "running")]:
+        workdir.mkdir(parents=True)
+        (workdir / "run.json").write_text(json.dumps({"status": status}))
+    rc, out = _run([], root)
+    assert rc == 0, out
+    assert "skip cpu_e2_2_tn/t2_n2_s0: completed" in out
+    assert _calls(done) == []
+    assert len(_calls(interrupted)) == 1
+    assert "3 to run" not in out and "4 to run" in out
+    # A second invocation finds everything completed and starts nothing.
+    rc, out = _run([], root)
+    assert rc == 0 and out.count("skip ") == 5
+    assert len(_calls(interrupted)) == 1
+
+
+def test_continues_past_failures_and_reports_them(trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "t3_n4")
+    root = tmp_path / "runs"
+    rc, out = _run([], root)
+    assert rc == 1
+    assert "FAILED (exit 3) cpu_e2_2_tn/t3_n4_s0" in out
+    assert "1 of 5 runs failed" in out
+    assert "cpu_e2_2_tn/t3_n4_s0: see" in out
+    assert (root / "cpu_e2_2_tn" / "t4_n6_s0" / "run.json").exists()  # ran after the failure
+    assert "boom" in (root / "cpu_e2_2_tn" / "t3_n4_s0" / local.LAUNCHER_LOG).read_text()
+    # Fixed: only the failed run is re-run.
+    monkeypatch.delenv("FAKE_FAIL")
+    rc, out = _run([], root)
+    assert rc == 0 and "1 to run" in out
+
+
+def test_parallel_runs_overlap(trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_SLEEP", "0.6")
+    root = tmp_path / "runs"
+    start = time.monotonic()
+    rc, out = _run(["--parallel=2", "--runs=*t2_*"], root)
+    assert rc == 0, out
+    spans = []
+    for name in ["t2_n2_s0", "t2_n6_s0"]:
+        with open(root / "cpu_e2_2_tn" / name / "run.json") as f:
+            data = json.load(f)
+        spans.append((data["t0"], data["t1"]))
+    assert max(s[0] for s in spans) < min(s[1] for s in spans), "runs did not overlap"
+    assert time.monotonic() - start < 1.2 + 1.0
+    assert not (root / "cpu_e2_2_tn" / "t3_n6_s0").exists()  # filtered out by --runs
+
+
+def test_dry_run_and_bad_flags(trainer, tmp_path):
+    root = tmp_path / "runs"
+    rc, out = _run(["--dry_run"], root)
+    assert rc == 0
+    lines = out.splitlines()
+    assert len(lines) == 5
+    argv = shlex.split(lines[0])
+    assert argv[:4] == [sys.executable, "-m", "fake_trainer", "--gin_file=cpu_e1_1_baseline.gin"]
+    assert not root.exists()
+    rc, _ = _run(["--gin_param=H_CYCLES=9"], root)  # would collapse the grid
+    assert rc == 2
+    rc, _ = _run(["--gin_param=SEED=1"], root)
+    assert rc == 2

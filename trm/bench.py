@@ -1,0 +1,168 @@
+r"""Benchmark TRM training steps on the current device.
+
+    python -m trm.bench --gin_file=e1_1_baseline.gin [--gin_param=...] --batch=64 --steps=5 \
+        --threads=2
+    python -m trm.bench --reference_config=config.json --batch=64 --steps=5
+
+Times ``--steps`` full training steps (one ACT step forward, the loss, backward, the SignSGD
+and AdamATan2 updates) after ``--warmup`` untimed ones, and prints ms/step, examples/s, peak
+memory, and the model's FLOP/s next to the device's measured matmul FLOP/s. The last line is
+one JSON object with the keys ``ms_per_step``, ``examples_per_s``, ``peak_mem_bytes``,
+``model_flops_per_s``, ``matmul_flops_per_s`` (and the settings).
+
+Without ``--gin_file`` / ``--reference_config`` the model is the Sudoku TRM-MLP baseline
+(hidden 512, T=3, n=6, 2 layers, seq 81, vocab 11). ``--seq_len``, ``--vocab_size`` and
+``--num_puzzle_identifiers`` stand in for the dataset metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from absl import app, flags
+
+from trm import config as trm_config
+from trm.losses import ACTLoss
+from trm.models import TRM
+from trm.optim import AdamATan2, SignSGD
+from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes, select_device,
+                         synchronize)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin file (name in the shipped tree, or a path).")
+flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'model.trm.hidden_size=128'.")
+flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")
+flags.DEFINE_integer("batch", 64, "Batch size (examples per step).")
+flags.DEFINE_integer("steps", 5, "Timed steps.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation, allocator warm-up).")
+flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's choice).")
+flags.DEFINE_enum("device", "auto", ["auto", "xla", "cuda", "cpu"], "Device.")
+flags.DEFINE_string("forward_dtype", "auto", "auto (bf16 on TPU/GPU, fp32 on CPU), float32, "
+                    "bfloat16.")
+flags.DEFINE_integer("seq_len", 81, "Tokens per example (when the config does not set it).")
+flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does not set it).")
+flags.DEFINE_integer("num_puzzle_identifiers", 1, "Puzzle-table rows.")
+flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
+flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
+
+BASELINE = dict(hidden_size=512, num_layers=2, expansion=4, num_heads=8, mixer="mlp",
+                positions="none", H_cycles=3, L_cycles=6, puzzle_emb_len=16, halt_max_steps=16)
+
+
+def build_model(forward_dtype: torch.dtype) -> TRM:
+    overrides: Dict[str, Any] = {"forward_dtype": forward_dtype}
+    if FLAGS.activation_checkpointing is not None:
+        overrides["activation_checkpointing"] = FLAGS.activation_checkpointing
+    data = dict(vocab_size=FLAGS.vocab_size, seq_len=FLAGS.seq_len,
+                num_puzzle_identifiers=FLAGS.num_puzzle_identifiers)
+    if FLAGS.reference_config:
+        from trm.interop.reference import model_kwargs_from_reference_config  # pylint: disable=import-outside-toplevel
+        with open(FLAGS.reference_config) as f:
+            cfg = json.load(f)
+        kwargs = model_kwargs_from_reference_config({**data, **cfg})
+        kwargs.update(overrides)
+        return TRM(**kwargs)
+    if FLAGS.gin_file or FLAGS.gin_param:
+        trm_config.parse(FLAGS.gin_file, FLAGS.gin_param, finalize=False)
+        import gin  # pylint: disable=import-outside-toplevel
+        factory = gin.get_configurable("model.trm")
+        bound = {k for k in data if _is_bound(f"model.trm.{k}")}
+        return factory(**{k: v for k, v in data.items() if k not in bound}, **overrides)
+    return TRM(**data, **BASELINE, **overrides)
+
+
+def _is_bound(binding: str) -> bool:
+    import gin  # pylint: disable=import-outside-toplevel
+    try:
+        gin.query_parameter(binding)
+        return True
+    except ValueError:
+        return False
+
+
+def run_benchmark() -> Dict[str, Any]:
+    device = select_device(FLAGS.device)
+    dtype = (default_forward_dtype(device) if FLAGS.forward_dtype == "auto"
+             else getattr(torch, FLAGS.forward_dtype))
+    torch.manual_seed(0)
+    model = build_model(dtype).to(device)
+    model.train()
+    b, L = FLAGS.batch, model.seq_len
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, model.vocab_size, (b, L), generator=gen, dtype=torch.int32)
+    batch = {"inputs": inputs.to(device), "labels": inputs.to(device),
+             "puzzle_identifiers": torch.randint(
+                 0, max(1, model.puzzle_emb.num_embeddings if model.puzzle_emb is not None else 1),
+                 (b,), generator=gen, dtype=torch.int32).to(device)}
+    loss_head = ACTLoss()
+    optimizers: List[torch.optim.Optimizer] = []
+    if model.puzzle_emb is not None:
+        optimizers.append(SignSGD(model.puzzle_emb, lr=1e-4, weight_decay=1.0))
+    optimizers.append(AdamATan2(model.parameters(), lr=1e-4, weight_decay=1.0))
+    carry = model.initial_carry(batch)
+
+    def step(carry):
+        carry, outputs = model(carry, batch)
+        loss, _, _ = loss_head(carry, outputs)
+        (loss / b).backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return carry
+
+    for _ in range(FLAGS.warmup):
+        carry = step(carry)
+    synchronize(device)
+    times = []
+    for _ in range(FLAGS.steps):
+        start = time.perf_counter()
+        carry = step(carry)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 2]
+    flops = model.flops_per_example(training=True) * b / step_s
+    mm = matmul_flops(device, dtype, seconds=FLAGS.matmul_seconds)
+    return {
+        "ms_per_step": round(step_s * 1e3, 3),
+        "examples_per_s": round(b / step_s, 3),
+        "peak_mem_bytes": peak_memory_bytes(device),
+        "model_flops_per_s": flops,
+        "matmul_flops_per_s": mm,
+        "mfu_vs_matmul": flops / mm,
+        "device": str(device),
+        "forward_dtype": str(dtype).replace("torch.", ""),
+        "batch": b,
+        "threads": torch.get_num_threads(),
+        "num_params": model.num_params(),
+        "step_times_s": [round(t, 4) for t in times],
+        "activation_checkpointing": model.core.net.activation_checkpointing,
+    }
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.threads:
+        torch.set_num_threads(FLAGS.threads)
+    r = run_benchmark()
+    print(f"device {r['device']}  dtype {r['forward_dtype']}  threads {r['threads']}  "
+          f"batch {r['batch']}  params {r['num_params']:,}")
+    print(f"ms/step            {r['ms_per_step']:.1f}")
+    print(f"examples/s         {r['examples_per_s']:.2f}")
+    print(f"peak memory        {r['peak_mem_bytes'] / 2 ** 30:.2f} GiB")
+    print(f"model FLOP/s       {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s "
+          f"({100 * r['mfu_vs_matmul']:.0f}% of the measured matmul rate)")
+    print(f"matmul FLOP/s      {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(json.dumps(r))
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    app.run(main, argv=argv or sys.argv)
+
+
+if __name__ == "__main__":
+    run()

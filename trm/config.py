@@ -1,0 +1,135 @@
+"""Gin at the edge: finding the shipped experiment files, parsing files and bindings.
+
+``--gin_file=e2_3_mlp.gin`` resolves by file name against the shipped ``gin/`` tree (installed
+as the package data ``trm.gin_configs``), from any working directory; paths that exist (absolute
+or relative to the working directory) are used as they are. ``include`` lines inside gin files
+resolve against the same tree.
+
+Bindings are checked: an unknown configurable or parameter is an error (gin's own check), and
+so is a binding of an ALL_CAPS macro that no parsed file defines (gin would silently create a
+new, unused macro, e.g. for the typo ``TRAIN_STEP=40``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import gin
+
+from trm.registry import load_plugins
+
+
+class ConfigError(ValueError):
+    """A gin file or binding is missing, ambiguous or invalid."""
+
+
+@functools.lru_cache(maxsize=None)
+def gin_root() -> Path:
+    """The directory of the shipped experiment tree."""
+    env = os.environ.get("TRM_GIN_ROOT")
+    if env:
+        return Path(env)
+    try:
+        root = Path(str(resources.files("trm.gin_configs")))
+        if root.is_dir() and any(root.rglob("*.gin")):
+            return root
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "gin"
+
+
+def shipped_gin_files() -> List[Path]:
+    """Every ``.gin`` file of the shipped tree, sorted."""
+    return sorted(gin_root().rglob("*.gin"))
+
+
+def resolve_gin_file(name: str) -> str:
+    """Absolute path of a gin file given as a path or as a file name in the shipped tree."""
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    root = gin_root()
+    candidate = root / name
+    if candidate.is_file():
+        return str(candidate)
+    base = os.path.basename(name)
+    matches = [p for p in shipped_gin_files() if p.name == base]
+    if len(matches) == 1:
+        return str(matches[0])
+    if len(matches) > 1:
+        raise ConfigError(
+            f"Gin file name {name!r} is ambiguous in {root}: "
+            f"{', '.join(str(m.relative_to(root)) for m in matches)}. Give the relative path.")
+    names = [p.name for p in shipped_gin_files()]
+    close = difflib.get_close_matches(base, names, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"Gin file {name!r} not found (neither as a path nor in the shipped tree {root}).{hint} "
+        "List the shipped experiments with `python -m trm.train --list_experiments`.")
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
+
+
+def _defined_macros() -> set:
+    """Names of the macros bound so far."""
+    out = set()
+    for (scope, selector), _ in gin.config._CONFIG.items():  # pylint: disable=protected-access
+        if selector == "gin.macro":
+            out.add(scope)
+    return out
+
+
+def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
+          finalize: bool = True) -> List[str]:
+    """Loads plugins, parses files in order, then bindings in order. Returns resolved files.
+
+    Later files override earlier ones; bindings override files (and earlier bindings).
+    """
+    load_plugins()
+    root = str(gin_root())
+    if root not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+        gin.add_config_file_search_path(root)
+    resolved = [resolve_gin_file(f) for f in gin_files]
+    for path in resolved:
+        try:
+            gin.parse_config_file(path, skip_unknown=False)
+        except (ValueError, KeyError, ImportError, IOError) as e:
+            raise ConfigError(f"Error in gin file {path}: {e}") from e
+    for binding in bindings:
+        match = _MACRO_BINDING.match(binding)
+        if match and match.group(1) not in _defined_macros():
+            known = sorted(m for m in _defined_macros() if m.isupper())
+            close = difflib.get_close_matches(match.group(1), known, n=3)
+            raise ConfigError(
+                f"Binding {binding!r} sets the macro {match.group(1)} that no parsed gin file "
+                f"defines." + (f" Did you mean {', '.join(close)}?" if close else "") +
+                (f" Known macros: {', '.join(known)}." if known else ""))
+        try:
+            gin.parse_config(binding, skip_unknown=False)
+        except (ValueError, KeyError, ImportError) as e:
+            raise ConfigError(f"Invalid gin binding {binding!r}: {e}") from e
+    if finalize:
+        gin.finalize()
+    return resolved
+
+
+def query_macro(name: str, default=None):
+    """Value of a gin macro, or ``default`` when it is not defined."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return default
+
+
+def config_text(operative: bool = False) -> str:
+    return gin.operative_config_str() if operative else gin.config_str()
+
+
+def maybe_resolve(name: Optional[str]) -> Optional[str]:
+    return None if name is None else resolve_gin_file(name)
