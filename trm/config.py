@@ -73,6 +73,15 @@ def resolve_gin_file(name: str) -> str:
         "List the shipped experiments with `python -m trm.train --list_experiments`.")
 
 
+def _add_search_path(root: str) -> None:
+    """Puts the shipped tree first on gin's include path (before the working directory), so
+    ``include 'runs/base.gin'`` finds the shipped file from any directory, quietly."""
+    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    if root in prefixes:
+        prefixes.remove(root)
+    prefixes.insert(0, root)
+
+
 _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
 
 
@@ -85,6 +94,23 @@ def _defined_macros() -> set:
     return out
 
 
+_REGISTERED = False
+
+
+def register_configurables() -> None:
+    """Makes the run-level classes reachable from gin (idempotent).
+
+    ``trm.TrainConfig`` (the run) is registered here, at the edge, so that the library itself
+    needs no gin import. Components are registered by :mod:`trm.registry`.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from trm.trainer import TrainConfig  # pylint: disable=import-outside-toplevel
+    gin.register("TrainConfig", module="trm")(TrainConfig)
+    _REGISTERED = True
+
+
 def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
           finalize: bool = True) -> List[str]:
     """Loads plugins, parses files in order, then bindings in order. Returns resolved files.
@@ -92,9 +118,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     Later files override earlier ones; bindings override files (and earlier bindings).
     """
     load_plugins()
-    root = str(gin_root())
-    if root not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-        gin.add_config_file_search_path(root)
+    register_configurables()
+    _add_search_path(str(gin_root()))
     resolved = [resolve_gin_file(f) for f in gin_files]
     for path in resolved:
         try:
@@ -117,6 +142,13 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     if finalize:
         gin.finalize()
     return resolved
+
+
+def build_train_config():
+    """The :class:`~trm.trainer.TrainConfig` described by the parsed gin config."""
+    register_configurables()
+    from trm.trainer import TrainConfig  # pylint: disable=import-outside-toplevel
+    return gin.get_configurable(TrainConfig)()
 
 
 def query_macro(name: str, default=None):

@@ -1,8 +1,10 @@
 """Device and process runtime: PyTorch/XLA (TPU or XLA:CPU), CUDA, or plain CPU."""
 
-from trm.runtime.device import (Runtime, default_forward_dtype, is_xla_available, matmul_flops,
-                                tune_cpu_allocator,
-                                peak_memory_bytes, select_device, synchronize)
+from trm.runtime.device import (default_forward_dtype, is_xla_available, matmul_flops,
+                                peak_memory_bytes, select_device, synchronize,
+                                tune_cpu_allocator)
+from trm.runtime.distributed import Runtime, init_runtime, local_runtime
 
-__all__ = ["Runtime", "default_forward_dtype", "is_xla_available", "matmul_flops", "tune_cpu_allocator",
-           "peak_memory_bytes", "select_device", "synchronize"]
+__all__ = ["Runtime", "default_forward_dtype", "init_runtime", "is_xla_available",
+           "local_runtime", "matmul_flops", "peak_memory_bytes", "select_device", "synchronize",
+           "tune_cpu_allocator"]

@@ -7,7 +7,6 @@ TPU VM or ``CPU`` for XLA:CPU tests). Otherwise CUDA is used when present, else 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import resource
@@ -89,20 +88,6 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: in
             if time.perf_counter() - start >= seconds:
                 break
     return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
-
-
-@dataclasses.dataclass
-class Runtime:
-    """Where this process runs: device, process index and count."""
-
-    device: torch.device
-    process_index: int = 0
-    process_count: int = 1
-    backend: Optional[str] = None  # torch.distributed backend or "xla"
-
-    @property
-    def is_main(self) -> bool:
-        return self.process_index == 0
 
 
 _ALLOCATOR_TUNED = False

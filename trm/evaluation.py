@@ -1,0 +1,129 @@
+"""Evaluation of a TRM on a test split (TRM_SPEC.md 5.5 and 11), one code path for all devices.
+
+Every test example is seen exactly once across all processes (padding rows are masked out);
+each batch runs exactly ``model.eval_halt_max_steps`` ACT steps (a fixed count, so no host
+sync decides when to stop); the metrics of the final step are summed per set, summed over
+processes, and divided by the set's count of valid rows. Evaluators (e.g. the ARC voting
+evaluator) receive the predictions on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from trm.losses import ACTLoss
+from trm.models import TRM
+from trm.runtime import Runtime
+
+METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss",
+               "q_halt_loss")
+
+
+class MetricSums:
+    """Device-side sums of raw metrics (no host sync until :meth:`fetch`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.dtype = torch.float32 if device.type == "xla" else torch.float64
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, metrics: Dict[str, torch.Tensor], extra: Optional[Dict[str, torch.Tensor]] = None
+            ) -> None:
+        for source in (metrics, extra or {}):
+            for k, v in source.items():
+                v = v.detach().to(self.dtype)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.steps += 1
+
+    def fetch(self, runtime: Runtime) -> Dict[str, float]:
+        """Sums over processes and returns plain floats (one host transfer)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys])
+        runtime.all_reduce_sum_([stacked])
+        values = stacked.cpu().tolist()
+        return dict(zip(keys, values))
+
+    def reset(self) -> None:
+        self.sums = {}
+        self.steps = 0
+
+
+def normalize_train_metrics(sums: Dict[str, float], global_batch_size: int,
+                            num_steps: int) -> Dict[str, float]:
+    """Reference normalisation (5.5): losses / global batch, others / count, per step."""
+    count = max(sums.get("count", 0.0), 1.0)
+    out = {}
+    for k, v in sums.items():
+        if k == "count":
+            continue
+        if k.endswith("loss"):
+            out[k] = v / (global_batch_size * max(num_steps, 1))
+        elif k in ("grad_norm", "lr"):
+            out[k] = v / max(num_steps, 1)
+        else:
+            out[k] = v / count
+    out["count"] = sums.get("count", 0.0) / max(num_steps, 1)
+    return out
+
+
+def normalize_eval_metrics(sums: Dict[str, float]) -> Dict[str, float]:
+    """Every metric divided by the set's number of valid rows (losses included)."""
+    count = sums.get("count", 0.0)
+    out = {k: (v / count if count else math.nan) for k, v in sums.items() if k != "count"}
+    out["count"] = count
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[str, torch.Tensor],
+                                                                      int]],
+             runtime: Runtime, evaluators: Sequence[Any] = (),
+             output_dir: Optional[str] = None) -> Dict[str, float]:
+    """Runs the test batches; returns ``{"<set>/<metric>": value, ...}`` plus evaluator metrics.
+
+    The model must already hold the weights to evaluate (e.g. inside ``EMA.averaged``).
+    """
+    was_training = model.training
+    model.eval()
+    per_set: Dict[str, MetricSums] = {}
+    for ev in evaluators:
+        ev.begin_eval()
+    try:
+        for set_name, batch, _ in batches:
+            batch = runtime.to_device(batch)
+            carry = model.initial_carry(batch)
+            for _ in range(model.eval_halt_max_steps):
+                carry, outputs = model(carry, batch)
+            _, metrics, preds = loss_head(carry, outputs)
+            per_set.setdefault(set_name, MetricSums(runtime.device)).add(metrics)
+            if evaluators:
+                host_batch = {k: v.cpu() for k, v in carry.current_data.items()}
+                host_out = {"preds": preds.cpu(), "q_halt_logits": outputs["q_halt_logits"].cpu()}
+                for ev in evaluators:
+                    ev.update(host_batch, host_out)
+            runtime.mark_step()
+    finally:
+        model.train(was_training)
+    results: Dict[str, float] = {}
+    for set_name in sorted(per_set):
+        for k, v in normalize_eval_metrics(per_set[set_name].fetch(runtime)).items():
+            results[f"{set_name}/{k}"] = v
+    for ev in evaluators:
+        gather = runtime.gather_objects if runtime.distributed else None
+        metrics = ev.result(output_dir=output_dir if runtime.is_main else None, gather_fn=gather)
+        results.update(metrics or {})
+    return results
+
+
+def headline(results: Dict[str, float], metric: str = "exact_accuracy") -> Optional[float]:
+    """The ``all`` set's value of ``metric`` if present, else the mean over sets."""
+    if f"all/{metric}" in results:
+        return results[f"all/{metric}"]
+    vals: List[float] = [v for k, v in results.items() if k.endswith("/" + metric)]
+    return sum(vals) / len(vals) if vals else None

@@ -1,0 +1,155 @@
+"""Processes and collectives: torch_xla (TPU / XLA:CPU), torch.distributed (gloo/nccl), or one.
+
+:func:`init_runtime` decides once per process:
+
+* ``PJRT_DEVICE`` set and torch_xla importable -> XLA. On a TPU VM ``trm.train`` is started once
+  per host and spawns one process per local device (``torch_xla.launch``); each process sees
+  ``torch_xla.runtime.global_ordinal()`` / ``world_size()``. Collectives use ``xm.all_reduce``
+  and ``xm.all_gather``.
+* ``WORLD_SIZE > 1`` in the environment (``torchrun``) -> torch.distributed with ``nccl`` on
+  GPUs and ``gloo`` on CPUs.
+* Otherwise a single process.
+
+The :class:`Runtime` methods are the only collectives the trainer uses, so the loop is one code
+path for all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pickle
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from trm.runtime.device import is_xla_available, select_device, tune_cpu_allocator
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Where this process runs and how it talks to the others."""
+
+    device: torch.device
+    process_index: int = 0
+    process_count: int = 1
+    backend: str = "none"  # "none" | "gloo" | "nccl" | "xla"
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    @property
+    def is_xla(self) -> bool:
+        return self.backend == "xla" or self.device.type == "xla"
+
+    @property
+    def distributed(self) -> bool:
+        return self.process_count > 1
+
+    # -- data movement ---------------------------------------------------------------------
+    def to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def mark_step(self) -> None:
+        """Ends one traced step on XLA (cuts and runs the graph); a no-op elsewhere."""
+        if self.is_xla:
+            import torch_xla  # pylint: disable=import-outside-toplevel
+            torch_xla.sync()
+
+    # -- collectives -----------------------------------------------------------------------
+    def all_reduce_sum_(self, tensors: List[torch.Tensor]) -> None:
+        """Sums each tensor over all processes, in place (one flat buffer per dtype)."""
+        if not self.distributed or not tensors:
+            return
+        if self.backend == "xla":
+            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            xm.all_reduce(xm.REDUCE_SUM, tensors)
+            return
+        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for t in group:
+                n = t.numel()
+                t.copy_(flat[offset:offset + n].view_as(t))
+                offset += n
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenates ``t`` from all processes along dim 0 (process order)."""
+        if not self.distributed:
+            return t
+        if self.backend == "xla":
+            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            return xm.all_gather(t, dim=0)
+        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        out = torch.empty((self.process_count * t.shape[0],) + tuple(t.shape[1:]),
+                          dtype=t.dtype, device=t.device)
+        dist.all_gather_into_tensor(out, t.contiguous())
+        return out
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        """Every process's ``obj`` (a picklable Python object), in process order, on all."""
+        if not self.distributed:
+            return [obj]
+        if self.backend == "xla":
+            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
+            sizes = self.all_gather(size).cpu().tolist()
+            padded = torch.zeros(max(sizes), dtype=torch.uint8)
+            padded[: data.numel()] = data
+            gathered = self.all_gather(padded.to(self.device)).cpu().view(len(sizes), -1)
+            return [pickle.loads(gathered[i, :n].numpy().tobytes()) for i, n in enumerate(sizes)]
+        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        out: List[Any] = [None] * self.process_count
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if not self.distributed:
+            return
+        if self.backend == "xla":
+            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            xm.rendezvous("trm_barrier")
+        else:
+            import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self.backend in ("gloo", "nccl"):
+            import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
+    """Sets up this process's device and process group (see module docstring)."""
+    if device in ("auto", "xla") and is_xla_available():
+        import torch_xla  # pylint: disable=import-outside-toplevel
+        import torch_xla.runtime as xr  # pylint: disable=import-outside-toplevel
+        dev = torch_xla.device()
+        count = xr.world_size()
+        return Runtime(dev, xr.global_ordinal(), count, "xla")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = select_device("cpu" if device == "xla" else device)
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+    if world > 1:
+        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        return Runtime(dev, dist.get_rank(), dist.get_world_size(), backend)
+    return Runtime(dev)
+
+
+def local_runtime(device: Optional[str] = "cpu") -> Runtime:
+    """A single-process runtime without touching any process group (tests, tools)."""
+    return Runtime(select_device(device or "auto"))

@@ -1,0 +1,149 @@
+r"""Train a TRM experiment described by gin files.
+
+    python -m trm.train --gin_file=e2_3_mlp.gin [--gin_file=...] [--gin_param='TRAIN_STEPS=40'] \
+        --workdir=gs://bucket/runs/e2_3_mlp [--dry_run]
+
+``--gin_file`` takes a path or a file name of the shipped ``gin/`` tree (from any working
+directory); files are parsed in order, then every ``--gin_param`` in order (later wins).
+Unknown configurables, parameters and macros are errors. Run-level knobs are the ALL_CAPS
+macros documented in ``gin/runs/base.gin`` (TRAIN_STEPS, EPOCHS, EVAL_EVERY, CHECKPOINT_EVERY,
+LOG_EVERY, SEED, GLOBAL_BATCH_SIZE, LR, ...).
+
+A workdir that already holds a checkpoint is resumed. ``--dry_run`` parses, builds the model,
+prints the resolved config and the parameter count, and exits.
+
+On a TPU VM (``PJRT_DEVICE=TPU``) one process is started per local TPU device; with
+``torchrun`` each process joins the torch.distributed group; otherwise one process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
+flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
+flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
+flags.DEFINE_bool("dry_run", False, "Parse, build the model, print config and parameter count.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir whose saved config differs from this one.")
+flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
+flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
+
+
+def _data_shape(cfg):
+    """(vocab_size, seq_len, num_puzzle_identifiers) from the dataset, or from the config."""
+    from trm import data  # pylint: disable=import-outside-toplevel
+    from trm.trainer import _expand  # pylint: disable=import-outside-toplevel
+    try:
+        meta = data.load_metadata(_expand(cfg.data_dir, cfg.dataset_builder_args), "train")
+        return meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers, "dataset metadata"
+    except Exception:  # noqa: BLE001 - a dry run works without the data
+        pass
+    from trm import config  # pylint: disable=import-outside-toplevel
+    shape = (config.query_macro("VOCAB_SIZE"), config.query_macro("SEQ_LEN"),
+             config.query_macro("NUM_PUZZLE_IDENTIFIERS", 1))
+    if None in shape:
+        raise app.UsageError(
+            f"The dataset {cfg.data_dir!r} is not built yet and the task file does not declare "
+            "VOCAB_SIZE / SEQ_LEN; build the data first (docs/DATA.md).")
+    return (*shape, "task macros (dataset not built yet)")
+
+
+def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
+    """Parses and builds the model; returns a summary (also printed)."""
+    import gin  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    from trm import config  # pylint: disable=import-outside-toplevel
+    resolved = config.parse(gin_files, bindings)
+    cfg = config.build_train_config()
+    vocab, seq_len, num_ids, source = _data_shape(cfg)
+    torch.manual_seed(cfg.seed)
+    model = cfg.model(vocab_size=vocab, seq_len=seq_len, num_puzzle_identifiers=num_ids,
+                      forward_dtype="float32")
+    summary = {"gin_files": resolved, "bindings": list(bindings), "num_params": model.num_params(),
+               "vocab_size": vocab, "seq_len": seq_len, "num_puzzle_identifiers": num_ids,
+               "shape_source": source, "H_cycles": model.core.H_cycles,
+               "L_cycles": model.core.L_cycles, "hidden_size": model.hidden_size,
+               "num_layers": len(model.core.net.layers),
+               "mixer": type(model.core.net.layers[0].mixer).__name__,
+               "halting": repr(model.halting), "halt_max_steps": model.halt_max_steps,
+               "global_batch_size": cfg.global_batch_size, "lr": cfg.lr,
+               "ema": bool(cfg.use_ema and cfg.ema is not None)}
+    print(gin.config_str())
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"parameters: {model.num_params():,}")
+    return summary
+
+
+def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
+          allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None
+          ) -> dict:
+    """Runs one process's share of the training (called once per process)."""
+    import gin  # pylint: disable=import-outside-toplevel
+    from trm import config  # pylint: disable=import-outside-toplevel
+    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    gin.clear_config()
+    resolved = config.parse(gin_files, bindings)
+    cfg = config.build_train_config()
+    command = {"argv": argv or sys.argv, "gin_files": resolved, "gin_params": list(bindings),
+               "cwd": os.getcwd()}
+    trainer = Trainer(cfg, workdir, config_text=gin.config_str(), command=command,
+                      allow_config_change=allow_config_change, progress=progress)
+    return trainer.run()
+
+
+def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv):  # noqa: ARG001
+    train(gin_files, bindings, workdir, allow, progress, argv)
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (use --gin_param for bindings).")
+    logging.getLogger("trm").setLevel(logging.INFO)
+    from trm import config  # pylint: disable=import-outside-toplevel
+    if FLAGS.list_experiments:
+        root = config.gin_root()
+        for path in config.shipped_gin_files():
+            print(path.relative_to(root))
+        return
+    try:
+        if FLAGS.dry_run:
+            dry_run(FLAGS.gin_file, FLAGS.gin_param)
+            return
+        if not FLAGS.gin_file:
+            raise app.UsageError("Give at least one --gin_file (e.g. --gin_file=quickstart.gin).")
+        if not FLAGS.workdir:
+            raise app.UsageError("--workdir is required (a local path or gs://bucket/prefix).")
+        if os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
+            import torch_xla  # pylint: disable=import-outside-toplevel
+            torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), list(FLAGS.gin_param),
+                                                 FLAGS.workdir, FLAGS.allow_config_change,
+                                                 FLAGS.progress, list(sys.argv)))
+            return
+        result = train(FLAGS.gin_file, FLAGS.gin_param, FLAGS.workdir, FLAGS.allow_config_change,
+                       FLAGS.progress, list(sys.argv))
+    except config.ConfigError as e:
+        sys.exit(f"trm.train: {e}")
+    except Exception as e:  # noqa: BLE001 - known errors get a one-line message
+        from trm.data import DataError  # pylint: disable=import-outside-toplevel
+        from trm.trainer import TrainingError  # pylint: disable=import-outside-toplevel
+        if isinstance(e, (TrainingError, DataError)):
+            sys.exit(f"trm.train: {e}")
+        raise
+    if result.get("status") == "preempted":
+        sys.exit(0)
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    app.run(main, argv=argv or sys.argv)
+
+
+if __name__ == "__main__":
+    run()
