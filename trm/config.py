@@ -112,13 +112,19 @@ def register_configurables() -> None:
 
 
 def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
-          finalize: bool = True) -> List[str]:
+          finalize: bool = True, config_texts: Sequence[str] = ()) -> List[str]:
     """Loads plugins, parses files in order, then bindings in order. Returns resolved files.
 
     Later files override earlier ones; bindings override files (and earlier bindings).
+    ``config_texts`` (e.g. a run's saved ``config.gin``) are parsed before the files.
     """
     load_plugins()
     register_configurables()
+    for text in config_texts:
+        try:
+            gin.parse_config(text, skip_unknown=False)
+        except (ValueError, KeyError, ImportError) as e:
+            raise ConfigError(f"Error in a saved gin config: {e}") from e
     _add_search_path(str(gin_root()))
     resolved = [resolve_gin_file(f) for f in gin_files]
     for path in resolved:

@@ -309,11 +309,12 @@ class Trainer:
         (loss / cfg.global_batch_size).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         rt.all_reduce_sum_([p.grad for p in params])
-        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        foreach = None if rt.is_xla else True  # XLA has no foreach kernels
+        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params], foreach=foreach)
                      if params else torch.zeros((), device=rt.device))
         if cfg.grad_clip_norm and params:
             torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip_norm, grad_norm,
-                                                 foreach=True)
+                                                 foreach=foreach)
         step = self.step + 1
         for opt, base in zip(self.optimizers, self.base_lrs):
             lr = self.lr_at(step, base)

@@ -1,0 +1,81 @@
+"""Every shipped gin experiment parses, builds, and trains one CPU step (shrunk by bindings)."""
+
+import contextlib
+import io
+import json
+import os
+
+import gin
+import pytest
+
+from trm import config
+from trm.train import dry_run, train
+
+EXPERIMENTS = [p for p in config.shipped_gin_files() if "experiments" in p.parts]
+IDS = [p.name for p in EXPERIMENTS]
+
+
+def test_gin_tree_has_no_init_py_and_unique_names():
+    root = config.gin_root()
+    assert not list(root.rglob("__init__.py"))
+    names = [p.name for p in config.shipped_gin_files()]
+    assert len(names) == len(set(names)), "gin file names must be unique (they resolve by name)"
+    assert len(EXPERIMENTS) >= 60
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_dry_run(path):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        summary = dry_run([path.name], [])
+    assert summary["num_params"] > 0
+    assert "parameters:" in out.getvalue()
+    header = path.read_text().splitlines()[:12]
+    text = "\n".join(header)
+    assert "Hypothesis:" in text and "Command: python -m trm.train --gin_file=" in text
+    assert "Published:" in text
+
+
+def test_baseline_resolves_to_published_settings():
+    with contextlib.redirect_stdout(io.StringIO()):
+        s = dry_run(["e1_1_baseline.gin"], [])
+    assert s["num_params"] == 5_028_866
+    assert (s["H_cycles"], s["L_cycles"], s["hidden_size"], s["num_layers"]) == (3, 6, 512, 2)
+    assert s["mixer"] == "MLPMixer" and s["halt_max_steps"] == 16 and s["ema"]
+    assert s["global_batch_size"] == 256 and s["lr"] == 1e-4
+    assert "exploration_prob=0.1" in s["halting"]
+    assert gin.query_parameter("%EMA_RATE") == 0.999
+    assert gin.query_parameter("%PUZZLE_EMB_LEN") == 16 and gin.query_parameter("%EXPANSION") == 4
+    with contextlib.redirect_stdout(io.StringIO()):
+        att = dry_run(["e2_3_attention.gin"], [])
+    assert att["num_params"] == 6_828_034
+
+
+def test_train_steps_binding_works_on_every_run_file():
+    for name in ("quickstart.gin", "e1_1_baseline.gin", "arc1_attention.gin", "cpu_maze.gin"):
+        gin.clear_config()
+        config.parse([name], ["TRAIN_STEPS=40"])
+        assert config.build_train_config().train_steps == 40
+
+
+def test_unknown_macro_and_binding_are_errors():
+    with pytest.raises(config.ConfigError, match="TRAIN_STEPS"):
+        config.parse(["quickstart.gin"], ["TRAIN_STEP=40"])
+    gin.clear_config()
+    with pytest.raises(config.ConfigError, match="Invalid gin binding"):
+        config.parse(["quickstart.gin"], ["model.trm.hiden_size=3"])
+    gin.clear_config()
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.parse(["no_such_experiment.gin"])
+    gin.clear_config()
+    with pytest.raises(config.ConfigError, match="No configurable"):
+        config.parse(["quickstart.gin"], ["model.trm.mixer=@mixer.conv"])
+
+
+def test_gin_file_resolves_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config.resolve_gin_file("e2_3_mlp.gin").endswith("experiments/e2_3_mlp.gin")
+    assert config.resolve_gin_file("experiments/e2_3_mlp.gin").endswith("e2_3_mlp.gin")
+    local = tmp_path / "mine.gin"
+    local.write_text("include 'experiments/quickstart.gin'\nTRAIN_STEPS = 3\n")
+    config.parse([str(local)])
+    assert config.build_train_config().train_steps == 3

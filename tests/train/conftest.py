@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny generated datasets, built once per session with the real builders."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trm_data")
+    os.environ["TRM_DATA_ROOT"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sudoku4(data_root):
+    """4x4 Sudoku, 200 training puzzles (x4 augmentations), 48 test puzzles."""
+    from trm.data import ensure_dataset
+    path = str(data_root / "sudoku4")
+    ensure_dataset(path, "sudoku_gen", box="2x2", num_train=200, num_test=48, blanks=6,
+                   num_aug=4, seed=0, num_shards=4)
+    return path
+
+
+TINY = [
+    "HIDDEN_SIZE=32", "NUM_HEADS=2", "H_CYCLES=1", "L_CYCLES=1", "HALT_MAX_STEPS=2",
+    "PUZZLE_EMB_LEN=1", "GLOBAL_BATCH_SIZE=16", "EVAL_BATCH_SIZE=16", "LOG_EVERY=5",
+    "EVAL_EVERY=0", "CHECKPOINT_EVERY=0", "LR_WARMUP_STEPS=5", "FORWARD_DTYPE='float32'",
+    "DEVICE='cpu'", "trm.TrainConfig.dataset_builder=None",
+]
+
+
+def tiny_bindings(data_dir, steps=10, extra=()):
+    return TINY + [f"DATA_DIR='{data_dir}'", f"TRAIN_STEPS={steps}", *extra]

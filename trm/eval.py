@@ -1,0 +1,147 @@
+r"""Evaluate a saved run (optionally with changed settings, e.g. another test-time depth).
+
+    python -m trm.eval --workdir=DIR [--checkpoint=latest|best|STEP] [--weights=ema|raw] \
+        [--gin_param='EVAL_HALT_MAX_STEPS=32'] [--output_json=FILE] [--export_state_dict=FILE]
+
+The run's saved ``config.gin`` is parsed, then the ``--gin_param`` bindings; the model is built,
+the checkpoint's weights loaded (the EMA weights by default when the run kept an EMA), and the
+test split evaluated exactly once per example. Metrics are printed, written as JSON
+(``--output_json``, default ``WORKDIR/eval/cli_step_<step>[_<tag>].json``) and to TensorBoard
+under ``WORKDIR/tb/eval_cli`` (tags ``eval_cli/...``). ``--export_state_dict`` writes the
+model's plain ``state_dict`` (with the chosen weights) for use elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Dict, List, Optional
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
+flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
+flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],
+                  "Which weights: the EMA shadow or the raw weights (auto: EMA when saved).")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'EVAL_HALT_MAX_STEPS=32'.")
+flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
+flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
+flags.DEFINE_string("tag", "", "Suffix for the default JSON name and TensorBoard tags.")
+flags.DEFINE_bool("skip_eval", False, "Only export (with --export_state_dict).")
+
+
+class EvalError(RuntimeError):
+    """The run cannot be evaluated as asked."""
+
+
+def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto",
+                 bindings: Optional[List[str]] = None, output_json: Optional[str] = None,
+                 export_path: Optional[str] = None, tag: str = "", skip_eval: bool = False
+                 ) -> Dict[str, Any]:
+    """Library form of the CLI; returns ``{"step", "weights", "metrics", "json"}``."""
+    import gin  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    from trm import config  # pylint: disable=import-outside-toplevel
+    from trm.checkpoint import CheckpointManager, export_state_dict  # pylint: disable=import-outside-toplevel
+    from trm.data import EvalStream, load_metadata  # pylint: disable=import-outside-toplevel
+    from trm.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+    from trm.runtime import default_forward_dtype, init_runtime  # pylint: disable=import-outside-toplevel
+    from trm.trainer import _expand  # pylint: disable=import-outside-toplevel
+    from trm.workdir import Workdir  # pylint: disable=import-outside-toplevel
+
+    wd = Workdir(workdir)
+    if not wd.exists("config.gin"):
+        raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
+    gin.clear_config()
+    config.parse([], bindings or [], config_texts=[wd.read_text("config.gin")])
+    cfg = config.build_train_config()
+    rt = init_runtime(cfg.device)
+
+    mgr = CheckpointManager(wd, keep=0, async_save=False)
+    which: Any = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+    if which not in ("latest", "best") and not isinstance(which, int):
+        raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
+    restored = mgr.restore(which)
+    if restored is None:
+        raise EvalError(f"No usable checkpoint {checkpoint!r} in {workdir} "
+                        f"(committed steps: {mgr.steps() or 'none'}).")
+    step, state = restored
+    has_ema = state.get("ema") is not None
+    if weights == "ema" and not has_ema:
+        raise EvalError(f"Checkpoint step {step} holds no EMA weights (the run had EMA off); "
+                        "use --weights=raw.")
+    use_ema = has_ema if weights == "auto" else weights == "ema"
+
+    data_dir = _expand(cfg.data_dir, cfg.dataset_builder_args)
+    test_dir = _expand(cfg.test_data_dir, cfg.dataset_builder_args) if cfg.test_data_dir else data_dir
+    meta = load_metadata(data_dir, "train")
+    dtype = default_forward_dtype(rt.device) if cfg.forward_dtype == "auto" else cfg.forward_dtype
+    model = cfg.model(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                      num_puzzle_identifiers=meta.num_puzzle_identifiers, forward_dtype=dtype)
+    model.load_state_dict(state["model"])
+    if use_ema:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["ema"]["shadow"].items():
+                params[name].copy_(value)
+    model.to(rt.device)
+    result: Dict[str, Any] = {"step": step, "weights": "ema" if use_ema else "raw",
+                              "workdir": workdir, "bindings": list(bindings or [])}
+    if export_path:
+        export_state_dict(model, export_path)
+        result["exported"] = export_path
+    if skip_eval:
+        return result
+    evaluators = [make(test_dir) for make in cfg.evaluators]
+    batches = EvalStream(test_dir, cfg.eval_batch_size or cfg.global_batch_size,
+                         process_index=rt.process_index, process_count=rt.process_count)
+    suffix = f"_{tag}" if tag else ""
+    out_dir = wd.url(f"eval/cli_step_{step:09d}{suffix}")
+    metrics = evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir)
+    result["metrics"] = metrics
+    result["eval_halt_max_steps"] = model.eval_halt_max_steps
+    if rt.is_main:
+        path = output_json or wd.url(f"eval/cli_step_{step:09d}{suffix}.json")
+        text = json.dumps(result, indent=2, sort_keys=True, default=str)
+        _write_text(path, text)
+        result["json"] = path
+        from trm.tb import SummaryWriterSync  # pylint: disable=import-outside-toplevel
+        writer = SummaryWriterSync(wd, subdir="tb/eval_cli")
+        prefix = f"eval_cli{suffix}"
+        writer.scalars({f"{prefix}/{k[len('all/'):]}" if k.startswith("all/") else
+                        f"{prefix}/{k}": v for k, v in metrics.items()}, step)
+        writer.close()
+    return result
+
+
+def _write_text(path: str, text: str) -> None:
+    import fsspec  # pylint: disable=import-outside-toplevel
+    with fsspec.open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required.")
+    logging.getLogger("trm").setLevel(logging.INFO)
+    from trm.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from trm.data import DataError  # pylint: disable=import-outside-toplevel
+    try:
+        result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,
+                              FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
+                              FLAGS.skip_eval)
+    except (EvalError, ConfigError, DataError) as e:
+        sys.exit(f"trm.eval: {e}")
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    app.run(main, argv=argv or sys.argv)
+
+
+if __name__ == "__main__":
+    run()
