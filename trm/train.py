@@ -61,6 +61,7 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
     import gin  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
     from trm import config  # pylint: disable=import-outside-toplevel
+    gin.clear_config()
     resolved = config.parse(gin_files, bindings)
     cfg = config.build_train_config()
     vocab, seq_len, num_ids, source = _data_shape(cfg)
@@ -133,8 +134,10 @@ def main(argv: List[str]) -> None:
         sys.exit(f"trm.train: {e}")
     except Exception as e:  # noqa: BLE001 - known errors get a one-line message
         from trm.data import DataError  # pylint: disable=import-outside-toplevel
+        from trm.registry import RegistryError  # pylint: disable=import-outside-toplevel
         from trm.trainer import TrainingError  # pylint: disable=import-outside-toplevel
-        if isinstance(e, (TrainingError, DataError)):
+        from trm.workdir import WorkdirLockedError  # pylint: disable=import-outside-toplevel
+        if isinstance(e, (TrainingError, DataError, RegistryError, WorkdirLockedError)):
             sys.exit(f"trm.train: {e}")
         raise
     if result.get("status") == "preempted":

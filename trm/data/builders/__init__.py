@@ -112,7 +112,7 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
         Arg("num_train", int, help="training mazes (groups)"),
         Arg("num_test", int, help="test mazes"),
         Arg("min_path_len", int, None, "minimum shortest-path length (steps); default size^2/8"),
-        Arg("loop_fraction", float, 0.1, "fraction of extra walls removed to create loops"),
+        Arg("loop_fraction", float, 0.05, "fraction of extra walls removed to create loops"),
         Arg("aug", bool, False, "add the 8 dihedral transforms of each training maze"),
     ), "generated mazes with a unique, BFS-verified shortest path"),
     Builder("arc", "1", "trm.data.builders.arc", (

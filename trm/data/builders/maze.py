@@ -28,24 +28,26 @@ def bfs(free: np.ndarray, start: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
     """Distances from ``start`` over free cells (-1 = unreachable) and shortest-path counts
     (capped at 2)."""
     h, w = free.shape
-    dist = np.full((h, w), -1, np.int64)
-    count = np.zeros((h, w), np.int64)
-    dist[start] = 0
-    count[start] = 1
-    queue = deque([start])
+    ok = free.reshape(-1).tolist()
+    dist = [-1] * (h * w)
+    count = [0] * (h * w)
+    s = start[0] * w + start[1]
+    dist[s], count[s] = 0, 1
+    queue = deque([s])
+    pop, push = queue.popleft, queue.append
     while queue:
-        r, c = queue.popleft()
-        d = dist[r, c] + 1
-        for dr, dc in _STEPS:
-            rr, cc = r + dr, c + dc
-            if 0 <= rr < h and 0 <= cc < w and free[rr, cc]:
-                if dist[rr, cc] < 0:
-                    dist[rr, cc] = d
-                    count[rr, cc] = count[r, c]
-                    queue.append((rr, cc))
-                elif dist[rr, cc] == d:
-                    count[rr, cc] = min(2, count[rr, cc] + count[r, c])
-    return dist, count
+        i = pop()
+        d, ci = dist[i] + 1, count[i]
+        r, c = divmod(i, w)
+        for j, inside in ((i - w, r > 0), (i + w, r < h - 1), (i - 1, c > 0),
+                          (i + 1, c < w - 1)):
+            if inside and ok[j]:
+                if dist[j] < 0:
+                    dist[j], count[j] = d, ci
+                    push(j)
+                elif dist[j] == d and count[j] < 2:
+                    count[j] = min(2, count[j] + ci)
+    return (np.asarray(dist, np.int64).reshape(h, w), np.asarray(count, np.int64).reshape(h, w))
 
 
 def check_solution(question: np.ndarray, answer: np.ndarray) -> str | None:
@@ -174,8 +176,11 @@ def generate_maze(size: int, rng: np.random.Generator, min_path_len: int,
         for k in rng.permutation(len(walls))[:n_loops]:
             grid[walls[k]] = OPEN
         free = np.argwhere(grid == OPEN)
-        for _ in range(5):
-            s = tuple(free[int(rng.integers(len(free)))])
+        for _ in range(3):
+            # start near one end of a long path: the farthest cell from a random one
+            far, _ = bfs(grid != WALL, tuple(free[int(rng.integers(len(free)))]))
+            ends = np.argwhere(far >= max(1, far.max() * 3 // 4))
+            s = tuple(ends[int(rng.integers(len(ends)))])
             dist, count = bfs(grid != WALL, s)
             ok = np.argwhere((dist >= max(1, min_path_len)) & (count == 1))
             if not len(ok):

@@ -1,0 +1,205 @@
+"""Workdir: small files, run.json, configs, the lease lock (also across processes), mirrors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from trm.workdir import (ConfigMismatchError, LockLostError, Workdir, WorkdirLockedError,
+                         is_transient, retry, utc_now_iso)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(params=["local", "memory"])
+def workdir(request, tmp_path):
+    return Workdir(str(tmp_path / "run") if request.param == "local" else "memory://run")
+
+
+def test_files_and_run_json(workdir):
+    workdir.write_text("config.gin", "a = 1\r\n")
+    assert workdir.read_text("config.gin") == "a = 1\r\n"
+    workdir.write_json("command.json", {"argv": ["trm.train", "--x"]})
+    assert workdir.read_json("command.json")["argv"][1] == "--x"
+    assert workdir.read_json("missing.json", default=None) is None
+    with pytest.raises(FileNotFoundError):
+        workdir.read_text("missing.txt")
+    assert workdir.exists("config.gin") and not workdir.exists("nope")
+    assert workdir.listdir() == ["command.json", "config.gin"]
+
+    start = utc_now_iso()
+    workdir.update_run_json(status="running", start_time=start, num_params=5, world_size=1)
+    data = workdir.update_run_json(last_step=100, status="completed", end_time=utc_now_iso())
+    assert data["num_params"] == 5 and data["status"] == "completed" and data["last_step"] == 100
+    assert workdir.read_run_json() == data and start.endswith("Z")
+    with pytest.raises(ValueError, match="status"):
+        workdir.update_run_json(status="finished")
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path):
+    wd = Workdir(tmp_path / "run")
+    for i in range(3):
+        wd.write_bytes("a/b.bin", bytes([i]) * 10)
+    assert os.listdir(tmp_path / "run" / "a") == ["b.bin"]
+    assert wd.read_bytes("a/b.bin") == b"\x02" * 10
+    assert Workdir(f"file://{tmp_path}/run").read_bytes("a/b.bin") == b"\x02" * 10
+
+
+def test_ensure_config(workdir, caplog):
+    assert workdir.ensure_config("config.gin", "x = 1\n") == "written"
+    assert workdir.ensure_config("config.gin", "x = 1\n") == "same"
+    with pytest.raises(ConfigMismatchError, match=r"(?s)-x = 1.*\+x = 2"):
+        workdir.ensure_config("config.gin", "x = 2\n")
+    with caplog.at_level(logging.WARNING):
+        assert workdir.ensure_config("config.gin", "x = 2\n", allow_change=True) == "changed"
+    assert workdir.read_text("config.gin") == "x = 2\n"
+    assert any(n.startswith("config.gin.prev-") for n in workdir.listdir())
+
+
+def test_second_lock_refuses_with_owner_named(workdir):
+    owner = workdir.acquire_lock({"command": "trm.train --gin_file=a.gin"})
+    assert owner["pid"] == os.getpid()
+    other = Workdir(workdir.path)
+    with pytest.raises(WorkdirLockedError) as err:
+        other.acquire_lock()
+    msg = str(err.value)
+    assert socket.gethostname() in msg and str(os.getpid()) in msg and "a.gin" in msg
+    workdir.heartbeat(force=True)
+    workdir.release_lock()
+    other.acquire_lock()
+    other.release_lock()
+    assert not workdir.exists("LOCK")
+
+
+def _write_lock(wd, **fields):
+    record = {"owner_id": "old", "host": "some-other-host", "pid": 4242, "heartbeat": time.time(),
+              "start_time": "2026-01-01T00:00:00Z", "stale_after_s": 600.0, "info": {}}
+    record.update(fields)
+    wd.write_json("LOCK", record)
+
+
+def test_stale_lock_takeover(workdir, caplog):
+    _write_lock(workdir, heartbeat=time.time() - 3600)          # lease expired
+    with caplog.at_level(logging.WARNING):
+        workdir.acquire_lock()
+    assert "last heartbeat 3600 s ago" in caplog.text
+    assert workdir.read_json("LOCK")["pid"] == os.getpid()
+    workdir.release_lock()
+
+    _write_lock(workdir, host=socket.gethostname(), pid=2 ** 22 + 12345)   # dead process here
+    other = Workdir(workdir.path)
+    other.acquire_lock()
+    other.release_lock()
+
+    _write_lock(workdir)                                          # fresh, other host: refused
+    with pytest.raises(WorkdirLockedError, match="some-other-host"):
+        Workdir(workdir.path).acquire_lock()
+    forced = Workdir(workdir.path)
+    forced.acquire_lock(force=True)
+    forced.release_lock()
+
+
+def test_heartbeat_detects_lost_lock(workdir):
+    workdir.acquire_lock(background=False)
+    _write_lock(workdir, owner_id="thief")
+    with pytest.raises(LockLostError, match="some-other-host"):
+        workdir.heartbeat(force=True)
+    assert not workdir.holds_lock
+
+
+def test_background_heartbeat_keeps_lease_fresh_and_reports_loss(workdir, caplog):
+    workdir.acquire_lock(heartbeat_every_s=0.05)
+    first = workdir.read_json("LOCK")["heartbeat"]
+    deadline = time.time() + 10
+    while workdir.read_json("LOCK")["heartbeat"] == first and time.time() < deadline:
+        time.sleep(0.05)
+    assert workdir.read_json("LOCK")["heartbeat"] > first
+    workdir.heartbeat()                                 # still ours: no error
+    with caplog.at_level(logging.ERROR):
+        _write_lock(workdir, owner_id="thief")
+        deadline = time.time() + 10
+        while workdir.holds_lock and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(LockLostError, match="some-other-host"):
+            workdir.heartbeat()
+        workdir.release_lock()                          # joins the heartbeat thread
+    assert "no longer ours" in caplog.text
+    assert workdir.read_json("LOCK")["owner_id"] == "thief"   # not ours: left alone
+
+
+def test_lock_held_by_another_process(tmp_path):
+    path = str(tmp_path / "run")
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {REPO!r})
+        from trm.workdir import Workdir
+        wd = Workdir({path!r})
+        wd.acquire_lock({{"command": "child"}})
+        print("locked", flush=True)
+        sys.stdin.readline()
+        wd.release_lock()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirLockedError, match=f"pid {child.pid}"):
+            Workdir(path).acquire_lock()
+        child.kill()                               # dies without releasing: stale on this host
+        child.wait()
+        wd = Workdir(path)
+        wd.acquire_lock()
+        assert wd.read_json("LOCK")["pid"] == os.getpid()
+        wd.release_lock()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_memory_mirror_sync():
+    wd = Workdir("memory://mirror")
+    local = wd.local_mirror("tb")
+    assert os.path.isdir(local) and not local.startswith("memory")
+    with open(os.path.join(local, "a.txt"), "w") as f:
+        f.write("1")
+    assert wd.sync_mirror("tb") == ["a.txt"]
+    assert wd.sync_mirror("tb") == []                # unchanged: nothing uploaded
+    time.sleep(0.01)
+    with open(os.path.join(local, "a.txt"), "a") as f:
+        f.write("2")
+    assert wd.sync_mirror("tb") == ["a.txt"]
+    assert wd.read_text("tb/a.txt") == "12"
+    wd.cleanup_mirror("tb")
+    assert not os.path.exists(local)
+
+
+def test_retry_classification():
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    assert not is_transient(FileNotFoundError()) and not is_transient(ValueError())
+
+    class HttpError(Exception):
+        def __init__(self, code):
+            super().__init__(code)
+            self.code = code
+
+    assert is_transient(HttpError(503)) and not is_transient(HttpError(404))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise HttpError(503)
+        return "ok"
+
+    assert retry(flaky, what="test", base_delay_s=0.001) == "ok" and len(calls) == 3
+    with pytest.raises(json.JSONDecodeError):
+        retry(lambda: json.loads("{"), what="test", base_delay_s=0.001)
