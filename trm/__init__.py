@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from trm import registry  # noqa: E402
 from trm.registry import REGISTRY, register  # noqa: E402
-from trm import halting, losses, models, optim  # noqa: E402,F401
+from trm import evaluators, halting, losses, models, optim  # noqa: E402,F401
 
-__all__ = ["REGISTRY", "register", "registry", "halting", "losses", "models", "optim",
+__all__ = ["REGISTRY", "register", "registry", "evaluators", "halting", "losses", "models", "optim",
            "__version__"]

@@ -48,6 +48,9 @@ flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does no
 flags.DEFINE_integer("num_puzzle_identifiers", 1, "Puzzle-table rows.")
 flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
 flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
+flags.DEFINE_enum("mode", "step", ["step", "loop"],
+                  "step: the bare training step on a fixed batch; loop: the full training loop "
+                  "(data, step, metrics, logging) of a gin experiment vs its bare step.")
 
 BASELINE = dict(hidden_size=512, num_layers=2, expansion=4, num_heads=8, mixer="mlp",
                 positions="none", H_cycles=3, L_cycles=6, puzzle_emb_len=16, halt_max_steps=16)
@@ -143,11 +146,66 @@ def run_benchmark() -> Dict[str, Any]:
     }
 
 
+def run_loop_benchmark() -> Dict[str, Any]:
+    """Steps/s of ``trm.trainer.Trainer``'s loop vs its bare ``train_step`` on one batch."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    import gin  # pylint: disable=import-outside-toplevel
+
+    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    if not FLAGS.gin_file:
+        raise app.UsageError("--mode=loop needs --gin_file (an experiment with a dataset).")
+    total = FLAGS.warmup + FLAGS.steps + 1
+    gin.clear_config()
+    trm_config.parse(FLAGS.gin_file, list(FLAGS.gin_param) + [
+        f"TRAIN_STEPS={total}", "EVAL_EVERY=0", "CHECKPOINT_EVERY=0"])
+    cfg = trm_config.build_train_config()
+    stamps: Dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="trm_bench_") as workdir:
+        trainer = Trainer(cfg, workdir, progress=False,
+                          step_callback=lambda step: stamps.__setitem__(step, time.perf_counter()))
+        trainer.test_meta = None  # no evaluation inside the timed loop
+        run_result = trainer.run()
+        first, last = FLAGS.warmup, total - 1   # the last step also writes the final checkpoint
+        loop_s = (stamps[last] - stamps[first]) / (last - first)
+        rt = trainer.runtime
+        from trm.data import TrainStream  # pylint: disable=import-outside-toplevel
+        stream = TrainStream(trainer.data_dir, b := cfg.global_batch_size, seed=cfg.seed)
+        batch = rt.to_device(next(iter(stream)))
+        stream.close()
+        for _ in range(FLAGS.warmup):
+            trainer.train_step(batch)
+        synchronize(rt.device)
+        times = []
+        for _ in range(FLAGS.steps):
+            start = time.perf_counter()
+            trainer.train_step(batch)
+            synchronize(rt.device)
+            times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 2]
+    return {
+        "mode": "loop", "loop_steps_per_s": 1.0 / loop_s, "step_steps_per_s": 1.0 / step_s,
+        "loop_overhead": loop_s / step_s - 1.0, "ms_per_step": round(step_s * 1e3, 3),
+        "loop_ms_per_step": round(loop_s * 1e3, 3), "examples_per_s": round(b / loop_s, 3),
+        "peak_mem_bytes": peak_memory_bytes(rt.device), "batch": b, "device": str(rt.device),
+        "threads": torch.get_num_threads(), "status": run_result["status"],
+        "model_flops_per_s": trainer.model.flops_per_example(training=True) * b / step_s,
+        "matmul_flops_per_s": matmul_flops(rt.device, seconds=FLAGS.matmul_seconds),
+    }
+
+
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
+    if FLAGS.mode == "loop":
+        r = run_loop_benchmark()
+        print(f"full loop   {r['loop_steps_per_s']:.2f} steps/s ({r['loop_ms_per_step']:.1f} ms)")
+        print(f"bare step   {r['step_steps_per_s']:.2f} steps/s ({r['ms_per_step']:.1f} ms)")
+        print(f"overhead    {100 * r['loop_overhead']:.1f}% of the bare step")
+        print(json.dumps(r))
+        return
     r = run_benchmark()
     print(f"device {r['device']}  dtype {r['forward_dtype']}  threads {r['threads']}  "
           f"batch {r['batch']}  params {r['num_params']:,}")

@@ -35,6 +35,9 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose saved config differs from this one.")
 flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
 flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
+flags.DEFINE_bool("force_unlock", False,
+                  "Take over the workdir's lock even if its owner looks alive (only when you "
+                  "know it is dead, e.g. its VM was deleted; stale locks expire by themselves).")
 
 
 def _data_shape(cfg):
@@ -84,8 +87,8 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
 
 
 def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
-          allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None
-          ) -> dict:
+          allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None,
+          force_unlock: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
     import gin  # pylint: disable=import-outside-toplevel
     from trm import config  # pylint: disable=import-outside-toplevel
@@ -96,12 +99,13 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
     command = {"argv": argv or sys.argv, "gin_files": resolved, "gin_params": list(bindings),
                "cwd": os.getcwd()}
     trainer = Trainer(cfg, workdir, config_text=gin.config_str(), command=command,
-                      allow_config_change=allow_config_change, progress=progress)
+                      allow_config_change=allow_config_change, progress=progress,
+                      force_unlock=force_unlock)
     return trainer.run()
 
 
-def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv):  # noqa: ARG001
-    train(gin_files, bindings, workdir, allow, progress, argv)
+def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force):  # noqa: ARG001
+    train(gin_files, bindings, workdir, allow, progress, argv, force)
 
 
 def main(argv: List[str]) -> None:
@@ -126,10 +130,11 @@ def main(argv: List[str]) -> None:
             import torch_xla  # pylint: disable=import-outside-toplevel
             torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), list(FLAGS.gin_param),
                                                  FLAGS.workdir, FLAGS.allow_config_change,
-                                                 FLAGS.progress, list(sys.argv)))
+                                                 FLAGS.progress, list(sys.argv),
+                                                 FLAGS.force_unlock))
             return
         result = train(FLAGS.gin_file, FLAGS.gin_param, FLAGS.workdir, FLAGS.allow_config_change,
-                       FLAGS.progress, list(sys.argv))
+                       FLAGS.progress, list(sys.argv), FLAGS.force_unlock)
     except config.ConfigError as e:
         sys.exit(f"trm.train: {e}")
     except Exception as e:  # noqa: BLE001 - known errors get a one-line message

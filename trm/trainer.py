@@ -160,7 +160,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, workdir: str, *, runtime: Optional[Runtime] = None,
                  config_text: str = "", command: Optional[Dict[str, Any]] = None,
-                 allow_config_change: bool = False, progress: bool = True) -> None:
+                 allow_config_change: bool = False, progress: bool = True,
+                 force_unlock: bool = False,
+                 step_callback: Optional[Callable[[int], None]] = None) -> None:
         self.cfg = config
         self.workdir_path = workdir
         self.runtime = runtime or init_runtime(config.device)
@@ -168,6 +170,8 @@ class Trainer:
         self.command = command or {}
         self.allow_config_change = allow_config_change
         self.progress = progress
+        self.force_unlock = force_unlock
+        self.step_callback = step_callback
         self.cfg.validate(self.runtime.process_count)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -346,7 +350,8 @@ class Trainer:
         self.workdir = Workdir(self.workdir_path)
         stopper = _StopSignal()
         if rt.is_main:
-            self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()})
+            self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
+                                      force=self.force_unlock)
         try:
             self._prepare_data()
             self._build()
@@ -363,7 +368,9 @@ class Trainer:
                 self._check_config_unchanged()
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
-            self.writer = SummaryWriterSync(self.workdir) if rt.is_main else None
+            # On resume, TensorBoard hides points of the old files from the resumed step on.
+            self.writer = (SummaryWriterSync(self.workdir, purge_step=self.step + 1 if restored
+                                             else None) if rt.is_main else None)
             if rt.is_main:
                 self._write_run_files(resumed=restored is not None)
             stopper.install()
@@ -380,12 +387,22 @@ class Trainer:
             raise
         finally:
             stopper.uninstall()
-            if getattr(self, "writer", None) is not None:
-                self.writer.close()
-            if getattr(self, "ckpt", None) is not None:
-                self.ckpt.wait()
-            if rt.is_main:
-                self.workdir.release_lock()
+            # Closing must not hide the error that got us here: log close failures instead
+            # (a failed final save is raised by _finish() on the normal path).
+            for name, close in (("data stream", getattr(getattr(self, "stream", None),
+                                                        "close", None)),
+                                ("TensorBoard writer", getattr(getattr(self, "writer", None),
+                                                               "close", None)),
+                                ("checkpoint manager", getattr(getattr(self, "ckpt", None),
+                                                               "close", None)),
+                                ("workdir lock", self.workdir.release_lock if rt.is_main
+                                 else None)):
+                if close is None:
+                    continue
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    log.exception("Closing the %s failed.", name)
 
     def _loop(self, stopper: _StopSignal) -> str:
         cfg, rt = self.cfg, self.runtime
@@ -418,6 +435,8 @@ class Trainer:
                 self._evaluate()
             if stop or last or _every(self.step, cfg.checkpoint_every):
                 self._save()
+            if self.step_callback is not None:
+                self.step_callback(self.step)
             if stop:
                 log.warning("Stopped at step %d after a signal; the next start resumes.",
                             self.step)

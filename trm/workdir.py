@@ -525,10 +525,11 @@ class Workdir:
         current = self._read_lock()
         if current is None or current.get("owner_id") != self._lock["owner_id"]:
             owner = self._describe_owner(current, now) if current else "nobody (LOCK removed)"
-            self._lock = None
+            # The error first: a reader seeing the lock gone must also see why.
             self._lock_error = LockLostError(
                 f"The lock of {self.path} is no longer ours; it is held by {owner}. Stop "
                 "writing to this workdir.")
+            self._lock = None
             raise self._lock_error
         record = dict(self._lock, heartbeat=now, heartbeat_time=utc_now_iso())
         self.write_json(LOCK_NAME, record)

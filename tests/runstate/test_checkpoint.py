@@ -111,6 +111,7 @@ def test_resume_from_older_step_retires_abandoned_newer_checkpoints(workdir, cap
     mgr = CheckpointManager(workdir, keep=5)
     for step in (10, 20, 30):
         mgr.save(step, {"x": torch.tensor(step)})
+    mgr.close()  # the save of step 30 runs in the background until here
     mgr2 = CheckpointManager(workdir.path, keep=5)
     assert mgr2.restore(10)[0] == 10
     with caplog.at_level(logging.WARNING):

@@ -124,10 +124,12 @@ def test_background_heartbeat_keeps_lease_fresh_and_reports_loss(workdir, caplog
     assert workdir.read_json("LOCK")["heartbeat"] > first
     workdir.heartbeat()                                 # still ours: no error
     with caplog.at_level(logging.ERROR):
-        _write_lock(workdir, owner_id="thief")
+        # A heartbeat in flight (read ours, then write) can overwrite one theft: steal until
+        # the heartbeat thread notices.
         deadline = time.time() + 10
         while workdir.holds_lock and time.time() < deadline:
-            time.sleep(0.05)
+            _write_lock(workdir, owner_id="thief")
+            time.sleep(0.2)
         with pytest.raises(LockLostError, match="some-other-host"):
             workdir.heartbeat()
         workdir.release_lock()                          # joins the heartbeat thread

@@ -232,7 +232,7 @@ def load_builtins() -> None:
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
-    for module in ("trm.models", "trm.losses", "trm.halting", "trm.optim"):
+    for module in ("trm.models", "trm.losses", "trm.halting", "trm.optim", "trm.evaluators"):
         importlib.import_module(module)
     _BUILTINS_LOADED = True
 
