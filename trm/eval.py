@@ -21,15 +21,25 @@ from typing import Any, Dict, List, Optional
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
-flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
-flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],
-                  "Which weights: the EMA shadow or the raw weights (auto: EMA when saved).")
-flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'EVAL_HALT_MAX_STEPS=32'.")
-flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
-flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
-flags.DEFINE_string("tag", "", "Suffix for the default JSON name and TensorBoard tags.")
-flags.DEFINE_bool("skip_eval", False, "Only export (with --export_state_dict).")
+_FLAGS_DEFINED = False
+
+
+def define_flags() -> None:
+    """Defines this command's absl flags (at run time, so that importing several trm
+    entry points in one process does not define the same flag twice)."""
+    global _FLAGS_DEFINED
+    if _FLAGS_DEFINED:
+        return
+    _FLAGS_DEFINED = True
+    flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
+    flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
+    flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],
+                      "Which weights: the EMA shadow or the raw weights (auto: EMA when saved).")
+    flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'EVAL_HALT_MAX_STEPS=32'.")
+    flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
+    flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
+    flags.DEFINE_string("tag", "", "Suffix for the default JSON name and TensorBoard tags.")
+    flags.DEFINE_bool("skip_eval", False, "Only export (with --export_state_dict).")
 
 
 class EvalError(RuntimeError):
@@ -59,7 +69,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     cfg = config.build_train_config()
     rt = init_runtime(cfg.device)
 
-    mgr = CheckpointManager(wd, keep=0, async_save=False)
+    mgr = CheckpointManager(wd, keep=0, best_metric=cfg.best_metric, async_save=False)
     which: Any = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
     if which not in ("latest", "best") and not isinstance(which, int):
         raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
@@ -140,6 +150,7 @@ def main(argv: List[str]) -> None:
 
 
 def run(argv: Optional[List[str]] = None) -> None:
+    define_flags()
     app.run(main, argv=argv or sys.argv)
 
 

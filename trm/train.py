@@ -27,17 +27,27 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
-flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
-flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
-flags.DEFINE_bool("dry_run", False, "Parse, build the model, print config and parameter count.")
-flags.DEFINE_bool("allow_config_change", False,
-                  "Resume a workdir whose saved config differs from this one.")
-flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
-flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
-flags.DEFINE_bool("force_unlock", False,
-                  "Take over the workdir's lock even if its owner looks alive (only when you "
-                  "know it is dead, e.g. its VM was deleted; stale locks expire by themselves).")
+_FLAGS_DEFINED = False
+
+
+def define_flags() -> None:
+    """Defines this command's absl flags (at run time, so that importing several trm
+    entry points in one process does not define the same flag twice)."""
+    global _FLAGS_DEFINED
+    if _FLAGS_DEFINED:
+        return
+    _FLAGS_DEFINED = True
+    flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
+    flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
+    flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
+    flags.DEFINE_bool("dry_run", False, "Parse, build the model, print config and parameter count.")
+    flags.DEFINE_bool("allow_config_change", False,
+                      "Resume a workdir whose saved config differs from this one.")
+    flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
+    flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
+    flags.DEFINE_bool("force_unlock", False,
+                      "Take over the workdir's lock even if its owner looks alive (only when you "
+                      "know it is dead, e.g. its VM was deleted; stale locks expire by themselves).")
 
 
 def _data_shape(cfg):
@@ -150,6 +160,7 @@ def main(argv: List[str]) -> None:
 
 
 def run(argv: Optional[List[str]] = None) -> None:
+    define_flags()
     app.run(main, argv=argv or sys.argv)
 
 

@@ -363,16 +363,17 @@ class Trainer:
                                           async_save=cfg.async_checkpoint and rt.is_main)
             self.step, self.carry, self.best = 0, None, None
             self._nonfinite_step = torch.zeros((), dtype=torch.int64, device=rt.device)
+            config_outcome = self._check_config() if rt.is_main else "none"
             restored = self.ckpt.restore("latest")
             if restored is not None:
-                self._check_config_unchanged()
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
             # On resume, TensorBoard hides points of the old files from the resumed step on.
             self.writer = (SummaryWriterSync(self.workdir, purge_step=self.step + 1 if restored
                                              else None) if rt.is_main else None)
             if rt.is_main:
-                self._write_run_files(resumed=restored is not None)
+                self._write_run_files(resumed=restored is not None,
+                                      config_changed=config_outcome != "same")
             stopper.install()
             status = self._loop(stopper)
             return self._finish(status)
@@ -538,22 +539,23 @@ class Trainer:
             fresh = getattr(self, "_eval_step", None) == self.step
             self.ckpt.save(self.step, state, metrics=self._last_eval if fresh else None)
 
-    def _check_config_unchanged(self) -> None:
-        if not self.config_text or not self.workdir.exists("config.gin"):
-            return
-        old = self.workdir.read_text("config.gin")
-        if _normalize_config(old) != _normalize_config(self.config_text) and \
-                not self.allow_config_change:
+    def _check_config(self) -> str:
+        """Saves config.gin, or checks that the workdir's saved one is this run's config."""
+        from trm.workdir import ConfigMismatchError  # pylint: disable=import-outside-toplevel
+        if not self.config_text:
+            return "none"
+        try:
+            return self.workdir.ensure_config("config.gin", self.config_text,
+                                              allow_change=self.allow_config_change)
+        except ConfigMismatchError as e:
             raise TrainingError(
-                f"The workdir {self.workdir_path} holds a run with another configuration "
-                "(config.gin differs from the one given now). Use a new --workdir, or pass "
-                "--allow_config_change to continue with the new configuration.")
+                f"The workdir {self.workdir_path} holds a run with another configuration. Use a "
+                f"new --workdir, or pass --allow_config_change to continue with the new "
+                f"configuration. {e}") from e
 
-    def _write_run_files(self, resumed: bool) -> None:
+    def _write_run_files(self, resumed: bool, config_changed: bool) -> None:
         wd = self.workdir
-        if self.config_text and (not resumed or not wd.exists("config.gin") or
-                                 self.allow_config_change):
-            wd.write_text("config.gin", self.config_text)
+        if self.config_text and config_changed:
             self.writer.text("config/gin", _md_code(self.config_text), self.step)
         if self.command:
             wd.write_json("command.json", self.command)
@@ -630,11 +632,6 @@ def _expand(path: PathLike, fields: Optional[Dict[str, Any]] = None) -> PathLike
             raise TrainingError(f"Data path {path!r} names {e} which is not a dataset builder "
                                 f"argument ({sorted(fields)}).") from e
     return os.path.expanduser(os.path.expandvars(path)) if "://" not in path else path
-
-
-def _normalize_config(text: str) -> str:
-    return "\n".join(line.rstrip() for line in text.strip().splitlines()
-                     if line.strip() and not line.lstrip().startswith("#"))
 
 
 def _md_code(text: str) -> str:

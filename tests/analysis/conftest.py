@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -47,54 +44,9 @@ def minimal_root(tmp_path_factory):
     return str(root)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _emulator_exe() -> str:
-    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    return exe if os.path.exists(exe) else "gcp-storage-emulator"
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator():
-    """A real local GCS emulator (in memory); yields its URL, sets ``STORAGE_EMULATOR_HOST``."""
-    port = _free_port()
-    proc = subprocess.Popen([_emulator_exe(), "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--in-memory"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.skip("gcp-storage-emulator did not start")
-            time.sleep(0.2)
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    try:
-        yield url
-    finally:
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture()
-def gcs_bucket(gcs_emulator):
-    """A fresh bucket on the emulator; yields ``(gcsfs filesystem, bucket name)``."""
+def gcs_fs_bucket(gcs_emulator):
+    """A fresh bucket on the shared emulator; yields ``(gcsfs filesystem, bucket name)``."""
     import gcsfs
 
     fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=gcs_emulator)

@@ -9,8 +9,8 @@ from analysis import testing as synth
 from conftest import upload_tree
 
 
-def test_gs_root_loads_like_local(gcs_emulator, gcs_bucket, tmp_path):
-    fs, bucket = gcs_bucket
+def test_gs_root_loads_like_local(gcs_emulator, gcs_fs_bucket, tmp_path):
+    fs, bucket = gcs_fs_bucket
     local = tmp_path / "study"
     synth.write_tiny_study(str(local), seeds=(0,), train_steps=20,
                            experiments=["e2_1_ema", "misc"])

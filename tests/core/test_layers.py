@@ -101,3 +101,17 @@ def test_to_dtype_rejects_unknown():
     assert to_dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="Unknown dtype"):
         to_dtype("float33")
+
+
+def test_add_rms_norm_in_place_path_is_bitwise_equal():
+    from trm.models.layers import add_rms_norm
+    torch.manual_seed(0)
+    x = torch.randn(3, 18, 8).transpose(1, 2)  # a strided view, as in the MLP mixer
+    y = torch.randn(3, 8, 18)
+    expected = rms_norm(x + y, 1e-5)
+    with torch.no_grad():
+        out = add_rms_norm(x, y.clone(), 1e-5)
+    assert torch.equal(out, expected)
+    xg = x.clone().requires_grad_()
+    assert torch.equal(add_rms_norm(xg, y, 1e-5), expected)  # autograd path: out of place
+    assert out.data_ptr() != y.data_ptr()

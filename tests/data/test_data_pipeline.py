@@ -292,10 +292,10 @@ def test_command_line_build_and_inspect(tmp_path):
     assert r.returncode == 2 and "different arguments" in r.stderr
 
 
-def test_gcs_paths_through_the_emulator(gcs_emulator, sudoku6, sudoku6_args, tmp_path,
+def test_gcs_paths_through_the_emulator(gcs_bucket, sudoku6, sudoku6_args, tmp_path,
                                        monkeypatch):
     monkeypatch.setenv("TRM_DATA_CACHE", str(tmp_path / "cache"))
-    remote = f"{gcs_emulator}/sudoku6"
+    remote = f"{gcs_bucket}/sudoku6"
     assert ensure_dataset(remote, "sudoku_gen", **sudoku6_args) == remote
     local_meta, remote_meta = load_metadata(sudoku6), load_metadata(remote)
     assert [s.info.sha256 for s in local_meta.shards] == \

@@ -136,3 +136,24 @@ def test_second_run_on_same_workdir_refuses(sudoku4, tmp_path):
             train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=2), wd, progress=False)
     finally:
         holder.release_lock()
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(sudoku4, tmp_path):
+    from trm.trainer import TrainingError
+    wd = str(tmp_path / "run")
+    with pytest.raises(TrainingError, match=r"Non-finite loss at step (\d+)") as err:
+        train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=12, extra=[
+            "LR=1e30", "LR_WARMUP_STEPS=0", "LOG_EVERY=4", "CHECKPOINT_EVERY=1"]), wd,
+            progress=False)
+    import re
+    bad = int(re.search(r"step (\d+)", str(err.value)).group(1))
+    assert 1 <= bad <= 4
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "failed" and "Non-finite" in run["error"]
+    from trm.checkpoint import CheckpointManager
+    steps = CheckpointManager(wd, async_save=False).steps()
+    assert all(s < bad for s in steps), (steps, bad)
+    for step in steps:  # what was kept is finite
+        _, state = CheckpointManager(wd, async_save=False).restore(step)
+        assert all(torch.isfinite(v).all() for v in state["model"].values()
+                   if v.is_floating_point())

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from trm.interop.reference import (build_model_from_reference, load_reference_checkpoint,
+from trm.interop.reference import (build_model_from_reference,
                                    model_kwargs_from_reference_config, trm_key_to_reference)
 from trm.losses import ACTLoss
 from trm.models import TRM

@@ -98,6 +98,23 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x.to(dtype)
 
 
+def add_rms_norm(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rms_norm(x + y)`` for a fresh sublayer output ``y`` (post-norm residual).
+
+    Without autograd (the gradient-free recursion cycles, evaluation) the normalisation runs in
+    place in the sum (float32 only), saving a full-size temporary with bitwise the same result;
+    otherwise it is ``rms_norm(x + y, eps)``.
+    """
+    if (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)) or \
+            y.dtype != torch.float32 or x.dtype != torch.float32 or y.shape != x.shape:
+        return rms_norm(x + y, eps)
+    # ``x + y`` out of place: its memory layout (which follows the inputs', e.g. a transposed
+    # view in the MLP mixer) sets the reduction order of the mean, hence the rounding; keeping
+    # it makes the result bitwise equal to rms_norm(x + y) and to the reference.
+    out = x + y
+    return out.mul_(torch.rsqrt(out.square().mean(-1, keepdim=True).add_(eps)))
+
+
 def swiglu_inner_size(hidden_size: int, expansion: float, multiple: int = 256) -> int:
     """The reference's SwiGLU width: round(expansion * hidden * 2/3) up to a multiple of 256.
 
@@ -118,7 +135,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad):
+            return self.down_proj(F.silu(gate) * up)
+        # Without autograd: in place in the (fresh) gate_up output.
+        return self.down_proj(F.silu(gate, inplace=True).mul_(up))
 
 
 def rotary_cos_sin(head_dim: int, max_positions: int, base: float = 10000.0) -> CosSin:

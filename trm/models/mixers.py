@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from trm.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, rms_norm,
+from trm.models.layers import (Attention, CastedEmbedding, CosSin, SwiGLU, add_rms_norm,
                                rotary_cos_sin, to_dtype)
 from trm.registry import register
 
@@ -36,7 +36,7 @@ class AttentionMixer(nn.Module):
         self.self_attn = Attention(hidden_size, num_heads)
 
     def forward(self, x: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:
-        return rms_norm(x + self.self_attn(x, cos_sin), self.rms_norm_eps)
+        return add_rms_norm(x, self.self_attn(x, cos_sin), self.rms_norm_eps)
 
 
 @register("mixer", "mlp")
@@ -58,7 +58,7 @@ class MLPMixer(nn.Module):
     def forward(self, x: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:
         del cos_sin
         xt = x.transpose(1, 2)
-        return rms_norm(xt + self.mlp_t(xt), self.rms_norm_eps).transpose(1, 2)
+        return add_rms_norm(xt, self.mlp_t(xt), self.rms_norm_eps).transpose(1, 2)
 
 
 class _Positions(nn.Module):
@@ -118,4 +118,4 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:
         x = self.mixer(x, cos_sin)
-        return rms_norm(x + self.mlp(x), self.rms_norm_eps)
+        return add_rms_norm(x, self.mlp(x), self.rms_norm_eps)

@@ -11,7 +11,6 @@ import functools
 import os
 import resource
 import time
-from typing import Optional
 
 import torch
 
@@ -77,11 +76,11 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: in
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
-        c = a @ b
+        a @ b  # pylint: disable=pointless-statement
     synchronize(device)
     reps, start = 0, time.perf_counter()
     while True:
-        c = a @ b  # noqa: F841
+        a @ b  # pylint: disable=pointless-statement
         reps += 1
         if reps % 4 == 0:
             synchronize(device)
