@@ -125,3 +125,24 @@ def test_one_cpu_step(path, tiny_datasets, tmp_path):
         assert "ARC/pass@2" in result["eval"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_gin_files_resolve_after_a_non_editable_install(tmp_path):
+    """`pip install .` ships the gin tree as package data; names resolve from any directory."""
+    import subprocess
+    import sys
+    repo = str(config.gin_root().parent)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), repo],
+                   check=True, capture_output=True, text=True, timeout=600)
+    script = ("from trm import config; import trm; "
+              "print(trm.__file__); print(config.resolve_gin_file('e2_3_mlp.gin')); "
+              "print(len(config.shipped_gin_files()))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(target))).stdout.split()
+    assert out[0].startswith(str(target))
+    assert out[1].startswith(str(target)) and out[1].endswith("e2_3_mlp.gin")
+    assert int(out[2]) == len(config.shipped_gin_files())

@@ -17,6 +17,7 @@ Without ``--gin_file`` / ``--reference_config`` the model is the Sudoku TRM-MLP 
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -34,16 +35,10 @@ from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes,
                          synchronize, tune_cpu_allocator)
 
 FLAGS = flags.FLAGS
-_FLAGS_DEFINED = False
-
-
+@functools.lru_cache(maxsize=None)
 def define_flags() -> None:
-    """Defines this command's absl flags (at run time, so that importing several trm
-    entry points in one process does not define the same flag twice)."""
-    global _FLAGS_DEFINED
-    if _FLAGS_DEFINED:
-        return
-    _FLAGS_DEFINED = True
+    """Defines this command's absl flags, once, at run time (importing several trm entry
+    points in one process must not define the same flag twice)."""
     flags.DEFINE_multi_string("gin_file", [], "Gin file (name in the shipped tree, or a path).")
     flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'model.trm.hidden_size=128'.")
     flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")

@@ -13,6 +13,7 @@ model's plain ``state_dict`` (with the chosen weights) for use elsewhere.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -21,16 +22,10 @@ from typing import Any, Dict, List, Optional
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-_FLAGS_DEFINED = False
-
-
+@functools.lru_cache(maxsize=None)
 def define_flags() -> None:
-    """Defines this command's absl flags (at run time, so that importing several trm
-    entry points in one process does not define the same flag twice)."""
-    global _FLAGS_DEFINED
-    if _FLAGS_DEFINED:
-        return
-    _FLAGS_DEFINED = True
+    """Defines this command's absl flags, once, at run time (importing several trm entry
+    points in one process must not define the same flag twice)."""
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
     flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
     flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],

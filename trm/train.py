@@ -18,6 +18,7 @@ On a TPU VM (``PJRT_DEVICE=TPU``) one process is started per local TPU device; w
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,16 +28,10 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-_FLAGS_DEFINED = False
-
-
+@functools.lru_cache(maxsize=None)
 def define_flags() -> None:
-    """Defines this command's absl flags (at run time, so that importing several trm
-    entry points in one process does not define the same flag twice)."""
-    global _FLAGS_DEFINED
-    if _FLAGS_DEFINED:
-        return
-    _FLAGS_DEFINED = True
+    """Defines this command's absl flags, once, at run time (importing several trm entry
+    points in one process must not define the same flag twice)."""
     flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
     flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")

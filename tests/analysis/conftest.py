@@ -6,7 +6,6 @@ import os
 import sys
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 
@@ -45,15 +44,11 @@ def minimal_root(tmp_path_factory):
 
 
 @pytest.fixture()
-def gcs_fs_bucket(gcs_emulator):
-    """A fresh bucket on the shared emulator; yields ``(gcsfs filesystem, bucket name)``."""
+def gcs_fs_bucket(gcs_emulator, gcs_bucket):
+    """The shared emulator's fresh bucket as ``(gcsfs filesystem, bucket name)``."""
     import gcsfs
 
-    fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=gcs_emulator)
-    bucket = f"trm-{uuid.uuid4().hex[:10]}"
-    fs.mkdir(bucket)
-    fs.invalidate_cache()
-    yield fs, bucket
+    return gcsfs.GCSFileSystem(token="anon", endpoint_url=gcs_emulator), gcs_bucket[len("gs://"):]
 
 
 def upload_tree(fs, emulator_url: str, bucket: str, prefix: str, local_dir: str) -> int:
