@@ -2,8 +2,10 @@
 
 import pathlib
 import re
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "trm" / "__init__.py").read_text()).group(1)
@@ -12,6 +14,24 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "trm" / "__init__.py").r
 # finds the local 2.13.0+cpu wheel, that wheel is the best match (it sorts above 2.13.0),
 # so nothing is downloaded; `make install` also asks for it explicitly first.
 TORCH = "torch>=2.9,<=2.13.0"
+
+
+
+class BuildPyWithGin(build_py):
+    """Ships the experiment tree: copies gin/**/*.gin into the built package as
+    ``trm/gin_configs/`` (gin/ itself stays a plain folder of .gin files, without any
+    ``__init__.py``), so `--gin_file=e2_3_mlp.gin` resolves after a non-editable install.
+    Editable installs read the repository's gin/ directly."""
+
+    def run(self):
+        super().run()
+        src = ROOT / "gin"
+        dst = pathlib.Path(self.build_lib) / "trm" / "gin_configs"
+        for path in sorted(src.rglob("*.gin")):
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
 
 ANALYSIS = ["pandas>=2.0", "scipy>=1.10", "matplotlib>=3.7", "tbparse>=0.0.9"]
 
@@ -23,12 +43,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["trm", "trm.*", "launchers", "launchers.*", "analysis",
-                                    "analysis.*"]) + ["trm.gin_configs"],
-    # The experiment tree ships inside the package, so `--gin_file=e2_3_mlp.gin` resolves after
-    # a non-editable install too. gin/ itself stays a plain folder of .gin files.
-    package_dir={"trm.gin_configs": "gin"},
-    package_data={"trm.gin_configs": ["*.gin", "*/*.gin", "*/*/*.gin"],
-                  "analysis": ["notebooks/*.ipynb"]},
+                                    "analysis.*"]),
+    package_data={"analysis": ["notebooks/*.ipynb"]},
+    cmdclass={"build_py": BuildPyWithGin},
     install_requires=[
         TORCH,
         "numpy>=1.24",

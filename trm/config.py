@@ -16,7 +16,6 @@ import difflib
 import functools
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -31,17 +30,19 @@ class ConfigError(ValueError):
 
 @functools.lru_cache(maxsize=None)
 def gin_root() -> Path:
-    """The directory of the shipped experiment tree."""
+    """The directory of the shipped experiment tree.
+
+    ``$TRM_GIN_ROOT`` if set; else ``trm/gin_configs`` inside an installed package (setup.py
+    copies gin/ there); else the repository's ``gin/`` (source checkouts, editable installs).
+    """
     env = os.environ.get("TRM_GIN_ROOT")
     if env:
         return Path(env)
-    try:
-        root = Path(str(resources.files("trm.gin_configs")))
-        if root.is_dir() and any(root.rglob("*.gin")):
-            return root
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "gin"
+    package = Path(__file__).resolve().parent
+    installed = package / "gin_configs"
+    if installed.is_dir():
+        return installed
+    return package.parent / "gin"
 
 
 def shipped_gin_files() -> List[Path]:

@@ -349,6 +349,7 @@ class Trainer:
         cfg, rt = self.cfg, self.runtime
         self.workdir = Workdir(self.workdir_path)
         stopper = _StopSignal()
+        stopper.install()  # from the start: a preemption during start-up stops after step 1
         if rt.is_main:
             self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
                                       force=self.force_unlock)
@@ -374,7 +375,6 @@ class Trainer:
             if rt.is_main:
                 self._write_run_files(resumed=restored is not None,
                                       config_changed=config_outcome != "same")
-            stopper.install()
             status = self._loop(stopper)
             return self._finish(status)
         except BaseException as e:

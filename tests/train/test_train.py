@@ -157,3 +157,34 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(sudoku
         _, state = CheckpointManager(wd, async_save=False).restore(step)
         assert all(torch.isfinite(v).all() for v in state["model"].values()
                    if v.is_floating_point())
+
+
+def test_reference_checkpoint_as_initial_weights(sudoku4, tmp_path):
+    """A reference-format checkpoint (compiled key spelling, another puzzle-table size)
+    initialises a run; with LR 0 the trained weights stay exactly the imported ones."""
+    from trm.checkpoint import CheckpointManager
+    from trm.data import load_metadata
+    from trm.interop.reference import trm_key_to_reference
+    from trm.models import TRM
+    meta = load_metadata(sudoku4, "train")
+    torch.manual_seed(123)
+    source = TRM(vocab_size=meta.vocab_size, seq_len=meta.seq_len, num_puzzle_identifiers=7,
+                 hidden_size=32, num_heads=2, num_layers=2, mixer="mlp", positions="none",
+                 H_cycles=1, L_cycles=1, halt_max_steps=2, puzzle_emb_len=1)
+    with torch.no_grad():
+        source.puzzle_emb.weights.normal_()
+    ref_state = {"_orig_mod." + trm_key_to_reference(k): v for k, v in
+                 source.state_dict().items()}
+    path = tmp_path / "step_1000"
+    torch.save(ref_state, path)
+    wd = str(tmp_path / "run")
+    train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=1, extra=[
+        "LR=0.0", "PUZZLE_EMB_LR=0.0", "NUM_LAYERS=2", "CHECKPOINT_EVERY=1",
+        f"trm.TrainConfig.init_from_reference='{path}'"]), wd, progress=False)
+    _, state = CheckpointManager(wd, async_save=False).restore("latest")
+    for k, v in source.state_dict().items():
+        if k == "puzzle_emb.weights":
+            expected = v.mean(0, keepdim=True).expand(meta.num_puzzle_identifiers, -1)
+            assert torch.allclose(state["model"][k], expected), k
+        else:
+            assert torch.equal(state["model"][k], v), k
