@@ -17,7 +17,6 @@ fetched every ``log_every`` steps; the step counter and LR live on the host.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -657,10 +656,6 @@ def _git_commit() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
 if __name__ == "__main__":  # pragma: no cover

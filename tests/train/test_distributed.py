@@ -2,7 +2,6 @@
 batch: same per-step losses and final weights (within float tolerance)."""
 
 import os
-import shutil
 import subprocess
 import sys
 

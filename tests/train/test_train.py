@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import gin
 import pytest
 import torch
 
@@ -89,7 +88,6 @@ def test_eval_cli_other_depth_json_tensorboard_and_export(sudoku4, tmp_path):
     assert res["metrics"]["all/count"] == 48
     sd = torch.load(export, weights_only=True)
     assert "core.net.layers.0.mlp.gate_up_proj.weight" in sd
-    from test_train import read_scalars as rs  # noqa: F401  (same module, explicit for clarity)
     s = read_scalars(wd)
     assert "eval_cli_depth5/exact_accuracy" in s
     raw = run_cli(["trm.eval", f"--workdir={wd}", "--weights=raw", "--checkpoint=6",
