@@ -100,7 +100,9 @@ def comparison_table(runs: Runs, group_by: Union[None, str, Sequence[str]] = Non
                 continue
             first = members.iloc[0]
             cfg = {k: first.get(k) for k in summary.columns}
-            entry = _pub.match(cfg, varying, metric=pub_metric)
+            twin = members["experiment"].astype(str).str.startswith("cpu_").all() \
+                if "experiment" in members.columns else False
+            entry = _pub.match(cfg, varying, metric=pub_metric, relative=bool(twin))
             if entry is not None:
                 agg.at[i, "published"] = entry.fraction
                 agg.at[i, "published_experiment"] = entry.experiment

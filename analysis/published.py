@@ -130,19 +130,26 @@ STRUCTURAL_AXES: Tuple[str, ...] = ("T", "n", "mixer", "ema", "halting", "gradie
 
 
 def match(config: Mapping[str, Any], varying: Sequence[str] = (), task: Optional[str] = None,
-          metric: str = "exact_accuracy") -> Optional[Published]:
+          metric: str = "exact_accuracy", relative: bool = False) -> Optional[Published]:
     """The published entry for ``config`` (None if the paper has no number for it).
 
     ``config`` is judged on :data:`STRUCTURAL_AXES` plus the ``varying`` axes (those that vary
     among the compared runs): a T/n sweep at hidden 64 still matches the paper's T/n rows, a
     model-size ladder matches nothing except hidden 512. ``task`` defaults to
     ``config["task_family"]``, then to "sudoku" (the study's main task). Unknown values (None)
-    on an axis are treated as the baseline's.
+    on an axis are treated as the baseline's. With ``relative`` (CPU-scale twins), structural
+    axes that do not vary are taken as the paper baseline's, so a twin's ablation is shown next
+    to the paper's number for that ablation.
     """
     task = task or config.get("task_family") or "sudoku"
     base = BASELINES.get(task)
     if base is None:
         return None
+    if relative and varying:
+        # A scaled-down twin (e.g. T=2, n=3 at hidden 64) is its own baseline: only the axes
+        # its experiment varies are compared with the paper's ablation.
+        config = {**config, **{ax: base[ax] for ax in STRUCTURAL_AXES
+                               if ax in base and ax not in varying}}
     varying = list(dict.fromkeys(list(STRUCTURAL_AXES) + list(varying)))
     diff = {}
     for ax in varying:

@@ -44,3 +44,12 @@ def test_match_other_tasks():
     maze = dict(BASE, mixer="attention", n=4, task_family="maze")
     assert pub.match(maze).value == 85.3
     assert pub.match(dict(maze, task_family="arc1"), metric="pass@2").value == 44.6
+
+
+def test_relative_match_for_cpu_twins():
+    twin = dict(BASE, T=2, n=3, hidden_size=64)
+    assert pub.match(dict(twin, ema=False), ["ema"]) is None  # T, n differ from the paper's
+    assert pub.match(dict(twin, ema=False), ["ema"], relative=True).value == 79.9
+    assert pub.match(dict(twin, mixer="attention"), ["mixer"], relative=True).value == 74.7
+    assert pub.match(dict(twin, T=2, n=2), ["T", "n"], relative=True).value == 73.7
+    assert pub.match(twin, [], relative=True) is None  # nothing varies: no anchor
