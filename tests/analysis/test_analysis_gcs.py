@@ -6,7 +6,7 @@ import pytest
 from analysis import load_runs
 from analysis import runs as runs_mod
 from analysis import testing as synth
-from conftest import upload_tree
+from gcs_upload import upload_tree
 
 
 def test_gs_root_loads_like_local(gcs_emulator, gcs_fs_bucket, tmp_path):

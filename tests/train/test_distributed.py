@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_bindings
+from train_helpers import tiny_bindings
 from test_train import read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

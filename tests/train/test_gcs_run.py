@@ -6,7 +6,7 @@ import json
 import fsspec
 import pytest
 
-from conftest import tiny_bindings
+from train_helpers import tiny_bindings
 from trm.train import train
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_bindings
+from train_helpers import tiny_bindings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 40

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_bindings
+from train_helpers import tiny_bindings
 from trm.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

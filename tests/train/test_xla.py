@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import tiny_bindings
+from train_helpers import tiny_bindings
 from test_train import read_scalars
 from trm.train import train
 
