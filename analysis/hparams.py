@@ -1,4 +1,8 @@
-"""Hyperparameters of a run, parsed from its saved gin config.
+"""Hyperparameters of a run: from its ``hparams.json``, or parsed from its saved gin config.
+
+Runs written by ``trm.train`` carry ``hparams.json`` (the effective value of every macro and
+binding, resolved by gin itself): :func:`from_hparams_json` reads it. Older runs, and gin text
+in general, go through the parser below.
 
 Two parts:
 
@@ -39,7 +43,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 __all__ = [
     "Reference", "MacroRef", "Binding", "GinConfig", "parse_gin", "HParam", "HPARAMS",
     "AXES", "PREFERRED_CONFIGURABLES", "extract_hparams", "hparam_names", "task_family",
-    "binding_names",
+    "binding_names", "from_hparams_json",
 ]
 
 
@@ -615,6 +619,39 @@ def extract_hparams(cfg: GinConfig) -> Dict[str, Any]:
                 out["num_aug"] = int(m.group(3))
     out["task_family"] = task_family(out.get("task"), out.get("data_dir"))
     return out
+
+
+def _hparams_value(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("@") and len(value) > 1:
+        evaluate = value.endswith("()")
+        return Reference(value[1:-2] if evaluate else value[1:], evaluate)
+    if isinstance(value, list):
+        return [_hparams_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _hparams_value(v) for k, v in value.items()}
+    return value
+
+
+def from_hparams_json(data: Dict[str, Any]) -> GinConfig:
+    """The config recorded in a run's ``hparams.json`` (written by ``trm.train``: the effective
+    value of every macro and binding, macros already resolved, references as ``@kind.name``
+    with ``()`` when called). Newer runs are read from it; :func:`parse_gin` stays the fallback
+    for runs that predate it and for hand-written gin text."""
+    cfg = GinConfig()
+    if not isinstance(data, dict):
+        cfg.errors.append("hparams.json: not a JSON object")
+        return cfg
+    for name, value in (data.get("macros") or {}).items():
+        cfg.macros[str(name)] = _hparams_value(value)
+    for key, value in (data.get("bindings") or {}).items():
+        scope, _, rest = str(key).rpartition("/")
+        configurable, _, param = rest.rpartition(".")
+        if not configurable or not param:
+            cfg.errors.append(f"hparams.json: binding name {key!r} is not configurable.param")
+            continue
+        b = Binding(scope, configurable, param, _hparams_value(value), 0)
+        cfg.bindings[b.key] = b
+    return cfg
 
 
 def parse_bindings_list(bindings: Iterable[str]) -> GinConfig:

@@ -10,6 +10,11 @@ configurations without a published number (e.g. T=2, n=6) are simply absent.
 EMA, halting, gradient path, recursion core) and at the scale axes only where they vary
 within the compared runs: a T/n sweep at CPU scale (hidden 64) still matches the paper's T/n
 rows, while a model-size ladder (hidden size varies) matches nothing except hidden 512.
+
+:data:`PUBLISHED` is the single source of the paper's numbers in this repository. The sweep
+descriptions (:mod:`launchers.named_sweeps`) are built from it with :func:`percent`; the
+``Published:`` lines of the gin experiment headers quote it and tests/test_gin_tree.py checks
+every number they quote against it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["Published", "PUBLISHED", "BASELINES", "STRUCTURAL_AXES", "match", "for_experiment",
-           "TASK_NAMES"]
+           "get", "percent", "TASK_NAMES"]
 
 TASK_NAMES = {
     "sudoku": "Sudoku-Extreme",
@@ -185,3 +190,21 @@ def match(config: Mapping[str, Any], varying: Sequence[str] = (), task: Optional
 def for_experiment(experiment_id: str) -> List[Published]:
     """All entries of one study experiment id (``"E2.7"`` -> three entries)."""
     return [p for p in PUBLISHED if p.experiment == experiment_id]
+
+
+def get(experiment_id: str, label: Optional[str] = None) -> Published:
+    """The one entry of ``experiment_id`` (and ``label``, needed where the id has several).
+
+    ``KeyError`` when none or several entries fit.
+    """
+    found = [p for p in for_experiment(experiment_id) if label is None or p.label == label]
+    if len(found) != 1:
+        labels = [p.label for p in for_experiment(experiment_id)]
+        raise KeyError(f"{len(found)} published entries for {experiment_id!r}"
+                       f"{'' if label is None else f' / {label!r}'}; its labels: {labels}")
+    return found[0]
+
+
+def percent(experiment_id: str, label: Optional[str] = None) -> str:
+    """The entry's number as text, e.g. ``"87.4%"`` (for descriptions that quote the paper)."""
+    return f"{get(experiment_id, label).value:g}%"

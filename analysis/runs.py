@@ -46,6 +46,7 @@ import shutil
 import sys
 import tempfile
 import types
+import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, \
     Tuple, Union
 
@@ -57,7 +58,8 @@ from analysis import hparams as _hp
 __all__ = ["Run", "Runs", "load_runs", "load_run", "find_run_dirs", "read_events",
            "tag_column", "RUN_FILES", "STATUS_MAP"]
 
-RUN_FILES = ("run.json", "command.json", "config.gin", "operative_config.gin")
+RUN_FILES = ("run.json", "command.json", "config.gin", "operative_config.gin",
+             "hparams.json")
 _SKIP_DIRS = {"tb", "eval", "checkpoints", ".git", "__pycache__", ".ipynb_checkpoints"}
 STATUS_MAP = {"completed": "completed", "running": "running", "preempted": "interrupted",
               "interrupted": "interrupted", "failed": "failed", "killed": "interrupted"}
@@ -379,16 +381,26 @@ def _load_one(local_dir: str, run_id: str, path: str, experiment: str
               ) -> Tuple[Run, pd.DataFrame]:
     meta = _read_json(os.path.join(local_dir, "run.json"))
     command = _read_json(os.path.join(local_dir, "command.json"))
-    cfg = _hp.GinConfig()
-    text = _read_text(os.path.join(local_dir, "config.gin"))
-    if text:
-        cfg.update(_hp.parse_gin(text, "config.gin"))
-    bindings = command.get("gin_bindings") or command.get("bindings") or []
-    if isinstance(bindings, list) and bindings:
-        cfg.update(_hp.parse_bindings_list(bindings))
+    resolved = _read_text(os.path.join(local_dir, "hparams.json"))
     op = _read_text(os.path.join(local_dir, "operative_config.gin"))
-    if op:
-        cfg.update(_hp.parse_gin(op, "operative_config.gin"))
+    cfg = _hp.GinConfig()
+    if resolved:
+        # Written by trm.train: gin's own resolution of every binding.
+        try:
+            cfg.update(_hp.from_hparams_json(json.loads(resolved)))
+        except ValueError as e:
+            warnings.warn(f"{path}/hparams.json is not valid JSON ({e}); reading config.gin "
+                          "instead.")
+            resolved = None
+    if not resolved:  # runs that predate hparams.json: parse the gin text
+        text = _read_text(os.path.join(local_dir, "config.gin"))
+        if text:
+            cfg.update(_hp.parse_gin(text, "config.gin"))
+        bindings = command.get("gin_bindings") or command.get("bindings") or []
+        if isinstance(bindings, list) and bindings:
+            cfg.update(_hp.parse_bindings_list(bindings))
+        if op:
+            cfg.update(_hp.parse_gin(op, "operative_config.gin"))
     hp = _hp.extract_hparams(cfg)
     raw = meta.get("status")
     status = STATUS_MAP.get(str(raw).lower(), str(raw).lower()) if raw else "unknown"

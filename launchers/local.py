@@ -36,7 +36,7 @@ import time
 from typing import Sequence, TextIO
 
 from launchers import common
-from launchers.sweeps import Run, get_sweep
+from launchers.named_sweeps import Run, get_sweep
 
 LAUNCHER_LOG = "launcher.log"
 

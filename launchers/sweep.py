@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from launchers import common
-from launchers.sweeps import get_sweep, list_sweeps
+from launchers.named_sweeps import get_sweep, list_sweeps
 
 
 def format_runs(runs) -> str:

@@ -43,7 +43,7 @@ import sys
 from typing import Mapping, Sequence
 
 from launchers import common
-from launchers.sweeps import Run, get_sweep
+from launchers.named_sweeps import Run, get_sweep
 
 LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-releases/index.html"
 SRC_ARCHIVE = "dist/trm-src.tar.gz"  # local path (relative to the source dir) of `git archive`

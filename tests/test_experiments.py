@@ -8,7 +8,7 @@ import os
 import gin
 import pytest
 
-from trm import config
+from trm import gin_edge as config
 from trm.train import dry_run, train
 
 EXPERIMENTS = [p for p in config.shipped_gin_files() if "experiments" in p.parts]
@@ -137,7 +137,7 @@ def test_gin_files_resolve_after_a_non_editable_install(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--target", str(target), repo],
                    check=True, capture_output=True, text=True, timeout=600)
-    script = ("from trm import config; import trm; "
+    script = ("from trm import gin_edge as config; import trm; "
               "print(trm.__file__); print(config.resolve_gin_file('e2_3_mlp.gin')); "
               "print(len(config.shipped_gin_files()))")
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True,

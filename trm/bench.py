@@ -17,20 +17,20 @@ Without ``--gin_file`` / ``--reference_config`` the model is the Sudoku TRM-MLP 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from absl import app, flags
 
-from trm import config as trm_config
-from trm.losses import ACTLoss
+from trm import gin_edge
+from trm.experiment import DataShape, TrainConfig
 from trm.models import TRM
-from trm.optim import AdamATan2, SignSGD
 from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes, select_device,
                          synchronize, tune_cpu_allocator)
 
@@ -63,50 +63,54 @@ BASELINE = dict(hidden_size=512, num_layers=2, expansion=4, num_heads=8, mixer="
                 positions="none", H_cycles=3, L_cycles=6, puzzle_emb_len=16, halt_max_steps=16)
 
 
-def build_model(forward_dtype: torch.dtype) -> TRM:
-    overrides: Dict[str, Any] = {"forward_dtype": forward_dtype}
-    if FLAGS.activation_checkpointing is not None:
-        overrides["activation_checkpointing"] = FLAGS.activation_checkpointing
-    data = dict(vocab_size=FLAGS.vocab_size, seq_len=FLAGS.seq_len,
-                num_puzzle_identifiers=FLAGS.num_puzzle_identifiers)
-    if FLAGS.reference_config:
+def bench_config() -> Tuple[TrainConfig, DataShape]:
+    """The benchmarked run's config and data shape, from the flags.
+
+    ``--gin_file`` / ``--gin_param``: the experiment's TrainConfig (its model, optimizers, EMA,
+    schedule, clipping); ``--reference_config``: a reference config's model; else the study's
+    Sudoku baseline (:data:`BASELINE`) with the default TrainConfig recipe.
+    """
+    shape = DataShape(FLAGS.vocab_size, FLAGS.seq_len, FLAGS.num_puzzle_identifiers)
+    if FLAGS.gin_file or FLAGS.gin_param:
+        gin_edge.clear()
+        gin_edge.parse(FLAGS.gin_file, FLAGS.gin_param, finalize=False)
+        cfg = gin_edge.build_train_config()
+        shape = DataShape(gin_edge.query_macro("VOCAB_SIZE", FLAGS.vocab_size),
+                          gin_edge.query_macro("SEQ_LEN", FLAGS.seq_len),
+                          FLAGS.num_puzzle_identifiers)
+        factory = cfg.model
+    elif FLAGS.reference_config:
         from trm.interop.reference import model_kwargs_from_reference_config  # pylint: disable=import-outside-toplevel
         with open(FLAGS.reference_config) as f:
-            cfg = json.load(f)
-        kwargs = model_kwargs_from_reference_config({**data, **cfg})
-        kwargs.update(overrides)
-        return TRM(**kwargs)
-    if FLAGS.gin_file or FLAGS.gin_param:
-        trm_config.parse(FLAGS.gin_file, FLAGS.gin_param, finalize=False)
-        import gin  # pylint: disable=import-outside-toplevel
-        factory = gin.get_configurable("model.trm")
-        bound = {k for k in data if _is_bound(f"model.trm.{k}")}
-        return factory(**{k: v for k, v in data.items() if k not in bound}, **overrides)
-    return TRM(**data, **BASELINE, **overrides)
-
-
-def _is_bound(binding: str) -> bool:
-    import gin  # pylint: disable=import-outside-toplevel
-    try:
-        gin.query_parameter(binding)
-        return True
-    except ValueError:
-        return False
+            ref = json.load(f)
+        kwargs = model_kwargs_from_reference_config({**dataclasses.asdict(shape), **ref})
+        for key in ("vocab_size", "seq_len", "num_puzzle_identifiers", "forward_dtype"):
+            kwargs.pop(key, None)
+        cfg, factory = TrainConfig(), functools.partial(TRM, **kwargs)
+    else:
+        cfg, factory = TrainConfig(), functools.partial(TRM, **BASELINE)
+    overrides: Dict[str, Any] = {}
+    if FLAGS.activation_checkpointing is not None:
+        overrides["activation_checkpointing"] = FLAGS.activation_checkpointing
+    cfg = dataclasses.replace(
+        cfg, model=functools.partial(factory, **overrides) if overrides else factory,
+        data_dir=cfg.data_dir or "(benchmark: synthetic batch)", device=FLAGS.device,
+        forward_dtype=FLAGS.forward_dtype, compile=FLAGS.compile,
+        global_batch_size=FLAGS.batch, eval_batch_size=FLAGS.batch, init_from_reference=None)
+    return cfg, shape
 
 
 def run_benchmark() -> Dict[str, Any]:
-    device = select_device(FLAGS.device)
-    dtype = (default_forward_dtype(device) if FLAGS.forward_dtype == "auto"
-             else getattr(torch, FLAGS.forward_dtype))
-    torch.manual_seed(0)
+    """Times :meth:`trm.trainer.Trainer.train_step` -- the step users run: forward, ACT loss,
+    backward, all-reduce, clipping, LR schedule, both optimizers, EMA -- on a fixed batch."""
+    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    cfg, shape = bench_config()
+    trainer = Trainer(cfg, None, progress=False)
+    device = trainer.runtime.device
     if device.type == "cpu":
         tune_cpu_allocator()
-    model = build_model(dtype).to(device)
-    model.train()
-    if FLAGS.compile:
-        for module in model.core.modules():
-            if type(module).__name__ == "Block":
-                module.compile()
+    trainer.build(shape, num_steps=FLAGS.warmup + FLAGS.steps + 1)
+    model = trainer.model
     b, L = FLAGS.batch, model.seq_len
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randint(1, model.vocab_size, (b, L), generator=gen, dtype=torch.int32)
@@ -114,37 +118,23 @@ def run_benchmark() -> Dict[str, Any]:
              "puzzle_identifiers": torch.randint(
                  0, max(1, model.puzzle_emb.num_embeddings if model.puzzle_emb is not None else 1),
                  (b,), generator=gen, dtype=torch.int32).to(device)}
-    loss_head = ACTLoss()
-    optimizers: List[torch.optim.Optimizer] = []
-    if model.puzzle_emb is not None:
-        optimizers.append(SignSGD(model.puzzle_emb, lr=1e-4, weight_decay=1.0))
-    optimizers.append(AdamATan2(model.parameters(), lr=1e-4, weight_decay=1.0))
-    carry = model.initial_carry(batch)
-
-    def step(carry):
-        carry, outputs = model(carry, batch)
-        loss, _, _ = loss_head(carry, outputs)
-        (loss / b).backward()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return carry
-
     for _ in range(FLAGS.warmup):
-        carry = step(carry)
+        trainer.train_step(batch)
     synchronize(device)
     times = []
     for _ in range(FLAGS.steps):
         start = time.perf_counter()
-        carry = step(carry)
+        trainer.train_step(batch)
         synchronize(device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    dtype = model.forward_dtype
     flops = model.flops_per_example(training=True) * b / step_s
     mm = matmul_flops(device, dtype, seconds=FLAGS.matmul_seconds)
     return {
         "ms_per_step": round(step_s * 1e3, 3),
         "examples_per_s": round(b / step_s, 3),
+        "tokens_per_s": round(b * L / step_s, 1),
         "peak_mem_bytes": peak_memory_bytes(device),
         "model_flops_per_s": flops,
         "matmul_flops_per_s": mm,
@@ -157,6 +147,7 @@ def run_benchmark() -> Dict[str, Any]:
         "step_times_s": [round(t, 4) for t in times],
         "activation_checkpointing": model.core.net.activation_checkpointing,
         "compile": FLAGS.compile,
+        "ema": trainer.ema is not None,
     }
 
 
@@ -164,16 +155,14 @@ def run_loop_benchmark() -> Dict[str, Any]:
     """Steps/s of ``trm.trainer.Trainer``'s loop vs its bare ``train_step`` on one batch."""
     import tempfile  # pylint: disable=import-outside-toplevel
 
-    import gin  # pylint: disable=import-outside-toplevel
-
     from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
     if not FLAGS.gin_file:
         raise app.UsageError("--mode=loop needs --gin_file (an experiment with a dataset).")
     total = FLAGS.warmup + FLAGS.steps + 1
-    gin.clear_config()
-    trm_config.parse(FLAGS.gin_file, list(FLAGS.gin_param) + [
+    gin_edge.clear()
+    gin_edge.parse(FLAGS.gin_file, list(FLAGS.gin_param) + [
         f"TRAIN_STEPS={total}", "EVAL_EVERY=0", "CHECKPOINT_EVERY=0"])
-    cfg = trm_config.build_train_config()
+    cfg = gin_edge.build_train_config()
     stamps: Dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="trm_bench_") as workdir:
         trainer = Trainer(cfg, workdir, progress=False,

@@ -1,6 +1,6 @@
 r"""Benchmark checkpoint saving for the Sudoku baseline (TRM-MLP, hidden 512).
 
-    python -m trm.checkpoint --bench [--workdir=gs://bucket/tmp] [--no_emulator] \
+    python -m trm.bench_checkpoint [--workdir=gs://bucket/tmp] [--no_emulator] \
         [--carry_batch=768] [--threads=1] [--repeats=3] [--step_batch=4]
 
 The state is what the trainer saves: the model, AdamATan2's two moments, the EMA shadow, the
@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from trm.checkpoint import CheckpointManager, capture_rng_state
-from trm.workdir import Workdir
+from trm.run.checkpoints import CheckpointManager, capture_rng_state
+from trm.run.workdir import Workdir
 
 
 def build(carry_batch: int):

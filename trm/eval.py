@@ -46,22 +46,24 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
                  export_path: Optional[str] = None, tag: str = "", skip_eval: bool = False
                  ) -> Dict[str, Any]:
     """Library form of the CLI; returns ``{"step", "weights", "metrics", "json"}``."""
-    import gin  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
-    from trm import config  # pylint: disable=import-outside-toplevel
-    from trm.checkpoint import CheckpointManager, export_state_dict  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
     from trm.data import EvalStream, load_metadata  # pylint: disable=import-outside-toplevel
-    from trm.evaluation import evaluate  # pylint: disable=import-outside-toplevel
-    from trm.runtime import default_forward_dtype, init_runtime  # pylint: disable=import-outside-toplevel
-    from trm.trainer import _expand  # pylint: disable=import-outside-toplevel
-    from trm.workdir import Workdir  # pylint: disable=import-outside-toplevel
+    from trm.eval_loop import evaluate, tag_results  # pylint: disable=import-outside-toplevel
+    from trm.experiment import (build_model, resolve_data_path,  # pylint: disable=import-outside-toplevel
+                                resolve_forward_dtype)
+    from trm.optim import EMA  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import CheckpointManager, export_state_dict  # pylint: disable=import-outside-toplevel
+    from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
+    from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
+    from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
 
     wd = Workdir(workdir)
-    if not wd.exists("config.gin"):
+    config_text = RunRecord(wd).config_text()
+    if config_text is None:
         raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
-    gin.clear_config()
-    config.parse([], bindings or [], config_texts=[wd.read_text("config.gin")])
-    cfg = config.build_train_config()
+    gin_edge.clear()
+    gin_edge.parse([], bindings or [], config_texts=[config_text])
+    cfg = gin_edge.build_train_config()
     rt = init_runtime(cfg.device)
 
     mgr = CheckpointManager(wd, keep=0, best_metric=cfg.best_metric, async_save=False)
@@ -79,18 +81,15 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
                         "use --weights=raw.")
     use_ema = has_ema if weights == "auto" else weights == "ema"
 
-    data_dir = _expand(cfg.data_dir, cfg.dataset_builder_args)
-    test_dir = _expand(cfg.test_data_dir, cfg.dataset_builder_args) if cfg.test_data_dir else data_dir
+    data_dir = resolve_data_path(cfg.data_dir, cfg.dataset_builder_args)
+    test_dir = (resolve_data_path(cfg.test_data_dir, cfg.dataset_builder_args)
+                if cfg.test_data_dir else data_dir)
     meta = load_metadata(data_dir, "train")
-    dtype = default_forward_dtype(rt.device) if cfg.forward_dtype == "auto" else cfg.forward_dtype
-    model = cfg.model(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                      num_puzzle_identifiers=meta.num_puzzle_identifiers, forward_dtype=dtype)
+    model = build_model(cfg, meta, forward_dtype=resolve_forward_dtype(cfg, rt.device),
+                        init_from_reference=False)
     model.load_state_dict(state["model"])
     if use_ema:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["ema"]["shadow"].items():
-                params[name].copy_(value)
+        EMA.copy_state_to(state["ema"], model)
     model.to(rt.device)
     result: Dict[str, Any] = {"step": step, "weights": "ema" if use_ema else "raw",
                               "workdir": workdir, "bindings": list(bindings or [])}
@@ -104,7 +103,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
                          process_index=rt.process_index, process_count=rt.process_count)
     suffix = f"_{tag}" if tag else ""
     out_dir = wd.url(f"eval/cli_step_{step:09d}{suffix}")
-    metrics = evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir)
+    metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir))
     result["metrics"] = metrics
     result["eval_halt_max_steps"] = model.eval_halt_max_steps
     if rt.is_main:
@@ -112,10 +111,10 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
         text = json.dumps(result, indent=2, sort_keys=True, default=str)
         _write_text(path, text)
         result["json"] = path
-        from trm.tb import SummaryWriterSync  # pylint: disable=import-outside-toplevel
+        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         writer = SummaryWriterSync(wd, subdir="tb/eval_cli")
         prefix = f"eval_cli{suffix}"
-        writer.scalars({f"{prefix}/{k[len('all/'):]}" if k.startswith("all/") else
+        writer.scalars({f"{prefix}/{k[len('eval/'):]}" if k.startswith("eval/") else
                         f"{prefix}/{k}": v for k, v in metrics.items()}, step)
         writer.close()
     return result
@@ -133,7 +132,7 @@ def main(argv: List[str]) -> None:
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
     logging.getLogger("trm").setLevel(logging.INFO)
-    from trm.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
     from trm.data import DataError  # pylint: disable=import-outside-toplevel
     try:
         result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,

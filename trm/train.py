@@ -34,6 +34,8 @@ def define_flags() -> None:
     points in one process must not define the same flag twice)."""
     flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
     flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Alias of --gin_param (the dopamine / t5x "
+                              "spelling); applied after the --gin_param bindings.")
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
     flags.DEFINE_bool("dry_run", False, "Parse, build the model, print config and parameter count.")
     flags.DEFINE_bool("allow_config_change", False,
@@ -46,38 +48,37 @@ def define_flags() -> None:
 
 
 def _data_shape(cfg):
-    """(vocab_size, seq_len, num_puzzle_identifiers) from the dataset, or from the config."""
-    from trm import data  # pylint: disable=import-outside-toplevel
-    from trm.trainer import _expand  # pylint: disable=import-outside-toplevel
+    """The dataset's shape (metadata), or the task file's macros when it is not built yet."""
+    from trm import data, gin_edge  # pylint: disable=import-outside-toplevel
+    from trm.experiment import DataShape, resolve_data_path  # pylint: disable=import-outside-toplevel
     try:
-        meta = data.load_metadata(_expand(cfg.data_dir, cfg.dataset_builder_args), "train")
-        return meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers, "dataset metadata"
+        return data.load_metadata(resolve_data_path(cfg.data_dir, cfg.dataset_builder_args),
+                                  "train"), "dataset metadata"
     except Exception:  # noqa: BLE001 - a dry run works without the data
         pass
-    from trm import config  # pylint: disable=import-outside-toplevel
-    shape = (config.query_macro("VOCAB_SIZE"), config.query_macro("SEQ_LEN"),
-             config.query_macro("NUM_PUZZLE_IDENTIFIERS", 1))
+    shape = (gin_edge.query_macro("VOCAB_SIZE"), gin_edge.query_macro("SEQ_LEN"),
+             gin_edge.query_macro("NUM_PUZZLE_IDENTIFIERS", 1))
     if None in shape:
         raise app.UsageError(
             f"The dataset {cfg.data_dir!r} is not built yet and the task file does not declare "
             "VOCAB_SIZE / SEQ_LEN; build the data first (docs/DATA.md).")
-    return (*shape, "task macros (dataset not built yet)")
+    return DataShape(*shape), "task macros (dataset not built yet)"
 
 
 def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
     """Parses and builds the model; returns a summary (also printed)."""
-    import gin  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
-    from trm import config  # pylint: disable=import-outside-toplevel
-    gin.clear_config()
-    resolved = config.parse(gin_files, bindings)
-    cfg = config.build_train_config()
-    vocab, seq_len, num_ids, source = _data_shape(cfg)
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm.experiment import build_model  # pylint: disable=import-outside-toplevel
+    gin_edge.clear()
+    resolved = gin_edge.parse(gin_files, bindings)
+    cfg = gin_edge.build_train_config()
+    shape, source = _data_shape(cfg)
     torch.manual_seed(cfg.seed)
-    model = cfg.model(vocab_size=vocab, seq_len=seq_len, num_puzzle_identifiers=num_ids,
-                      forward_dtype="float32")
+    model = build_model(cfg, shape, forward_dtype="float32", init_from_reference=False)
     summary = {"gin_files": resolved, "bindings": list(bindings), "num_params": model.num_params(),
-               "vocab_size": vocab, "seq_len": seq_len, "num_puzzle_identifiers": num_ids,
+               "vocab_size": shape.vocab_size, "seq_len": shape.seq_len,
+               "num_puzzle_identifiers": shape.num_puzzle_identifiers,
                "shape_source": source, "H_cycles": model.core.H_cycles,
                "L_cycles": model.core.L_cycles, "hidden_size": model.hidden_size,
                "num_layers": len(model.core.net.layers),
@@ -85,7 +86,7 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
                "halting": repr(model.halting), "halt_max_steps": model.halt_max_steps,
                "global_batch_size": cfg.global_batch_size, "lr": cfg.lr,
                "ema": bool(cfg.use_ema and cfg.ema is not None)}
-    print(gin.config_str())
+    print(gin_edge.config_text())
     print(json.dumps(summary, indent=2, default=str))
     print(f"parameters: {model.num_params():,}")
     return summary
@@ -95,15 +96,16 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None,
           force_unlock: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
-    import gin  # pylint: disable=import-outside-toplevel
-    from trm import config  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
     from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
-    gin.clear_config()
-    resolved = config.parse(gin_files, bindings)
-    cfg = config.build_train_config()
+    gin_edge.clear()
+    resolved = gin_edge.parse(gin_files, bindings)
+    cfg = gin_edge.build_train_config()
     command = {"argv": argv or sys.argv, "gin_files": resolved, "gin_params": list(bindings),
                "cwd": os.getcwd()}
-    trainer = Trainer(cfg, workdir, config_text=gin.config_str(), command=command,
+    trainer = Trainer(cfg, workdir, config_text=gin_edge.config_text(), command=command,
+                      hparams=gin_edge.resolved_hparams(),
+                      operative_config=lambda: gin_edge.config_text(operative=True),
                       allow_config_change=allow_config_change, progress=progress,
                       force_unlock=force_unlock)
     return trainer.run()
@@ -117,15 +119,16 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (use --gin_param for bindings).")
     logging.getLogger("trm").setLevel(logging.INFO)
-    from trm import config  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
     if FLAGS.list_experiments:
-        root = config.gin_root()
-        for path in config.shipped_gin_files():
+        root = gin_edge.gin_root()
+        for path in gin_edge.shipped_gin_files():
             print(path.relative_to(root))
         return
+    bindings = list(FLAGS.gin_param) + list(FLAGS.gin_bindings)
     try:
         if FLAGS.dry_run:
-            dry_run(FLAGS.gin_file, FLAGS.gin_param)
+            dry_run(FLAGS.gin_file, bindings)
             return
         if not FLAGS.gin_file:
             raise app.UsageError("Give at least one --gin_file (e.g. --gin_file=quickstart.gin).")
@@ -133,20 +136,20 @@ def main(argv: List[str]) -> None:
             raise app.UsageError("--workdir is required (a local path or gs://bucket/prefix).")
         if os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
             import torch_xla  # pylint: disable=import-outside-toplevel
-            torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), list(FLAGS.gin_param),
+            torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
                                                  FLAGS.workdir, FLAGS.allow_config_change,
                                                  FLAGS.progress, list(sys.argv),
                                                  FLAGS.force_unlock))
             return
-        result = train(FLAGS.gin_file, FLAGS.gin_param, FLAGS.workdir, FLAGS.allow_config_change,
+        result = train(FLAGS.gin_file, bindings, FLAGS.workdir, FLAGS.allow_config_change,
                        FLAGS.progress, list(sys.argv), FLAGS.force_unlock)
-    except config.ConfigError as e:
+    except gin_edge.ConfigError as e:
         sys.exit(f"trm.train: {e}")
     except Exception as e:  # noqa: BLE001 - known errors get a one-line message
         from trm.data import DataError  # pylint: disable=import-outside-toplevel
         from trm.registry import RegistryError  # pylint: disable=import-outside-toplevel
         from trm.trainer import TrainingError  # pylint: disable=import-outside-toplevel
-        from trm.workdir import WorkdirLockedError  # pylint: disable=import-outside-toplevel
+        from trm.run.lock import WorkdirLockedError  # pylint: disable=import-outside-toplevel
         if isinstance(e, (TrainingError, DataError, RegistryError, WorkdirLockedError)):
             sys.exit(f"trm.train: {e}")
         raise

@@ -53,3 +53,13 @@ def test_relative_match_for_cpu_twins():
     assert pub.match(dict(twin, mixer="attention"), ["mixer"], relative=True).value == 74.7
     assert pub.match(dict(twin, T=2, n=2), ["T", "n"], relative=True).value == 73.7
     assert pub.match(twin, [], relative=True) is None  # nothing varies: no anchor
+
+
+def test_get_and_percent_read_the_single_table():
+    assert pub.get("E2.1").value == 79.9
+    assert pub.get("E2.7", "single latent z").value == 71.9
+    assert pub.percent("E2.2") == "73.7%" and pub.percent("ARC-2") == "7.8%"
+    with pytest.raises(KeyError, match="3 published entries for 'E2.7'"):
+        pub.get("E2.7")
+    with pytest.raises(KeyError):
+        pub.get("E9.9")

@@ -4,6 +4,7 @@ import gin
 import pytest
 import torch
 
+import trm.gin_edge  # noqa: F401 - the edge exposes the registry to gin
 from trm.registry import REGISTRY
 
 BASE = """

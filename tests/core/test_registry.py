@@ -7,6 +7,7 @@ import gin
 import pytest
 import torch
 
+import trm.gin_edge  # noqa: F401 - exposes registered components to gin
 from trm import registry
 from trm.registry import (REGISTRY, DuplicateComponentError, Registry, UnknownComponentError,
                           register)
@@ -139,6 +140,7 @@ model.trm.halt_max_steps = 4
 
 PLUGIN_RUN = """
 import gin, torch
+import trm.gin_edge
 from trm.registry import load_plugins, REGISTRY
 loaded = load_plugins()
 assert loaded == {"demo": "trm_plugin_demo"}, loaded

@@ -7,8 +7,9 @@ import re
 import pytest
 
 from launchers import sweep as sweep_cli
-from launchers import sweeps
-from launchers.sweeps import Axis, Point, Run, Sweep, get_sweep, list_sweeps, macro_axis
+from launchers import named_sweeps as sweeps
+from launchers.named_sweeps import (Axis, Point, Run, Sweep, get_sweep, list_sweeps,
+                                    macro_axis)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -113,12 +114,10 @@ def test_invalid_definitions_raise():
         get_sweep("e2_2_tn").runs(seeds=[0, 0])
 
 
-def test_gin_files_exist_once_the_tree_is_written():
-    """Every file a sweep names must ship in gin/ (skipped until the experiment tree exists)."""
+def test_gin_files_exist():
+    """Every file a sweep names ships in gin/."""
     shipped = {f for _, _, files in os.walk(os.path.join(REPO, "gin")) for f in files
                if f.endswith(".gin")}
-    if not shipped:
-        pytest.skip("gin/ has no experiment files yet")
     missing = sorted({f for n in list_sweeps() for r in get_sweep(n).runs() for f in r.gin_files
                       if os.path.basename(f) not in shipped})
     assert not missing, f"sweeps reference gin files that gin/ lacks: {missing}"
@@ -144,3 +143,45 @@ def test_cli_overview_json_and_errors(capsys):
     assert sweep_cli.main(["--sweep=nope", "--list"]) == 2
     assert "known sweeps" in capsys.readouterr().err
     assert sweep_cli.main(["--sweep=e2_2_tn", "--list", "--seeds=a"]) == 2
+
+
+_PERCENT = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)%")
+
+
+def _paper_numbers_of_runs(sweep):
+    """The published number (analysis.published, the single source) of each run of ``sweep``,
+    matched as analysis.compare does: on the axes that vary among the runs; CPU twins relative to
+    their own baseline."""
+    import gin
+    from analysis import hparams
+    from analysis import published as pub
+    from trm import gin_edge
+
+    configs = []
+    for run in sweep.runs(seeds=[0]):
+        gin.clear_config()
+        gin_edge.parse(run.gin_files, run.bindings, finalize=False)
+        configs.append(hparams.extract_hparams(hparams.parse_gin(gin.config_str())))
+    gin.clear_config()
+    varying = [c for c in hparams.AXES if len({repr(cfg[c]) for cfg in configs}) > 1]
+    entries = [pub.match(cfg, varying, relative=sweep.name.startswith("cpu_")) for cfg in configs]
+    return {e.value for e in entries if e is not None}
+
+
+def test_descriptions_quote_the_published_numbers_of_their_runs():
+    quoting = 0
+    for name in list_sweeps():
+        sweep = get_sweep(name)
+        numbers = {float(x) for x in _PERCENT.findall(sweep.description)}
+        if not numbers:
+            continue
+        quoting += 1
+        assert numbers <= _paper_numbers_of_runs(sweep), (name, sweep.description)
+    assert quoting >= 6  # e2_1, e2_2, e2_3 at both scales
+
+
+def test_a_wrong_number_in_a_description_is_caught():
+    wrong = Sweep("e2_2_wrong", ("e1_1_baseline.gin",), get_sweep("e2_2_tn").axes,
+                  description="E2.2 [(2,2) 73.8%]")
+    assert not {73.8} <= _paper_numbers_of_runs(wrong)
+    assert _paper_numbers_of_runs(wrong) == {73.7, 87.4}

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from launchers import tpu
-from launchers.sweeps import get_sweep
+from launchers.named_sweeps import get_sweep
 
 BASE = ["--name=trm-v4", "--project=my-proj", "--zone=us-central2-b", "--bucket=my-bucket"]
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]

@@ -23,8 +23,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from runstate_util import full_state, load_full_state, make_setup, train_steps  # noqa: E402
-from trm.checkpoint import CheckpointManager, export_state_dict  # noqa: E402
-from trm.workdir import Workdir  # noqa: E402
+from trm.run.checkpoints import CheckpointManager, export_state_dict  # noqa: E402
+from trm.run.workdir import Workdir  # noqa: E402
+from trm.run.record import RunRecord  # noqa: E402
 
 
 def run(path: str, total: int, every: int, step_sleep: float = 0.0) -> int:
@@ -49,7 +50,7 @@ def run(path: str, total: int, every: int, step_sleep: float = 0.0) -> int:
         else:
             start, state = restored
             load_full_state(model, opt, state)
-        wd.update_run_json(status="running")
+        RunRecord(wd).update(status="running")
         for step in range(start + 1, total + 1):
             train_steps(model, opt, 1)
             print(f"step {step}", flush=True)
@@ -57,13 +58,13 @@ def run(path: str, total: int, every: int, step_sleep: float = 0.0) -> int:
                 mgr.save(step, full_state(model, opt, step))
             if stop["signal"]:
                 mgr.close()
-                wd.update_run_json(status="preempted", last_step=step)
+                RunRecord(wd).update(status="preempted", last_step=step)
                 return step
             wd.heartbeat()
             time.sleep(step_sleep)
         mgr.close()
         export_state_dict(model, wd.url("final.pt"))
-        wd.update_run_json(status="completed", last_step=total)
+        RunRecord(wd).update(status="completed", last_step=total)
         return total
     finally:
         mgr.close()

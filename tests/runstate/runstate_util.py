@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
-from trm.checkpoint import capture_rng_state, restore_rng_state
+from trm.run.checkpoints import capture_rng_state, restore_rng_state
 
 
 def make_setup(seed: int = 0) -> Tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -14,9 +14,9 @@ import torch
 
 from runstate_util import (assert_same, full_state, load_full_state, make_setup, params_equal,
                            train_steps)
-from trm.checkpoint import (CheckpointError, CheckpointManager, capture_rng_state,
+from trm.run.checkpoints import (CheckpointError, CheckpointManager, capture_rng_state,
                             export_state_dict, load_state_dict_file, restore_rng_state, step_dir)
-from trm.workdir import Workdir
+from trm.run.workdir import Workdir
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -13,9 +13,11 @@ import torch
 from runstate_util import (assert_same, full_state, load_full_state, make_setup, params_equal,
                            train_steps)
 from test_tb import download, read_events
-from trm.checkpoint import CheckpointManager, export_state_dict, load_state_dict_file, step_dir
-from trm.tb import SummaryWriterSync
-from trm.workdir import LockLostError, Workdir, WorkdirLockedError
+from trm.run.checkpoints import CheckpointManager, export_state_dict, load_state_dict_file, step_dir
+from trm.run.tensorboard import SummaryWriterSync
+from trm.run.lock import LockLostError, WorkdirLockedError
+from trm.run.workdir import Workdir
+from trm.run.record import RunRecord  # noqa: E402
 
 
 def test_gcs_checkpoints_round_trip_retention_and_corruption(gcs_bucket, caplog):
@@ -61,11 +63,11 @@ def test_gcs_files_run_json_and_lock(gcs_bucket):
     wd.write_text("config.gin", text)
     wd.write_text("operative_config.gin", "x = 1\n")
     wd.write_json("command.json", {"argv": ["trm.train"], "gin_files": ["/abs/e1.gin"]})
-    wd.update_run_json(status="running", num_params=123)
-    wd.update_run_json(last_step=7)
+    RunRecord(wd).update(status="running", num_params=123)
+    RunRecord(wd).update(last_step=7)
     fresh = Workdir(url)
     assert fresh.read_text("config.gin") == text
-    assert fresh.read_run_json() == {"status": "running", "num_params": 123, "last_step": 7}
+    assert RunRecord(fresh).read() == {"status": "running", "num_params": 123, "last_step": 7}
     assert fresh.listdir() == ["command.json", "config.gin", "operative_config.gin", "run.json"]
 
     wd.acquire_lock({"command": "first"})

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import mini_train
-from trm.checkpoint import load_state_dict_file
-from trm.workdir import Workdir
+from trm.run.checkpoints import load_state_dict_file
+from trm.run.workdir import Workdir
+from trm.run.record import RunRecord  # noqa: E402
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini_train.py")
 TOTAL, EVERY = 40, 4
@@ -54,12 +55,12 @@ def test_killed_and_restarted_runs_match_an_uninterrupted_run(tmp_path):
         rc = _run_until(path, rng.randint(3, 9), sig)
         assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
         if sig == signal.SIGTERM:
-            assert Workdir(path).read_run_json()["status"] == "preempted"
+            assert RunRecord(Workdir(path)).read()["status"] == "preempted"
     child = _start(path)
     child.communicate(timeout=120)
     assert child.returncode == 0
     got = load_state_dict_file(os.path.join(path, "final.pt"))
     assert list(got) == list(expected)
     assert all(torch.equal(got[k], expected[k]) for k in got)
-    assert Workdir(path).read_run_json()["status"] == "completed"
+    assert RunRecord(Workdir(path)).read()["status"] == "completed"
     assert not Workdir(path).exists("LOCK")

@@ -7,8 +7,8 @@ import os
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trm.tb import SummaryWriterSync
-from trm.workdir import Workdir
+from trm.run.tensorboard import SummaryWriterSync
+from trm.run.workdir import Workdir
 
 
 def read_events(folder: str) -> EventAccumulator:

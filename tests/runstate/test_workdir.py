@@ -13,8 +13,11 @@ import time
 
 import pytest
 
-from trm.workdir import (ConfigMismatchError, LockLostError, Workdir, WorkdirLockedError,
-                         is_transient, retry, utc_now_iso)
+from trm.run.lock import LockLostError, WorkdirLockedError
+from trm.run.record import ConfigMismatchError, RunRecord
+from trm.run.storage import is_transient, retry, utc_now_iso
+from trm.run.tensorboard import LocalMirror
+from trm.run.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,12 +39,12 @@ def test_files_and_run_json(workdir):
     assert workdir.listdir() == ["command.json", "config.gin"]
 
     start = utc_now_iso()
-    workdir.update_run_json(status="running", start_time=start, num_params=5, world_size=1)
-    data = workdir.update_run_json(last_step=100, status="completed", end_time=utc_now_iso())
+    RunRecord(workdir).update(status="running", start_time=start, num_params=5, world_size=1)
+    data = RunRecord(workdir).update(last_step=100, status="completed", end_time=utc_now_iso())
     assert data["num_params"] == 5 and data["status"] == "completed" and data["last_step"] == 100
-    assert workdir.read_run_json() == data and start.endswith("Z")
+    assert RunRecord(workdir).read() == data and start.endswith("Z")
     with pytest.raises(ValueError, match="status"):
-        workdir.update_run_json(status="finished")
+        RunRecord(workdir).update(status="finished")
 
 
 def test_local_writes_leave_no_temporary_files(tmp_path):
@@ -54,12 +57,12 @@ def test_local_writes_leave_no_temporary_files(tmp_path):
 
 
 def test_ensure_config(workdir, caplog):
-    assert workdir.ensure_config("config.gin", "x = 1\n") == "written"
-    assert workdir.ensure_config("config.gin", "x = 1\n") == "same"
+    assert RunRecord(workdir).ensure_config("x = 1\n") == "written"
+    assert RunRecord(workdir).ensure_config("x = 1\n") == "same"
     with pytest.raises(ConfigMismatchError, match=r"(?s)-x = 1.*\+x = 2"):
-        workdir.ensure_config("config.gin", "x = 2\n")
+        RunRecord(workdir).ensure_config("x = 2\n")
     with caplog.at_level(logging.WARNING):
-        assert workdir.ensure_config("config.gin", "x = 2\n", allow_change=True) == "changed"
+        assert RunRecord(workdir).ensure_config("x = 2\n", allow_change=True) == "changed"
     assert workdir.read_text("config.gin") == "x = 2\n"
     assert any(n.startswith("config.gin.prev-") for n in workdir.listdir())
 
@@ -142,7 +145,7 @@ def test_lock_held_by_another_process(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {REPO!r})
-        from trm.workdir import Workdir
+        from trm.run.workdir import Workdir
         wd = Workdir({path!r})
         wd.acquire_lock({{"command": "child"}})
         print("locked", flush=True)
@@ -169,18 +172,19 @@ def test_lock_held_by_another_process(tmp_path):
 
 def test_memory_mirror_sync():
     wd = Workdir("memory://mirror")
-    local = wd.local_mirror("tb")
+    mirror = LocalMirror(wd, "tb")
+    local = mirror.path
     assert os.path.isdir(local) and not local.startswith("memory")
     with open(os.path.join(local, "a.txt"), "w") as f:
         f.write("1")
-    assert wd.sync_mirror("tb") == ["a.txt"]
-    assert wd.sync_mirror("tb") == []                # unchanged: nothing uploaded
+    assert mirror.sync() == ["a.txt"]
+    assert mirror.sync() == []                # unchanged: nothing uploaded
     time.sleep(0.01)
     with open(os.path.join(local, "a.txt"), "a") as f:
         f.write("2")
-    assert wd.sync_mirror("tb") == ["a.txt"]
+    assert mirror.sync() == ["a.txt"]
     assert wd.read_text("tb/a.txt") == "12"
-    wd.cleanup_mirror("tb")
+    mirror.cleanup()
     assert not os.path.exists(local)
 
 

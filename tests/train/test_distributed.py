@@ -24,7 +24,7 @@ def _train_cmd(workdir, bindings, nproc):
 
 
 def _final_model(workdir):
-    from trm.checkpoint import CheckpointManager
+    from trm.run.checkpoints import CheckpointManager
     step, state = CheckpointManager(workdir, async_save=False).restore("latest")
     return step, state["model"]
 

@@ -39,4 +39,4 @@ def test_training_run_on_gs_workdir_saves_syncs_and_resumes(sudoku4, gcs_bucket,
     assert json.loads(fs.cat(f"{root}/run.json"))["resumed_at_step"] == 8
     from trm.eval import evaluate_run
     res = evaluate_run(url, checkpoint="best", output_json=str(tmp_path / "m.json"))
-    assert res["metrics"]["all/count"] == 48
+    assert res["metrics"]["eval/count"] == 48

@@ -37,7 +37,7 @@ def _env(tmp_path):
 
 
 def _final_state(workdir):
-    from trm.checkpoint import CheckpointManager
+    from trm.run.checkpoints import CheckpointManager
     step, state = CheckpointManager(workdir, async_save=False).restore("latest")
     assert step == STEPS
     return state

@@ -54,6 +54,17 @@ def test_cpu_training_learns_and_evaluates(sudoku4, tmp_path):
     for name in ("config.gin", "operative_config.gin", "command.json"):
         assert os.path.exists(os.path.join(wd, name)), name
     assert "model.trm.hidden_size" in open(os.path.join(wd, "operative_config.gin")).read()
+    # hparams.json: the effective value of every binding (bindings win over the files)
+    hp = json.load(open(os.path.join(wd, "hparams.json")))
+    assert hp["macros"]["HIDDEN_SIZE"] == 64 and hp["macros"]["TRAIN_STEPS"] == 120
+    assert hp["bindings"]["model.trm.hidden_size"] == 64
+    assert hp["bindings"]["model.trm.mixer"] == "@mixer.mlp"
+    assert hp["bindings"]["trm.TrainConfig.lr"] == pytest.approx(3e-3)
+    # train/lr is the LR of the logged step (warm-up of 5 steps, then constant 3e-3)
+    assert [v for _, v in s["train/lr"]] == pytest.approx([3e-3] * 6)
+    # evaluation and checkpoint time are logged apart from the training rates
+    assert [step for step, _ in s["perf/eval_time_s"]] == [60, 120]
+    assert [step for step, _ in s["perf/checkpoint_time_s"]] == [60, 120]
     assert os.path.exists(os.path.join(wd, "eval", "step_000000120", "metrics.json"))
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == [
         "step_000000060", "step_000000120"]
@@ -65,6 +76,54 @@ def test_eval_counts_every_example_once_with_padding(sudoku4, tmp_path):
     result = train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=2, extra=[
         "EVAL_BATCH_SIZE=20", "GLOBAL_BATCH_SIZE=4"]), wd, progress=False)
     assert result["eval"]["eval/count"] == 48
+
+
+def test_logged_lr_is_the_lr_of_the_logged_step(sudoku4, tmp_path):
+    """During warm-up the LR changes every step: the logged value is the step's own LR, not
+    the mean over the log window (which would depend on LOG_EVERY)."""
+    wd = str(tmp_path / "run")
+    train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=10, extra=[
+        "LR=1e-3", "LR_WARMUP_STEPS=20", "LOG_EVERY=5"]), wd, progress=False)
+    s = read_scalars(wd)
+    assert [step for step, _ in s["train/lr"]] == [5, 10]
+    assert [v for _, v in s["train/lr"]] == pytest.approx([1e-3 * 5 / 20, 1e-3 * 10 / 20])
+
+
+def test_rerun_of_a_completed_run_says_so_and_changes_nothing(sudoku4, tmp_path, capsys):
+    wd = str(tmp_path / "run")
+    bindings = tiny_bindings(sudoku4, steps=4)
+    train(["cpu_e1_1_baseline.gin"], bindings, wd, progress=False)
+    before = open(os.path.join(wd, "run.json")).read()
+    tb_files = sorted(os.listdir(os.path.join(wd, "tb")))
+    capsys.readouterr()
+    again = train(["cpu_e1_1_baseline.gin"], bindings, wd, progress=True)
+    out = capsys.readouterr().out
+    assert again["status"] == "completed" and again.get("already_completed")
+    assert "already completed" in out and out.count("\n") == 1
+    assert open(os.path.join(wd, "run.json")).read() == before
+    assert sorted(os.listdir(os.path.join(wd, "tb"))) == tb_files
+
+
+def test_refused_relaunch_keeps_a_completed_run_completed(sudoku4, tmp_path):
+    from trm.trainer import TrainingError
+    wd = str(tmp_path / "run")
+    train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=4), wd, progress=False)
+    with pytest.raises(TrainingError, match="allow_config_change"):
+        train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=4, extra=["LR=5e-4"]),
+              wd, progress=False)
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and "Trainin" in run["last_start_error"]
+
+
+def test_end_of_run_summary(sudoku4, tmp_path, capsys):
+    wd = str(tmp_path / "run")
+    train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=4, extra=["EVAL_EVERY=4"]),
+          wd, progress=True)
+    out = capsys.readouterr().out
+    assert "run completed at step 4/4" in out
+    assert "best eval/exact_accuracy" in out and "at step 4" in out
+    assert f"tensorboard --logdir {os.path.join(wd, 'tb')}" in out
+    assert os.path.join(wd, "checkpoints") in out
 
 
 def run_cli(args, **kw):
@@ -85,7 +144,7 @@ def test_eval_cli_other_depth_json_tensorboard_and_export(sudoku4, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["eval_halt_max_steps"] == 5 and res["weights"] == "ema" and res["step"] == 6
-    assert res["metrics"]["all/count"] == 48
+    assert res["metrics"]["eval/count"] == 48
     sd = torch.load(export, weights_only=True)
     assert "core.net.layers.0.mlp.gate_up_proj.weight" in sd
     s = read_scalars(wd)
@@ -125,7 +184,8 @@ def test_batch_not_divisible_by_world_size_is_an_error():
 
 
 def test_second_run_on_same_workdir_refuses(sudoku4, tmp_path):
-    from trm.workdir import Workdir, WorkdirLockedError
+    from trm.run.lock import WorkdirLockedError
+    from trm.run.workdir import Workdir
     wd = str(tmp_path / "run")
     holder = Workdir(wd)
     holder.acquire_lock({"host": "elsewhere", "pid": 1})
@@ -148,7 +208,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(sudoku
     assert 1 <= bad <= 4
     run = json.load(open(os.path.join(wd, "run.json")))
     assert run["status"] == "failed" and "Non-finite" in run["error"]
-    from trm.checkpoint import CheckpointManager
+    from trm.run.checkpoints import CheckpointManager
     steps = CheckpointManager(wd, async_save=False).steps()
     assert all(s < bad for s in steps), (steps, bad)
     for step in steps:  # what was kept is finite
@@ -160,7 +220,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(sudoku
 def test_reference_checkpoint_as_initial_weights(sudoku4, tmp_path):
     """A reference-format checkpoint (compiled key spelling, another puzzle-table size)
     initialises a run; with LR 0 the trained weights stay exactly the imported ones."""
-    from trm.checkpoint import CheckpointManager
+    from trm.run.checkpoints import CheckpointManager
     from trm.data import load_metadata
     from trm.interop.reference import trm_key_to_reference
     from trm.models import TRM

@@ -1,7 +1,9 @@
-"""Local and remote (``gs://``, any fsspec URL) file access for datasets. No TensorFlow here.
+"""Dataset file access: the shared storage layer plus staging of remote shards. No TensorFlow.
 
-Remote paths go through fsspec (gcsfs for ``gs://``). TensorFlow never sees a remote path:
-the pipeline stages remote shards into a local cache first (see :func:`stage`).
+Path operations (``exists``, ``read_bytes``, ``write_bytes``, ``join``, ...) are those of
+:mod:`trm.run.storage`, the one fsspec layer of trm (atomic whole-file writes, retries of
+transient errors). TensorFlow never sees a remote path: the pipeline stages remote shards into
+a local cache first (see :func:`stage`).
 """
 
 from __future__ import annotations
@@ -10,108 +12,11 @@ import hashlib
 import os
 import posixpath
 import tempfile
-import uuid
 
-# gcsfs >= 2026 asks a gRPC API for the bucket type on every open unless this is off; against
-# the GCS emulator (and anything without that API) each open then waits ~60 s.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-from trm.data.format import DataError, sha256_file  # noqa: E402
-
-
-def is_remote(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
-def join(base: str, *parts: str) -> str:
-    base = str(base)
-    if is_remote(base):
-        return posixpath.join(base.rstrip("/"), *parts)
-    return os.path.join(base, *parts)
-
-
-def filesystem(path: str):
-    """The fsspec filesystem for ``path`` (remote only)."""
-    import fsspec
-
-    protocol = str(path).split("://", 1)[0]
-    kwargs = {}
-    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
-        kwargs["token"] = "anon"
-    return fsspec.filesystem(protocol, **kwargs)
-
-
-def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.exists(path)
-    fs = filesystem(path)
-    fs.invalidate_cache()
-    return fs.exists(path)
-
-
-def read_bytes(path: str) -> bytes:
-    if not is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
-    fs = filesystem(path)
-    fs.invalidate_cache()
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes a file in one piece (local: via a temporary file and ``os.replace``)."""
-    if not is_remote(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        return
-    with filesystem(path).open(path, "wb") as f:
-        f.write(data)
-
-
-def create_exclusive(path: str, data: bytes) -> bool:
-    """Creates ``path`` with ``data`` unless it exists; True if this call created it.
-
-    Local: atomic (hard link of a complete temporary file). Remote: check-then-write (object
-    stores have no portable create-if-absent through fsspec); callers must tolerate a lost
-    race, which for deterministic builds means both writers wrote equivalent datasets.
-    """
-    if not is_remote(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-    if exists(path):
-        return False
-    write_bytes(path, data)
-    return True
-
-
-def upload_file(local_path: str, remote_path: str) -> None:
-    fs = filesystem(remote_path)
-    fs.put_file(local_path, remote_path)
-
-
-def remove_tree(path: str) -> None:
-    if not is_remote(path):
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    fs = filesystem(path)
-    fs.invalidate_cache()
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+from trm.data.format import DataError, sha256_file
+from trm.run.storage import (  # noqa: F401 - the data layer's path operations
+    create_exclusive, exists, filesystem, is_remote, join, read_bytes, remove_tree, upload_file,
+    write_bytes)
 
 
 def cache_dir() -> str:

@@ -56,6 +56,16 @@ class EMA:
                     if name in backup:
                         p.copy_(backup[name])
 
+    @classmethod
+    @torch.no_grad()
+    def copy_state_to(cls, state: Dict[str, object], model: nn.Module) -> None:
+        """Writes the averaged weights of a saved EMA ``state`` (:meth:`state_dict`, e.g. a
+        checkpoint's ``"ema"`` entry) into ``model``'s parameters; shapes and names are
+        checked."""
+        ema = cls(model, rate=float(state.get("rate", 0.0)))
+        ema.load_state_dict(state)
+        ema.copy_to(model)
+
     def state_dict(self) -> Dict[str, object]:
         return {"rate": self.rate, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
 

@@ -10,9 +10,10 @@ schedules, EMA, ...) register themselves with a decorator::
         ...
 
 The decorated object is returned unchanged, so plain Python use is exactly as written. The
-same object is also registered with gin (``gin.register``, which does not wrap or modify it)
-under the module name of its kind, so gin files reference it as ``@mixer.mlp`` (a
-callable/class) or ``@mixer.mlp()`` (called once, result shared).
+registry is plain Python (no gin): the gin edge, :mod:`trm.gin_edge`, exposes every component
+to gin (``gin.register``, which does not wrap or modify it) under the module name of its kind,
+so gin files reference it as ``@mixer.mlp`` (a callable/class) or ``@mixer.mlp()`` (called
+once, result shared). It learns of components through :meth:`Registry.subscribe`.
 
 Third-party packages add components through the ``trm.plugins`` entry-point group: every
 entry point in that group is imported by :func:`load_plugins`, which the entry points
@@ -30,8 +31,6 @@ import inspect
 import sys
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
-
-import gin
 
 #: The kinds trm itself uses. Plugins may add new kinds with :func:`register` as well.
 KINDS: Tuple[str, ...] = (
@@ -83,12 +82,11 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: Dict[str, Dict[str, Component]] = {}
-        # gin registrations made through this registry: (kind, name) -> gin selector.
-        self._gin_selectors: Dict[Tuple[str, str], str] = {}
+        self._listeners: List[Callable[[str, Component], None]] = []
 
     # -- registration --------------------------------------------------------------------
-    def add(self, kind: str, name: str, obj: Any, description: Optional[str] = None,
-            expose_to_gin: bool = True) -> Component:
+    def add(self, kind: str, name: str, obj: Any, description: Optional[str] = None
+            ) -> Component:
         _check_identifier("kind", kind)
         _check_identifier("name", name)
         kind_entries = self._entries.setdefault(kind, {})
@@ -100,8 +98,7 @@ class Registry:
                 f"Pick another name.")
         comp = Component(kind, name, obj, description or _first_doc_line(obj), _source(obj))
         kind_entries[name] = comp
-        if expose_to_gin:
-            self._expose(comp)
+        self._notify("added", comp)
         return comp
 
     def register(self, kind: str, name: Optional[str] = None, *,
@@ -114,17 +111,18 @@ class Registry:
 
         return decorator
 
-    def _expose(self, comp: Component) -> None:
-        selector = f"{comp.kind}.{comp.name}"
-        key = (comp.kind, comp.name)
-        try:
-            gin.register(comp.name, module=comp.kind)(comp.obj)
-        except ValueError:
-            # Already known to gin (the registry was restored after a test, or a module was
-            # re-imported). gin cannot unregister, so rebind the existing selector to this
-            # object when it is a different one.
-            _gin_rebind(selector, comp.obj)
-        self._gin_selectors[key] = selector
+    # -- observers (the gin edge) -------------------------------------------------------
+    def subscribe(self, listener: Callable[[str, Component], None]) -> None:
+        """Calls ``listener(event, component)`` for every component now registered
+        (``"added"``) and for every later change: ``"added"``, ``"removed"`` (by
+        :meth:`restore`), ``"restored"`` (present again after :meth:`restore`)."""
+        self._listeners.append(listener)
+        for comp in self:
+            listener("added", comp)
+
+    def _notify(self, event: str, comp: Component) -> None:
+        for listener in list(self._listeners):
+            listener(event, comp)
 
     # -- lookup ----------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> Any:
@@ -163,16 +161,15 @@ class Registry:
         return {k: dict(v) for k, v in self._entries.items()}
 
     def restore(self, snapshot: Dict[str, Dict[str, Component]]) -> None:
-        """Restores a :meth:`snapshot`; components added since are forgotten (also by gin)."""
-        for kind, entries in self._entries.items():
-            for name in entries:
-                if name not in snapshot.get(kind, {}):
-                    _gin_forget(f"{kind}.{name}")
-                    self._gin_selectors.pop((kind, name), None)
+        """Restores a :meth:`snapshot`; components added since are forgotten (listeners, e.g.
+        the gin edge, are told)."""
+        removed = [comp for kind, entries in self._entries.items()
+                   for name, comp in entries.items() if name not in snapshot.get(kind, {})]
         self._entries = {k: dict(v) for k, v in snapshot.items()}
+        for comp in removed:
+            self._notify("removed", comp)
         for comp in self:
-            if comp.gin_name in _gin_registry():
-                _gin_rebind(comp.gin_name, comp.obj)
+            self._notify("restored", comp)
 
 
 def _check_identifier(what: str, value: str) -> None:
@@ -194,27 +191,6 @@ def _snake_case(name: str) -> str:
 
 def _source(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
-
-
-# gin keeps one global registry of configurables. It has no public "unregister", so the few
-# operations needed to restore trm's registry in tests reach into it here, in one place.
-def _gin_registry():
-    return gin.config._REGISTRY  # pylint: disable=protected-access
-
-
-def _gin_forget(selector: str) -> None:
-    reg = _gin_registry()
-    if selector in reg:
-        reg.pop(selector)
-
-
-def _gin_rebind(selector: str, obj: Any) -> None:
-    reg = _gin_registry()
-    configurable = reg[selector]
-    if configurable.wrapped is not obj:
-        reg.pop(selector)
-        module, name = selector.rsplit(".", 1)
-        gin.register(name, module=module)(obj)
 
 
 #: The process-wide registry.

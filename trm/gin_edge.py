@@ -1,4 +1,12 @@
-"""Gin at the edge: finding the shipped experiment files, parsing files and bindings.
+"""Gin at the edge: the one module of trm that knows gin.
+
+It exposes the registry's components to gin (``@kind.name``), registers the run-level
+``trm.TrainConfig``, finds the shipped experiment files, parses files and bindings, resolves the
+effective value of every binding (``hparams.json``) and writes the operative config. The rest
+of the library -- components, the trainer, the run state -- is plain Python; importing
+``trm.models`` / ``trm.halting`` / ``trm.optim`` / ``trm.losses`` loads neither gin nor
+TensorFlow. Importing this module makes every registered component (and every one registered
+later, e.g. by a plugin) available to gin.
 
 ``--gin_file=e2_3_mlp.gin`` resolves by file name against the shipped ``gin/`` tree (installed
 as the package data ``trm.gin_configs``), from any working directory; paths that exist (absolute
@@ -21,7 +29,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import gin
 
-from trm.registry import load_plugins
+from trm.registry import REGISTRY, Component, load_plugins
 
 
 class ConfigError(ValueError):
@@ -95,6 +103,35 @@ def _defined_macros() -> set:
     return out
 
 
+# -- exposing the registry to gin -------------------------------------------------------------
+# gin keeps one global registry of configurables with no public "unregister"; the few
+# operations needed to follow trm's registry (restored in tests) reach into it here, only here.
+def _gin_registry():
+    return gin.config._REGISTRY  # pylint: disable=protected-access
+
+
+def _gin_rebind(selector: str, obj) -> None:
+    reg = _gin_registry()
+    if selector in reg and reg[selector].wrapped is obj:
+        return
+    if selector in reg:
+        reg.pop(selector)
+    module, name = selector.rsplit(".", 1)
+    gin.register(name, module=module)(obj)
+
+
+def _on_registry_event(event: str, comp: Component) -> None:
+    if event == "removed":
+        if comp.gin_name in _gin_registry():
+            _gin_registry().pop(comp.gin_name)
+    elif comp.gin_name in _gin_registry() or event == "restored":
+        _gin_rebind(comp.gin_name, comp.obj)
+    else:
+        gin.register(comp.name, module=comp.kind)(comp.obj)
+
+
+REGISTRY.subscribe(_on_registry_event)
+
 _REGISTERED = False
 
 
@@ -107,9 +144,14 @@ def register_configurables() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from trm.trainer import TrainConfig  # pylint: disable=import-outside-toplevel
+    from trm.experiment import TrainConfig  # pylint: disable=import-outside-toplevel
     gin.register("TrainConfig", module="trm")(TrainConfig)
     _REGISTERED = True
+
+
+def clear() -> None:
+    """Forgets every parsed binding (before parsing a new experiment in the same process)."""
+    gin.clear_config()
 
 
 def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
@@ -154,7 +196,7 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
 def build_train_config():
     """The :class:`~trm.trainer.TrainConfig` described by the parsed gin config."""
     register_configurables()
-    from trm.trainer import TrainConfig  # pylint: disable=import-outside-toplevel
+    from trm.experiment import TrainConfig  # pylint: disable=import-outside-toplevel
     return gin.get_configurable(TrainConfig)()
 
 
@@ -167,7 +209,67 @@ def query_macro(name: str, default=None):
 
 
 def config_text(operative: bool = False) -> str:
-    return gin.operative_config_str() if operative else gin.config_str()
+    """The parsed config (``gin.config_str()``), or the operative one (what was used)."""
+    try:
+        return gin.operative_config_str() if operative else gin.config_str()
+    except Exception:  # noqa: BLE001 - nothing parsed / gin state unavailable
+        return ""
+
+
+def _plain(value):
+    """A JSON value for a gin binding value: references as ``@kind.name[()]``."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    ref = getattr(value, "selector", None)
+    if ref is not None and hasattr(value, "configurable"):  # gin ConfigurableReference
+        return f"@{ref}" + ("()" if getattr(value, "evaluate", False) else "")
+    macro = getattr(value, "name", None)
+    if macro is not None and type(value).__name__ == "MacroProxy":
+        return f"%{macro}"
+    return repr(value)
+
+
+def resolved_hparams() -> dict:
+    """The effective value of every binding of the parsed config, as plain JSON.
+
+    ``{"macros": {NAME: value}, "bindings": {"selector.param": value}}``: macros with their
+    final values; parameter bindings with macros replaced by their values and configurable
+    references written ``@kind.name`` (``()`` when called). Analysis reads this
+    (``hparams.json`` of a run) instead of re-parsing gin text.
+    """
+    macros, bindings = {}, {}
+    for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+        if selector == "gin.macro":
+            macros[scope] = params.get("value")
+    for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+        if selector == "gin.macro":
+            continue
+        prefix = f"{scope}/{selector}" if scope else selector
+        for name, value in params.items():
+            bindings[f"{prefix}.{name}"] = value
+    resolved_macros = {k: _plain(_resolve_macro(v, macros)) for k, v in sorted(macros.items())}
+    resolved_bindings = {k: _plain(_resolve_macro(v, macros))
+                         for k, v in sorted(bindings.items())}
+    return {"macros": resolved_macros, "bindings": resolved_bindings}
+
+
+def _resolve_macro(value, macros, depth: int = 0):
+    if depth > 20:
+        return value
+    if type(value).__name__ == "MacroProxy" or (
+            hasattr(value, "configurable") and getattr(value, "selector", None) == "gin.macro"):
+        name = getattr(value, "name", None) or getattr(value, "scoped_selector", "").split("/")[0]
+        if name in macros:
+            return _resolve_macro(macros[name], macros, depth + 1)
+    if isinstance(value, (list, tuple)):
+        return [_resolve_macro(v, macros, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_macro(v, macros, depth + 1) for k, v in value.items()}
+    return value
 
 
 def maybe_resolve(name: Optional[str]) -> Optional[str]:

@@ -12,9 +12,12 @@ The bound names are the run-level gin macros of ``gin/runs/*.gin`` and the exper
 (docs/DESIGN.md): ``H_CYCLES``, ``L_CYCLES``, ``HIDDEN_SIZE``, ``NUM_TRAIN_PUZZLES``, ``LR``,
 ``GLOBAL_BATCH_SIZE``, ``SEED``. Values are written as gin literals (strings need quotes).
 
+The paper's numbers quoted in the descriptions come from :mod:`analysis.published` (the single
+source), never typed here.
+
 Python API::
 
-    from launchers.sweeps import get_sweep, list_sweeps
+    from launchers.named_sweeps import get_sweep, list_sweeps
     for run in get_sweep("e2_2_tn").runs(seeds=[0, 1]):
         print(run.name, run.gin_files, run.bindings)
 """
@@ -25,6 +28,8 @@ import dataclasses
 import itertools
 import re
 from typing import Iterable, Mapping, Sequence
+
+from analysis.published import percent as _paper
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SWEEP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -232,21 +237,24 @@ def _family(base: str, *, cpu: bool) -> list[Sweep]:
             (base,),
             (files_axis("ema", {"ema_on": base, "ema_off": f("e2_1_ema_off")}),),
             seeds,
-            description="E2.1: EMA of the weights on (baseline) vs off [87.4 vs 79.9]",
+            description=f"E2.1: EMA of the weights on (baseline) vs off "
+                        f"[{_paper('E1.1')} vs {_paper('E2.1')}]",
         ),
         Sweep(
             f"{p}e2_2_tn",
             (base,),
             (_tn_axis(),),
             seeds,
-            description="E2.2: recursion schedule (T, n) [(2,2) 73.7, (3,6) 87.4]",
+            description=f"E2.2: recursion schedule (T, n) "
+                        f"[(2,2) {_paper('E2.2')}, (3,6) {_paper('E1.1')}]",
         ),
         Sweep(
             f"{p}e2_3_mixer",
             (f("e2_3_mlp"),),
             (files_axis("mixer", {"mlp": f("e2_3_mlp"), "attention": f("e2_3_attention")}),),
             seeds,
-            description="E2.3: sequence mixer, MLP vs self-attention [87.4 vs 74.7]",
+            description=f"E2.3: sequence mixer, MLP vs self-attention "
+                        f"[{_paper('E1.1')} vs {_paper('E2.3')}]",
         ),
         Sweep(
             f"{p}e3_1_width",

@@ -32,7 +32,6 @@ import math
 import os
 import random
 import re
-import sys
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -40,7 +39,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from trm.workdir import Workdir, as_workdir, is_transient, utc_now_iso
+from trm.run import storage
+from trm.run.storage import is_transient, utc_now_iso
+from trm.run.workdir import as_workdir
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +164,6 @@ def _as_tuple(obj: Any) -> Any:
 
 
 # -- exporting plain state_dicts ---------------------------------------------------------------
-def _split_url(path: str) -> Tuple[str, str]:
-    path = os.fspath(path)
-    if "://" in path and not path.startswith("file://"):
-        head, _, name = path.rstrip("/").rpartition("/")
-        return head, name
-    return os.path.dirname(os.path.abspath(path.replace("file://", "", 1))), \
-        os.path.basename(path)
-
-
 def export_state_dict(state_or_model: Union[torch.nn.Module, Mapping[str, Any]], path: str, *,
                       ema: bool = False) -> Dict[str, torch.Tensor]:
     """Writes a plain model ``state_dict`` (CPU tensors) to ``path`` (any fsspec URL).
@@ -212,15 +204,13 @@ def export_state_dict(state_or_model: Union[torch.nn.Module, Mapping[str, Any]],
     out = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     buf = io.BytesIO()
     torch.save(out, buf)
-    folder, name = _split_url(path)
-    Workdir(folder).write_bytes(name, buf.getbuffer())
+    storage.write_bytes(path, buf.getvalue())
     return out
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     """Reads a state_dict written by :func:`export_state_dict` (tensors only, CPU)."""
-    folder, name = _split_url(path)
-    data = Workdir(folder).read_bytes(name)
+    data = storage.read_bytes(path)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -229,7 +219,7 @@ class CheckpointManager:
     """Saves, lists, prunes and restores a run's checkpoints.
 
     Args:
-        workdir: the run's :class:`~trm.workdir.Workdir` (or its path / URL).
+        workdir: the run's :class:`~trm.run.workdir.Workdir` (or its path / URL).
         keep: how many of the most recent committed checkpoints to keep (``<= 0``: all). The
             best one (by ``best_metric``) and the one the run was restored from are kept too.
         best_metric: a metric name (as given to :meth:`save` / :meth:`record_metrics`)
@@ -604,10 +594,3 @@ def _plain_metrics(metrics: Mapping[str, Any]) -> Dict[str, float]:
             raise ValueError(f"metric {k!r} is not a number: {v!r}") from None
     return out
 
-
-if __name__ == "__main__":
-    if "--bench" in sys.argv[1:]:
-        from trm.bench_checkpoint import main  # pylint: disable=import-outside-toplevel
-        main([a for a in sys.argv[1:] if a != "--bench"])
-    else:
-        print("usage: python -m trm.checkpoint --bench [options]  (see trm/bench_checkpoint.py)")

@@ -127,3 +127,19 @@ def headline(results: Dict[str, float], metric: str = "exact_accuracy") -> Optio
         return results[f"all/{metric}"]
     vals: List[float] = [v for k, v in results.items() if k.endswith("/" + metric)]
     return sum(vals) / len(vals) if vals else None
+
+
+def tag_results(results: Dict[str, float], prefix: str = "eval") -> Dict[str, float]:
+    """TensorBoard / metrics.json names of :func:`evaluate`'s results: the ``all`` set as
+    ``<prefix>/<metric>``, other sets as ``<prefix>/<set>/<metric>``, evaluator metrics (e.g.
+    ``ARC/pass@2``) unchanged. The trainer and ``trm.eval`` both name metrics this way."""
+    tagged: Dict[str, float] = {}
+    for k, v in results.items():
+        set_name, sep, metric = k.partition("/")
+        if sep and set_name == "all":
+            tagged[f"{prefix}/{metric}"] = v
+        elif sep and not k.startswith("ARC/"):
+            tagged[f"{prefix}/{k}"] = v
+        else:
+            tagged[k] = v
+    return tagged

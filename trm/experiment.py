@@ -1,0 +1,170 @@
+"""An experiment in plain Python: :class:`TrainConfig`, and how its parts are built.
+
+``trm.train`` fills a :class:`TrainConfig` from gin files (the gin edge, :mod:`trm.gin_edge`);
+research code builds one directly. The functions here are the one way to turn a config and a
+dataset into a model (:func:`build_model`) and a data path into a folder
+(:func:`resolve_data_path`): the trainer, ``trm.eval``, ``trm.bench`` and the dry run use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+
+from trm.losses import ACTLoss
+from trm.models import TRM
+from trm.optim import EMA, AdamATan2, SignSGD, cosine_with_warmup
+
+log = logging.getLogger("trm.train")
+
+PathLike = Union[str, Sequence[str]]
+DEFAULT_DATA_ROOT = "~/.cache/trm/datasets"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, bad configuration, ...)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs. Defaults follow the study's Sudoku baseline.
+
+    Attributes:
+        data_dir: dataset folder(s) (local or gs://), split ``train`` is trained on. ``~`` and
+            environment variables are expanded, and ``{name}`` fields are filled from
+            ``dataset_builder_args`` (so a data-size sweep gets one folder per size).
+        test_data_dir: folder(s) whose ``test`` split is evaluated (default: ``data_dir``).
+        dataset_builder: if set, build ``data_dir`` with this builder when it does not exist yet
+            (``trm.data.ensure_dataset``), with ``dataset_builder_args``.
+        model: factory ``(vocab_size=, seq_len=, num_puzzle_identifiers=, forward_dtype=)``.
+        loss: the ACT loss head factory.
+        optimizer: main optimizer factory ``(params, lr=)`` (weight decay, betas bound inside).
+        sparse_optimizer: puzzle-table optimizer factory ``(embedding, lr=, gather_fn=)``.
+        schedule: LR schedule ``(step, base_lr=, warmup_steps=, total_steps=, min_ratio=)``.
+        ema: EMA factory ``(model) -> EMA`` or None (off).
+        epochs / train_steps: total steps = train_steps, or int(epochs * examples per epoch /
+            global_batch_size) (section 8).
+    """
+
+    data_dir: PathLike = ""
+    test_data_dir: Optional[PathLike] = None
+    dataset_builder: Optional[str] = None
+    dataset_builder_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Callable[..., TRM] = TRM
+    loss: Callable[[], ACTLoss] = ACTLoss
+    optimizer: Callable[..., torch.optim.Optimizer] = AdamATan2
+    sparse_optimizer: Callable[..., torch.optim.Optimizer] = SignSGD
+    schedule: Callable[..., float] = cosine_with_warmup
+    ema: Optional[Callable[[torch.nn.Module], EMA]] = EMA
+    use_ema: bool = True
+    evaluators: Sequence[Callable[..., Any]] = ()
+    global_batch_size: int = 256
+    eval_batch_size: Optional[int] = None
+    epochs: int = 50_000
+    train_steps: Optional[int] = None
+    lr: float = 1e-4
+    puzzle_emb_lr: float = 1e-4
+    lr_warmup_steps: int = 2000
+    lr_min_ratio: float = 1.0
+    grad_clip_norm: Optional[float] = None
+    freeze_weights: bool = False
+    seed: int = 0
+    eval_every: int = 5000
+    checkpoint_every: int = 2500
+    log_every: int = 100
+    xla_metrics_every: int = 1000
+    keep_checkpoints: int = 5
+    best_metric: str = "eval/exact_accuracy"
+    forward_dtype: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    init_from_reference: Optional[str] = None
+    preemption_check_every: int = 10
+    async_checkpoint: bool = True
+
+    def validate(self, process_count: int) -> None:
+        if not self.data_dir:
+            raise TrainingError("No dataset: set the data directory (gin macro DATA_DIR, "
+                                "i.e. TrainConfig.data_dir).")
+        if self.global_batch_size < 1 or self.global_batch_size % process_count:
+            raise TrainingError(
+                f"GLOBAL_BATCH_SIZE={self.global_batch_size} is not divisible by the number "
+                f"of processes ({process_count}); choose a multiple of {process_count}.")
+        eval_bs = self.eval_batch_size or self.global_batch_size
+        if eval_bs % process_count:
+            raise TrainingError(
+                f"EVAL_BATCH_SIZE={eval_bs} is not divisible by the number of processes "
+                f"({process_count}).")
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be >= 0 (0 = only at the end).")
+
+
+def resolve_forward_dtype(config: TrainConfig, device: torch.device) -> Any:
+    """The forward dtype of a run: ``config.forward_dtype``, or the device's default for
+    ``"auto"`` (bfloat16 on TPU/GPU, float32 on CPU)."""
+    from trm.runtime import default_forward_dtype  # pylint: disable=import-outside-toplevel
+    return (default_forward_dtype(device) if config.forward_dtype == "auto"
+            else config.forward_dtype)
+
+
+def build_model(config: TrainConfig, shape: Any, *, forward_dtype: Any = "float32",
+                init_from_reference: bool = True) -> TRM:
+    """The model of ``config`` for a dataset of ``shape``.
+
+    Args:
+        config: the run's config (its ``model`` factory; ``init_from_reference``).
+        shape: anything with ``vocab_size``, ``seq_len`` and ``num_puzzle_identifiers``: the
+            dataset's metadata (``trm.data.load_metadata``) or :class:`DataShape`.
+        forward_dtype: the compute dtype (see :func:`resolve_forward_dtype`).
+        init_from_reference: load ``config.init_from_reference`` weights when set.
+    """
+    model = config.model(vocab_size=shape.vocab_size, seq_len=shape.seq_len,
+                         num_puzzle_identifiers=shape.num_puzzle_identifiers,
+                         forward_dtype=forward_dtype)
+    if init_from_reference and config.init_from_reference:
+        from trm.interop.reference import load_reference_checkpoint  # pylint: disable=import-outside-toplevel
+        info = load_reference_checkpoint(model, config.init_from_reference)
+        log.info("Initialised from reference checkpoint %s (%s)", config.init_from_reference,
+                 info)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    """The dataset properties a model is built for (a stand-in for dataset metadata)."""
+
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int = 1
+
+
+def total_steps(config: TrainConfig, examples_per_epoch: int) -> int:
+    """``train_steps``, or ``int(epochs * examples_per_epoch / global_batch_size)``."""
+    if config.train_steps:
+        return int(config.train_steps)
+    return int(config.epochs * examples_per_epoch / config.global_batch_size)
+
+
+def resolve_data_path(path: PathLike, fields: Optional[Dict[str, Any]] = None) -> PathLike:
+    """Expands ``~``, environment variables and ``{field}`` placeholders of a data path.
+
+    ``{data_root}`` is ``$TRM_DATA_ROOT`` (default ``~/.cache/trm/datasets``); other fields
+    come from the dataset builder's arguments.
+    """
+    if isinstance(path, (list, tuple)):
+        return [resolve_data_path(p, fields) for p in path]
+    fields = {"data_root": os.environ.get("TRM_DATA_ROOT", DEFAULT_DATA_ROOT), **(fields or {})}
+    if "{" in path:
+        try:
+            path = path.format(**fields)
+        except KeyError as e:
+            raise TrainingError(f"Data path {path!r} names {e} which is not a dataset builder "
+                                f"argument ({sorted(fields)}).") from e
+    return os.path.expanduser(os.path.expandvars(path)) if "://" not in path else path
+
+

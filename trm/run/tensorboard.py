@@ -1,0 +1,307 @@
+"""TensorBoard logging into a workdir, local or remote (``gs://``), with periodic upload.
+
+Events are written by :class:`EventFileWriter` -- the TensorBoard event file format (TFRecord
+framing of ``Event`` protocol buffers, scalars as ``simple_value``) -- written here with the
+``tensorboard`` package's protos only, so a training process never imports TensorFlow (torch's
+``SummaryWriter`` imports it when it is installed, before the data layer can configure it).
+
+Object stores cannot append, so for a remote workdir the events go to a local folder first and
+:meth:`SummaryWriterSync.sync` re-uploads every changed events file whole to ``WORKDIR/tb/``;
+a preemption loses at most what was logged since the last sync. Each process writes its own
+events file (the name holds time, host and pid), so a resumed run adds a new file and never
+overwrites the old one.
+
+    tb = SummaryWriterSync(workdir, sync_every_s=60, purge_step=start_step + 1)
+    tb.scalars({"train/lm_loss": 1.9, "train/lr": 1e-4}, step)
+    tb.flush()        # at log intervals: writes, and uploads if sync_every_s has passed
+    tb.close()        # final flush + upload
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from typing import Dict, Iterable, List, Mapping, Optional
+
+from trm.run.storage import Storage
+from trm.run.workdir import as_workdir
+
+log = logging.getLogger(__name__)
+
+
+# -- the event file format -------------------------------------------------------------------
+def _crc32c_table() -> List[int]:
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_TABLE: Optional[List[int]] = None
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) of ``data`` (google_crc32c when installed, else pure Python)."""
+    try:
+        import google_crc32c  # pylint: disable=import-outside-toplevel
+        return int(google_crc32c.value(bytes(data)))
+    except ImportError:
+        pass
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _crc32c_table()
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(payload: bytes) -> bytes:
+    """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload."""
+    length = struct.pack("<Q", len(payload))
+    return (length + struct.pack("<I", _masked_crc(length)) + payload
+            + struct.pack("<I", _masked_crc(payload)))
+
+
+class EventFileWriter:
+    """Appends TensorBoard events to a new file ``events.out.tfevents.<time>.<host>.<pid>.<n>``
+    in a local folder. ``purge_step``: TensorBoard then hides earlier files' events at steps
+    ``>= purge_step`` (a resumed run logs them again)."""
+
+    _count = 0
+
+    def __init__(self, folder: str, purge_step: Optional[int] = None) -> None:
+        from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+        self._event_pb2 = event_pb2
+        os.makedirs(folder, exist_ok=True)
+        EventFileWriter._count += 1
+        name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
+                f"{os.getpid()}.{EventFileWriter._count}")
+        self.path = os.path.join(folder, name)
+        self._file = open(self.path, "ab")  # pylint: disable=consider-using-with
+        self._pending: List[bytes] = []
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
+                                    step=purge_step or 0))
+        if purge_step is not None:
+            self._write(event_pb2.Event(
+                wall_time=time.time(), step=int(purge_step),
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self.flush()
+
+    def _write(self, event) -> None:
+        self._pending.append(tfrecord_frame(event.SerializeToString()))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=tag, simple_value=float(value))])
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                          summary=summary))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        """A text summary (the text plugin's format: a string tensor, tag ``<tag>/text_summary``)."""
+        from tensorboard.compat.proto import (  # pylint: disable=import-outside-toplevel
+            summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2)
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=f"{tag}/text_summary", metadata=metadata, tensor=tensor)])
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                          summary=summary))
+
+    def flush(self) -> None:
+        if self._file.closed:
+            return
+        if self._pending:
+            self._file.write(b"".join(self._pending))
+            self._pending.clear()
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+# -- local mirror of a remote folder ------------------------------------------------------------
+class LocalMirror:
+    """A local folder for files that must be written locally (event files), uploaded whole to
+    ``storage/subdir`` by :meth:`sync`. For a local ``storage`` it is ``storage/subdir`` itself
+    (nothing to sync); for a remote one a new temporary folder of this process, so a resumed
+    run never overwrites the previous process's files."""
+
+    def __init__(self, storage: Storage, subdir: str) -> None:
+        self.storage = storage
+        self.subdir = subdir.strip("/")
+        if storage.is_local:
+            self._base = None
+            self.path = storage.url(self.subdir)
+        else:
+            self._base = tempfile.mkdtemp(prefix="trm-mirror-")
+            self.path = os.path.join(self._base, *self.subdir.split("/"))
+        os.makedirs(self.path, exist_ok=True)
+        self._synced: Dict[str, tuple] = {}
+
+    def sync(self) -> List[str]:
+        """Uploads new or changed files; returns their relative names (none when local)."""
+        if self.storage.is_local:
+            return []
+        uploaded = []
+        for rel in _walk_files(self.path):
+            st = os.stat(os.path.join(self.path, rel))
+            key = (st.st_size, st.st_mtime_ns)
+            if self._synced.get(rel) == key:
+                continue
+            self.storage.upload(os.path.join(self.path, rel), f"{self.subdir}/{rel}")
+            self._synced[rel] = key
+            uploaded.append(rel)
+        return uploaded
+
+    def cleanup(self) -> None:
+        """Deletes a remote storage's temporary folder (after a final sync)."""
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = None
+
+
+def _walk_files(root: str) -> Iterable[str]:
+    for dirpath, _, files in os.walk(root):
+        for name in sorted(files):
+            yield os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+
+
+class SummaryWriterSync:
+    """A TensorBoard writer for ``WORKDIR/<subdir>``; see the module docstring.
+
+    Args:
+        workdir: the run's Workdir / Storage (or path / URL).
+        subdir: the events folder inside the workdir.
+        sync_every_s: for remote workdirs, the least time between uploads done by
+            :meth:`flush` (:meth:`sync` and :meth:`close` always upload).
+        purge_step: when resuming from step ``S`` pass ``S + 1``: TensorBoard then hides the
+            previous run's events at steps ``>= S + 1`` (they are logged again).
+        rotate_bytes: remote workdirs start a new events file once the current one exceeds
+            this size, so each sync re-uploads at most this much of old data.
+    """
+
+    def __init__(self, workdir: "Storage | str", subdir: str = "tb", sync_every_s: float = 60.0,
+                 purge_step: Optional[int] = None, rotate_bytes: int = 16 << 20) -> None:
+        self.workdir = workdir if isinstance(workdir, Storage) else as_workdir(workdir)
+        self.subdir = subdir
+        self.sync_every_s = sync_every_s
+        self.rotate_bytes = rotate_bytes
+        self.mirror = LocalMirror(self.workdir, subdir)
+        self.local_dir = self.mirror.path
+        self._writer: Optional[EventFileWriter] = EventFileWriter(self.local_dir,
+                                                                  purge_step=purge_step)
+        self._last_sync = time.monotonic()
+        self._closed = False
+
+    @property
+    def remote(self) -> bool:
+        return not self.workdir.is_local
+
+    @property
+    def writer(self) -> "EventFileWriter":
+        """The current events file writer."""
+        if self._writer is None:
+            raise RuntimeError("SummaryWriterSync is closed")
+        return self._writer
+
+    def scalar(self, tag: str, value, step: int) -> None:
+        """Logs one scalar (``value``: a number or a 1-element tensor; read on the host)."""
+        self.writer.add_scalar(tag, float(value), int(step))
+
+    def scalars(self, values: Mapping[str, object], step: int, prefix: str = "") -> None:
+        """Logs ``{tag: value}`` at ``step`` (``prefix`` is prepended to every tag)."""
+        for tag, value in values.items():
+            self.scalar(f"{prefix}{tag}", value, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Logs a text summary (markdown; wrap configs in a code block to keep them verbatim)."""
+        self.writer.add_text(tag, text, int(step))
+
+    def flush(self) -> None:
+        """Writes pending events to the events file; uploads if ``sync_every_s`` has passed."""
+        self.writer.flush()
+        if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
+            self.sync()
+
+    def sync(self) -> bool:
+        """Flushes and uploads changed events files now (remote workdirs; else only flushes).
+
+        Upload errors (after retries) are logged, not raised: the next sync tries again.
+        Returns whether everything is uploaded.
+        """
+        if self._writer is not None:
+            self._writer.flush()
+        if not self.remote:
+            return True
+        ok = True
+        try:
+            uploaded = self.mirror.sync()
+            if uploaded:
+                log.debug("Uploaded %s to %s", uploaded, self.workdir.url(self.subdir))
+        except Exception as exc:  # noqa: BLE001 (logging must not kill training)
+            ok = False
+            log.warning("Could not upload TensorBoard events to %s (will retry at the next "
+                        "sync): %s: %s", self.workdir.url(self.subdir), type(exc).__name__, exc)
+        self._last_sync = time.monotonic()
+        if ok:
+            self._maybe_rotate()
+        return ok
+
+    def _maybe_rotate(self) -> None:
+        """Starts a new events file once the current one is big (it was just uploaded)."""
+        writer = self._writer
+        if writer is None or self.rotate_bytes <= 0:
+            return
+        try:
+            if os.path.getsize(writer.path) < self.rotate_bytes:
+                return
+        except (AttributeError, OSError):
+            return
+        writer.close()
+        self.mirror.sync()
+        self._writer = EventFileWriter(self.local_dir)
+
+    def close(self) -> None:
+        """Flushes, closes the events file, uploads it (remote) and removes the local copy.
+
+        If the final upload fails, the local copy is kept and its folder logged.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.remote:
+            if self.sync():
+                self.mirror.cleanup()
+            else:
+                log.error("TensorBoard events not fully uploaded to %s; the local copy is in %s",
+                          self.workdir.url(self.subdir), self.local_dir)
+
+    def __enter__(self) -> "SummaryWriterSync":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
