@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import re
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -35,6 +37,15 @@ def define_flags() -> None:
     flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
     flags.DEFINE_string("tag", "", "Suffix for the default JSON name and TensorBoard tags.")
     flags.DEFINE_bool("skip_eval", False, "Only export (with --export_state_dict).")
+    flags.DEFINE_bool("trust_checkpoint", False,
+                      "Load the checkpoint with full unpickling. This runs any code stored in "
+                      "the file: only for a checkpoint you wrote yourself that trm refuses to "
+                      "load safely (e.g. one written before RNG states were stored as tensors).")
+    flags.DEFINE_bool("progress", True, "Print evaluation progress to stderr.")
+
+
+log = logging.getLogger("trm.eval")
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class EvalError(RuntimeError):
@@ -43,21 +54,32 @@ class EvalError(RuntimeError):
 
 def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto",
                  bindings: Optional[List[str]] = None, output_json: Optional[str] = None,
-                 export_path: Optional[str] = None, tag: str = "", skip_eval: bool = False
-                 ) -> Dict[str, Any]:
-    """Library form of the CLI; returns ``{"step", "weights", "metrics", "json"}``."""
+                 export_path: Optional[str] = None, tag: str = "", skip_eval: bool = False,
+                 trust_checkpoint: bool = False, progress: bool = False) -> Dict[str, Any]:
+    """Library form of the CLI; returns ``{"step", "weights", "metrics", "json"}``.
+
+    Metrics are named as in training (``eval/exact_accuracy``, ``eval/<set>/...``,
+    ``ARC/pass@K``). Nothing is written into the workdir when ``output_json`` points
+    elsewhere and the workdir is read-only (the TensorBoard summary is then skipped).
+    """
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
     from trm.data import EvalStream, load_metadata  # pylint: disable=import-outside-toplevel
     from trm.eval_loop import evaluate, tag_results  # pylint: disable=import-outside-toplevel
     from trm.experiment import (build_model, resolve_data_path,  # pylint: disable=import-outside-toplevel
                                 resolve_forward_dtype)
     from trm.optim import EMA  # pylint: disable=import-outside-toplevel
-    from trm.run.checkpoints import CheckpointManager, export_state_dict  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import (CheckpointError, CheckpointManager,  # pylint: disable=import-outside-toplevel
+                                     export_state_dict)
     from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
     from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
     from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
 
+    if tag and not _TAG_RE.match(tag):
+        raise EvalError(f"--tag={tag!r} must be a plain name (letters, digits, '_', '-', '.'; "
+                        "no '/' or '..'): it becomes part of a file name in the workdir.")
     wd = Workdir(workdir)
+    if wd.is_local and not os.path.isdir(wd.path):
+        raise EvalError(f"{workdir} is not a folder (the --workdir of a trm run).")
     config_text = RunRecord(wd).config_text()
     if config_text is None:
         raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
@@ -66,11 +88,15 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     cfg = gin_edge.build_train_config()
     rt = init_runtime(cfg.device)
 
-    mgr = CheckpointManager(wd, keep=0, best_metric=cfg.best_metric, async_save=False)
+    mgr = CheckpointManager(wd, keep=0, best_metric=cfg.best_metric, async_save=False,
+                            trust=trust_checkpoint)
     which: Any = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
     if which not in ("latest", "best") and not isinstance(which, int):
         raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
-    restored = mgr.restore(which)
+    try:
+        restored = mgr.restore(which)
+    except CheckpointError as e:
+        raise EvalError(str(e)) from e
     if restored is None:
         raise EvalError(f"No usable checkpoint {checkpoint!r} in {workdir} "
                         f"(committed steps: {mgr.steps() or 'none'}).")
@@ -103,7 +129,14 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
                          process_index=rt.process_index, process_count=rt.process_count)
     suffix = f"_{tag}" if tag else ""
     out_dir = wd.url(f"eval/cli_step_{step:09d}{suffix}")
-    metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir))
+    total = len(batches)
+
+    def show(done: int) -> None:
+        if progress and rt.is_main and (done == total or done % max(1, total // 10) == 0):
+            print(f"eval step {step}: batch {done}/{total}", file=sys.stderr, flush=True)
+
+    metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir,
+                                   progress=show))
     result["metrics"] = metrics
     result["eval_halt_max_steps"] = model.eval_halt_max_steps
     if rt.is_main:
@@ -112,18 +145,20 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
         _write_text(path, text)
         result["json"] = path
         from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
-        writer = SummaryWriterSync(wd, subdir="tb/eval_cli")
         prefix = f"eval_cli{suffix}"
-        writer.scalars({f"{prefix}/{k[len('eval/'):]}" if k.startswith("eval/") else
-                        f"{prefix}/{k}": v for k, v in metrics.items()}, step)
-        writer.close()
+        try:
+            writer = SummaryWriterSync(wd, subdir="tb/eval_cli")
+            writer.scalars({f"{prefix}/{k[len('eval/'):]}" if k.startswith("eval/") else
+                            f"{prefix}/{k}": v for k, v in metrics.items()}, step)
+            writer.close()
+        except OSError as e:  # e.g. a read-only workdir: the JSON went elsewhere
+            log.warning("TensorBoard summary not written to %s: %s", wd.url("tb/eval_cli"), e)
     return result
 
 
 def _write_text(path: str, text: str) -> None:
-    import fsspec  # pylint: disable=import-outside-toplevel
-    with fsspec.open(path, "w") as f:
-        f.write(text)
+    from trm.run import storage  # pylint: disable=import-outside-toplevel
+    storage.write_bytes(path, text.encode("utf-8"))
 
 
 def main(argv: List[str]) -> None:
@@ -134,12 +169,17 @@ def main(argv: List[str]) -> None:
     logging.getLogger("trm").setLevel(logging.INFO)
     from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
     from trm.data import DataError  # pylint: disable=import-outside-toplevel
+    from trm.experiment import TrainingError  # pylint: disable=import-outside-toplevel
+    from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
     try:
         result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
-                              FLAGS.skip_eval)
-    except (EvalError, ConfigError, DataError) as e:
-        sys.exit(f"trm.eval: {e}")
+                              FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress)
+    except (EvalError, ConfigError, DataError, DeviceError, TrainingError) as e:
+        from trm.gin_edge import strip_gin_context  # pylint: disable=import-outside-toplevel
+        sys.exit(f"trm.eval: {strip_gin_context(e)}")
+    except OSError as e:
+        sys.exit(f"trm.eval: {type(e).__name__}: {e}")
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 

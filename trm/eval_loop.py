@@ -10,7 +10,7 @@ evaluator) receive the predictions on the host.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -84,10 +84,12 @@ def normalize_eval_metrics(sums: Dict[str, float]) -> Dict[str, float]:
 def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[str, torch.Tensor],
                                                                       int]],
              runtime: Runtime, evaluators: Sequence[Any] = (),
-             output_dir: Optional[str] = None) -> Dict[str, float]:
+             output_dir: Optional[str] = None,
+             progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
     """Runs the test batches; returns ``{"<set>/<metric>": value, ...}`` plus evaluator metrics.
 
     The model must already hold the weights to evaluate (e.g. inside ``EMA.averaged``).
+    ``progress(batches_done)`` is called after each batch (no device sync).
     """
     was_training = model.training
     model.eval()
@@ -95,7 +97,7 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
     for ev in evaluators:
         ev.begin_eval()
     try:
-        for set_name, batch, _ in batches:
+        for done, (set_name, batch, _) in enumerate(batches, start=1):
             batch = runtime.to_device(batch)
             carry = model.initial_carry(batch)
             for _ in range(model.eval_halt_max_steps):
@@ -108,6 +110,8 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
                 for ev in evaluators:
                     ev.update(host_batch, host_out)
             runtime.mark_step()
+            if progress is not None:
+                progress(done)
     finally:
         model.train(was_training)
     results: Dict[str, float] = {}

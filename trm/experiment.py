@@ -87,10 +87,17 @@ class TrainConfig:
     async_checkpoint: bool = True
 
     def validate(self, process_count: int) -> None:
+        """Checks every setting before anything runs; one line per problem, naming the gin
+        macro (and field) and a fix. Raises :class:`TrainingError`."""
         if not self.data_dir:
             raise TrainingError("No dataset: set the data directory (gin macro DATA_DIR, "
                                 "i.e. TrainConfig.data_dir).")
-        if self.global_batch_size < 1 or self.global_batch_size % process_count:
+        for field, (macro, kind, low, allow_none) in _CHECKS.items():
+            _check_value(field, macro, getattr(self, field), kind, low, allow_none)
+        if self.train_steps is None and self.epochs < 1:
+            raise TrainingError(f"EPOCHS={self.epochs}: the run would have no step; set "
+                                "EPOCHS >= 1 or TRAIN_STEPS.")
+        if self.global_batch_size % process_count:
             raise TrainingError(
                 f"GLOBAL_BATCH_SIZE={self.global_batch_size} is not divisible by the number "
                 f"of processes ({process_count}); choose a multiple of {process_count}.")
@@ -98,10 +105,56 @@ class TrainConfig:
         if eval_bs % process_count:
             raise TrainingError(
                 f"EVAL_BATCH_SIZE={eval_bs} is not divisible by the number of processes "
-                f"({process_count}).")
-        for name in ("eval_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 0:
-                raise TrainingError(f"{name} must be >= 0 (0 = only at the end).")
+                f"({process_count}); choose a multiple of {process_count}.")
+        if self.forward_dtype not in ("auto", "float32", "bfloat16", "float16") and \
+                not isinstance(self.forward_dtype, torch.dtype):
+            raise TrainingError(f"FORWARD_DTYPE={self.forward_dtype!r} is not a dtype: use "
+                                "'auto', 'float32' or 'bfloat16'.")
+        if self.device not in ("auto", "cpu", "cuda", "xla"):
+            raise TrainingError(f"DEVICE={self.device!r} is not a device: use 'auto', 'cpu', "
+                                "'cuda' or 'xla'.")
+
+
+# field -> (gin macro, type, lowest allowed value, None allowed)
+_CHECKS: Dict[str, Any] = {
+    "train_steps": ("TRAIN_STEPS", int, 1, True),
+    "epochs": ("EPOCHS", (int, float), 0, False),
+    "global_batch_size": ("GLOBAL_BATCH_SIZE", int, 1, False),
+    "eval_batch_size": ("EVAL_BATCH_SIZE", int, 1, True),
+    "eval_every": ("EVAL_EVERY", int, 0, False),
+    "checkpoint_every": ("CHECKPOINT_EVERY", int, 0, False),
+    "log_every": ("LOG_EVERY", int, 0, False),
+    "xla_metrics_every": ("XLA_METRICS_EVERY", int, 0, False),
+    "keep_checkpoints": ("KEEP_CHECKPOINTS", int, 0, False),
+    "lr": ("LR", (int, float), 0, False),
+    "puzzle_emb_lr": ("PUZZLE_EMB_LR", (int, float), 0, False),
+    "lr_warmup_steps": ("LR_WARMUP_STEPS", int, 0, False),
+    "lr_min_ratio": ("LR_MIN_RATIO", (int, float), 0, False),
+    "grad_clip_norm": ("GRAD_CLIP", (int, float), 0, True),
+    "seed": ("SEED", int, 0, False),
+    "preemption_check_every": ("TrainConfig.preemption_check_every", int, 1, False),
+}
+
+_HINTS = {"train_steps": " (use None to train for EPOCHS instead)",
+          "eval_every": " (0 = only at the end)", "checkpoint_every": " (0 = only at the end)",
+          "log_every": " (0 = only at the end)", "keep_checkpoints": " (0 = keep all)"}
+
+
+def _check_value(field: str, macro: str, value: Any, kind: Any, low: float,
+                 allow_none: bool) -> None:
+    name = f"{macro}={value!r}" + ("" if macro.startswith("TrainConfig") else
+                                   f" (TrainConfig.{field})")
+    if value is None:
+        if allow_none:
+            return
+        raise TrainingError(f"{name} must be set.")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an integer" if kinds == (int,) else "a number"
+        raise TrainingError(f"{name} must be {what}, not {type(value).__name__}; write it "
+                            f"without quotes, e.g. --gin_param='{macro.split('.')[-1]}=...'.")
+    if value != value or value < low:  # NaN or too small
+        raise TrainingError(f"{name} must be >= {low}{_HINTS.get(field, '')}.")
 
 
 def resolve_forward_dtype(config: TrainConfig, device: torch.device) -> Any:
@@ -144,8 +197,9 @@ class DataShape:
 
 
 def total_steps(config: TrainConfig, examples_per_epoch: int) -> int:
-    """``train_steps``, or ``int(epochs * examples_per_epoch / global_batch_size)``."""
-    if config.train_steps:
+    """``train_steps`` when set (not None), else
+    ``int(epochs * examples_per_epoch / global_batch_size)``."""
+    if config.train_steps is not None:
         return int(config.train_steps)
     return int(config.epochs * examples_per_epoch / config.global_batch_size)
 

@@ -149,6 +149,19 @@ def register_configurables() -> None:
     _REGISTERED = True
 
 
+def _syntax(e: SyntaxError) -> str:
+    """A gin SyntaxError in one line: what, where, the offending text."""
+    where = f"line {e.lineno}" if e.lineno else ""
+    text = (e.text or "").strip()
+    return f"{e.msg} ({where}{': ' if where and text else ''}{text})" if (where or text) else str(e.msg)
+
+
+def strip_gin_context(message: str) -> str:
+    """An error message without the lines gin appends (``In call to configurable ...``)."""
+    return "\n".join(line for line in str(message).splitlines()
+                     if not line.strip().startswith("In call to configurable")).strip()
+
+
 def clear() -> None:
     """Forgets every parsed binding (before parsing a new experiment in the same process)."""
     gin.clear_config()
@@ -166,6 +179,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     for text in config_texts:
         try:
             gin.parse_config(text, skip_unknown=False)
+        except SyntaxError as e:
+            raise ConfigError(f"Syntax error in a saved gin config: {_syntax(e)}") from e
         except (ValueError, KeyError, ImportError) as e:
             raise ConfigError(f"Error in a saved gin config: {e}") from e
     _add_search_path(str(gin_root()))
@@ -173,6 +188,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     for path in resolved:
         try:
             gin.parse_config_file(path, skip_unknown=False)
+        except SyntaxError as e:
+            raise ConfigError(f"Syntax error in gin file {path}: {_syntax(e)}") from e
         except (ValueError, KeyError, ImportError, IOError) as e:
             raise ConfigError(f"Error in gin file {path}: {e}") from e
     for binding in bindings:
@@ -186,6 +203,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
                 (f" Known macros: {', '.join(known)}." if known else ""))
         try:
             gin.parse_config(binding, skip_unknown=False)
+        except SyntaxError as e:
+            raise ConfigError(f"Syntax error in gin binding {binding!r}: {_syntax(e)}") from e
         except (ValueError, KeyError, ImportError) as e:
             raise ConfigError(f"Invalid gin binding {binding!r}: {e}") from e
     if finalize:

@@ -42,6 +42,10 @@ def define_flags() -> None:
                       "Resume a workdir whose saved config differs from this one.")
     flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
     flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
+    flags.DEFINE_bool("trust_checkpoint", False,
+                      "Load the workdir's checkpoint with full unpickling. This runs any code "
+                      "stored in the file: only for a checkpoint you wrote yourself that trm "
+                      "refuses to load safely.")
     flags.DEFINE_bool("force_unlock", False,
                       "Take over the workdir's lock even if its owner looks alive (only when you "
                       "know it is dead, e.g. its VM was deleted; stale locks expire by themselves).")
@@ -94,7 +98,7 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
 
 def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None,
-          force_unlock: bool = False) -> dict:
+          force_unlock: bool = False, trust_checkpoint: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
     from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
@@ -107,12 +111,13 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
                       hparams=gin_edge.resolved_hparams(),
                       operative_config=lambda: gin_edge.config_text(operative=True),
                       allow_config_change=allow_config_change, progress=progress,
-                      force_unlock=force_unlock)
+                      force_unlock=force_unlock, trust_checkpoint=trust_checkpoint)
     return trainer.run()
 
 
-def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force):  # noqa: ARG001
-    train(gin_files, bindings, workdir, allow, progress, argv, force)
+def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force,  # noqa: ARG001
+                 trust):
+    train(gin_files, bindings, workdir, allow, progress, argv, force, trust)
 
 
 def main(argv: List[str]) -> None:
@@ -139,19 +144,23 @@ def main(argv: List[str]) -> None:
             torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
                                                  FLAGS.workdir, FLAGS.allow_config_change,
                                                  FLAGS.progress, list(sys.argv),
-                                                 FLAGS.force_unlock))
+                                                 FLAGS.force_unlock, FLAGS.trust_checkpoint))
             return
         result = train(FLAGS.gin_file, bindings, FLAGS.workdir, FLAGS.allow_config_change,
-                       FLAGS.progress, list(sys.argv), FLAGS.force_unlock)
+                       FLAGS.progress, list(sys.argv), FLAGS.force_unlock,
+                       FLAGS.trust_checkpoint)
     except gin_edge.ConfigError as e:
         sys.exit(f"trm.train: {e}")
     except Exception as e:  # noqa: BLE001 - known errors get a one-line message
         from trm.data import DataError  # pylint: disable=import-outside-toplevel
         from trm.registry import RegistryError  # pylint: disable=import-outside-toplevel
         from trm.trainer import TrainingError  # pylint: disable=import-outside-toplevel
+        from trm.run.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
         from trm.run.lock import WorkdirLockedError  # pylint: disable=import-outside-toplevel
-        if isinstance(e, (TrainingError, DataError, RegistryError, WorkdirLockedError)):
-            sys.exit(f"trm.train: {e}")
+        from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
+        if isinstance(e, (TrainingError, DataError, RegistryError, WorkdirLockedError,
+                          CheckpointError, DeviceError)):
+            sys.exit(f"trm.train: {gin_edge.strip_gin_context(e)}")
         raise
     if result.get("status") == "preempted":
         sys.exit(0)

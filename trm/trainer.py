@@ -23,10 +23,8 @@ import logging
 import math
 import os
 import random
-import signal
 import socket
 import sys
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -38,39 +36,16 @@ from trm.eval_loop import MetricSums, evaluate, headline, normalize_train_metric
 from trm.experiment import (DataShape, TrainConfig, TrainingError, build_model,  # noqa: F401
                             resolve_data_path, resolve_forward_dtype, total_steps)
 from trm.models import Carry
+from trm.run.checkpoints import CheckpointError
+from trm.run.guards import check_compatible, open_workdir, state_is_sound, storage_error
 from trm.runtime import Runtime, init_runtime
+from trm.runtime.signals import StopSignal, xla_metrics
 
 log = logging.getLogger("trm.train")
 
 
 def _every(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
-
-
-class _StopSignal:
-    """Records SIGTERM/SIGINT; the loop finishes the step, checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self.received: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.received = signum
-        log.warning("Received %s: finishing the current step, then checkpointing.",
-                    signal.Signals(signum).name)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class Trainer:
@@ -87,6 +62,8 @@ class Trainer:
         operative_config: returns the operative gin config after the first step (or "").
         progress: print progress lines and the end-of-run summary.
         force_unlock: take over the workdir's lock even if its owner looks alive.
+        trust_checkpoint: load checkpoints with full unpickling (runs code from the file; only
+            for older checkpoints you wrote yourself, see trm.run.checkpoints).
         step_callback: called with the step number after every step (benchmarks, tests).
 
     Without a workdir, :meth:`build` and :meth:`train_step` run steps on given batches (what
@@ -98,8 +75,9 @@ class Trainer:
                  command: Optional[Dict[str, Any]] = None,
                  hparams: Optional[Dict[str, Any]] = None, allow_config_change: bool = False,
                  operative_config: Optional[Callable[[], str]] = None, progress: bool = True,
-                 force_unlock: bool = False,
+                 force_unlock: bool = False, trust_checkpoint: bool = False,
                  step_callback: Optional[Callable[[int], None]] = None) -> None:
+        config.validate(process_count=1)  # before the runtime starts: one line per problem
         self.cfg = config
         self.workdir_path = workdir
         self.runtime = runtime or init_runtime(config.device)
@@ -110,6 +88,7 @@ class Trainer:
         self.operative_config = operative_config
         self.progress = progress
         self.force_unlock = force_unlock
+        self.trust_checkpoint = trust_checkpoint
         self.step_callback = step_callback
         self.cfg.validate(self.runtime.process_count)
         self.test_meta = None
@@ -157,7 +136,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
         random.seed(cfg.seed)
-        self.model = build_model(cfg, shape, forward_dtype=resolve_forward_dtype(cfg, rt.device))
+        try:
+            self.model = build_model(cfg, shape,
+                                     forward_dtype=resolve_forward_dtype(cfg, rt.device))
+        except (ValueError, TypeError) as e:
+            raise TrainingError(f"Cannot build the model: {e}") from e
         self.model.to(rt.device)
         self.model.train()
         if cfg.compile:
@@ -214,12 +197,23 @@ class Trainer:
                 f"The checkpoint was written by {state['process_count']} processes, this run has "
                 f"{rt.process_count}: exact resume needs the same number. Start a new workdir, "
                 "or initialise from this run's exported weights.")
-        self.model.load_state_dict(state["model"])
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.stream.load_state_dict(state["data"])
+        check_compatible(self.model.state_dict(), state["model"], self.allow_config_change)
+        try:
+            self.model.load_state_dict(state["model"])
+            if len(state["optimizers"]) != len(self.optimizers):
+                raise ValueError(f"the checkpoint has {len(state['optimizers'])} optimizers, "
+                                 f"this config builds {len(self.optimizers)} (puzzle table or "
+                                 "FREEZE_WEIGHTS changed)")
+            for opt, s in zip(self.optimizers, state["optimizers"]):
+                opt.load_state_dict(s)
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.stream.load_state_dict(state["data"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainingError(
+                f"The checkpoint in {self.workdir_path} does not fit this config: {e}. Nothing "
+                "was changed in the workdir; resume with its saved config, or start a new "
+                "--workdir.") from e
         mine = state["per_process"][rt.process_index]
         self.carry = None if mine["carry"] is None else Carry.from_state_dict(
             {k: v.to(rt.device) for k, v in mine["carry"].items()})
@@ -258,7 +252,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step = step
-        finite = torch.isfinite(loss.detach())
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.detach())
         extra = {"grad_norm": grad_norm.detach(), "loss_finite": finite.to(torch.float32),
                  "lr": torch.tensor(self.lr_at(step, cfg.lr), device=rt.device)}
         self._nonfinite_step = torch.where(
@@ -274,19 +268,23 @@ class Trainer:
         from trm.data import TrainStream  # pylint: disable=import-outside-toplevel
         from trm.run.checkpoints import CheckpointManager  # pylint: disable=import-outside-toplevel
         from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
-        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
-        from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
 
         cfg, rt = self.cfg, self.runtime
         if not self.workdir_path:
             raise TrainingError("Trainer.run() needs a workdir.")
-        self.workdir = Workdir(self.workdir_path)
+        self.workdir = open_workdir(self.workdir_path)
         self.record = RunRecord(self.workdir, best_metric=cfg.best_metric)
-        stopper = _StopSignal()
+        self.writer = None
+        self._started = False
+        stopper = StopSignal()
         stopper.install()  # from the start: a preemption during start-up stops after step 1
         if rt.is_main:
-            self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
-                                      force=self.force_unlock)
+            try:
+                self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
+                                          force=self.force_unlock)
+            except OSError as e:
+                raise TrainingError(f"Cannot write to the workdir {self.workdir_path}: "
+                                    f"{e.strerror or e}. Choose a writable --workdir.") from e
         try:
             self._prepare_data()
             self.build(self.train_meta, total_steps(cfg, self.train_meta.examples_per_epoch))
@@ -295,12 +293,17 @@ class Trainer:
                                       process_count=rt.process_count, seed=cfg.seed)
             self.ckpt = CheckpointManager(self.workdir, keep=cfg.keep_checkpoints,
                                           best_metric=cfg.best_metric, best_mode="max",
-                                          async_save=cfg.async_checkpoint and rt.is_main)
-            config_outcome = self._check_config() if rt.is_main else "none"
+                                          async_save=cfg.async_checkpoint and rt.is_main,
+                                          trust=self.trust_checkpoint)
+            # Nothing is written until the state is known to fit: the config is compared (not
+            # saved), the checkpoint restored into the model built from this config.
+            self._config_outcome = self._check_config() if rt.is_main else "none"
             restored = self.ckpt.restore("latest")
+            self._resumed = restored is not None
             if restored is not None:
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
+            self._start_step = self.step
             if restored is not None and self.step >= self.total_steps and rt.is_main \
                     and self.record.status == "completed":
                 if self.progress:
@@ -308,16 +311,12 @@ class Trainer:
                           f"{self.step} of {self.total_steps}); nothing to do.", flush=True)
                 return {"status": "completed", "step": self.step, "eval": {},
                         "best": self.best, "already_completed": True}
-            # On resume, TensorBoard hides points of the old files from the resumed step on.
-            self.writer = (SummaryWriterSync(self.workdir, purge_step=self.step + 1 if restored
-                                             else None) if rt.is_main else None)
-            if rt.is_main:
-                self._record_start(resumed=restored is not None,
-                                   config_changed=config_outcome != "same")
             status = self._loop(stopper)
             return self._finish(status)
         except BaseException as e:
-            if rt.is_main:
+            # A start that failed before its first step leaves no run files behind (they would
+            # block the corrected relaunch); a run that had started records the failure.
+            if rt.is_main and (self._started or self.workdir.exists("run.json")):
                 self.record.fail(e, "preempted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
         finally:
@@ -339,7 +338,7 @@ class Trainer:
                 except Exception:  # noqa: BLE001
                     log.exception("Closing the %s failed.", name)
 
-    def _loop(self, stopper: _StopSignal) -> str:
+    def _loop(self, stopper: StopSignal) -> str:
         cfg, rt = self.cfg, self.runtime
         sums = MetricSums(rt.device)
         it = iter(self.stream)
@@ -349,11 +348,12 @@ class Trainer:
         while self.step < self.total_steps:
             batch = rt.to_device(next(it))
             metrics = self.train_step(batch)
+            self._last_batch = batch
             sums.add(metrics)
-            first = self.step == step_start + 1
-            if first and rt.is_main and not self.record.has_operative_config() \
-                    and self.operative_config is not None:
-                self.record.write_operative_config(self.operative_config())
+            if not self._started:
+                t0 = time.perf_counter()
+                self._start_run()
+                self._side_s += time.perf_counter() - t0
             if _every(self.step, cfg.log_every) or self.step == self.total_steps:
                 now = time.perf_counter()
                 self._log_train(sums, now - t_log - self._side_s, self.step - step_log,
@@ -394,10 +394,8 @@ class Trainer:
     def _check_finite(self) -> None:
         bad = int(self._nonfinite_step.item())
         if bad:
-            raise TrainingError(
-                f"Non-finite loss at step {bad}. Training stopped; the last checkpoint before "
-                f"it is kept in {self.workdir_path}/checkpoints. Lower the LR, enable "
-                "GRAD_CLIP, or check the data (docs/TROUBLESHOOTING.md).")
+            raise TrainingError(self._diverged_message(
+                f"Non-finite loss or gradients at step {bad}"))
 
     def _log_train(self, sums: MetricSums, elapsed: float, steps: int, t_start: float,
                    step_start: int) -> None:
@@ -418,7 +416,7 @@ class Trainer:
             self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, self.step)
             self.writer.scalars({f"perf/{k}": v for k, v in perf.items()}, self.step)
             if rt.is_xla and (_every(self.step, cfg.xla_metrics_every) or self.step <= steps):
-                self.writer.scalars(_xla_metrics(), self.step)
+                self.writer.scalars(xla_metrics(), self.step)
             self.writer.flush()
             self.record.log(self.step)
             self.workdir.heartbeat()
@@ -449,6 +447,10 @@ class Trainer:
         else:
             results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators, out_dir)
         tagged = tag_results(results)
+        bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise TrainingError(self._diverged_message(
+                f"The evaluation at step {self.step} gave non-finite {', '.join(bad)}"))
         if rt.is_main:
             self.writer.scalars(tagged, self.step)
             self.writer.flush()
@@ -470,28 +472,70 @@ class Trainer:
 
     def _save(self) -> None:
         self._check_finite()
+        self._verify_state()
         state = self._train_state()  # a collective: every process takes part
         if self.runtime.is_main:
             fresh = self._eval_step == self.step
-            self.ckpt.save(self.step, state, metrics=self._last_eval if fresh else None)
+            try:
+                self.ckpt.save(self.step, state, metrics=self._last_eval if fresh else None)
+            except (OSError, CheckpointError) as e:
+                raise self._storage_error(e, f"saving the checkpoint of step {self.step}") from e
+
+    def _verify_state(self) -> None:
+        """Commits only sound states (see :func:`trm.run.guards.state_is_sound`)."""
+        if not state_is_sound(self.model, self.loss_head, self.carry,
+                              getattr(self, "_last_batch", None), self.ema, self.runtime,
+                              self.cfg.global_batch_size):
+            raise TrainingError(self._diverged_message(
+                f"The state after step {self.step} is not finite (its parameters, or the loss "
+                "or gradients they give)"))
+
+    def _storage_error(self, e: Exception, what: str) -> Exception:
+        return storage_error(e, what, self.workdir_path, self.ckpt.latest_step())
+
+    def _diverged_message(self, what: str) -> str:
+        latest = self.ckpt.latest_step() if hasattr(self, "ckpt") else None
+        where = (f"the last good checkpoint is step {latest} "
+                 f"({self.workdir.url('checkpoints')}); nothing after it was committed"
+                 if latest is not None else "no checkpoint was committed")
+        return (f"{what}: training stopped; {where}. To continue with a lower learning rate, "
+                "run the same command with e.g. --gin_param='LR=<lower>' "
+                "--allow_config_change (it resumes from the last good checkpoint), or enable "
+                "GRAD_CLIP (docs/TROUBLESHOOTING.md).")
 
     def _check_config(self) -> str:
-        """Saves config.gin, or checks that the workdir's saved one is this run's config."""
+        """Compares this run's config with the workdir's config.gin (nothing is written)."""
         from trm.run.record import ConfigMismatchError  # pylint: disable=import-outside-toplevel
         if not self.config_text:
             return "none"
         try:
-            return self.record.ensure_config(self.config_text,
-                                             allow_change=self.allow_config_change)
+            return self.record.compare_config(self.config_text,
+                                              allow_change=self.allow_config_change)
         except ConfigMismatchError as e:
             raise TrainingError(
                 f"The workdir {self.workdir_path} holds a run with another configuration. Use a "
                 f"new --workdir, or pass --allow_config_change to continue with the new "
                 f"configuration. {e}") from e
 
-    def _record_start(self, resumed: bool, config_changed: bool) -> None:
-        if self.config_text and config_changed:
-            self.writer.text("config/gin", _md_code(self.config_text), self.step)
+    def _start_run(self) -> None:
+        """Records the run's start, after its first step succeeded: config.gin (replacing a
+        changed one only now, after the checkpoint was found compatible), command.json,
+        hparams.json, run.json, the operative config and the TensorBoard writer."""
+        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
+        self._started = True
+        if not self.runtime.is_main:
+            return
+        resumed = self._resumed
+        start_step = self._start_step
+        if self.config_text:
+            self.record.ensure_config(self.config_text, allow_change=self.allow_config_change)
+        # On resume, TensorBoard hides points of the old files from the resumed step on.
+        self.writer = SummaryWriterSync(self.workdir,
+                                        purge_step=start_step + 1 if resumed else None)
+        if self.config_text and self._config_outcome != "same":
+            self.writer.text("config/gin", _md_code(self.config_text), start_step)
+        if self.operative_config is not None and not self.record.has_operative_config():
+            self.record.write_operative_config(self.operative_config())
         data_dir = self.data_dir if isinstance(self.data_dir, str) else list(self.data_dir)
         fields = dict(total_steps=self.total_steps, num_params=self.model.num_params(),
                       flops_per_example=self.model.flops_per_example(
@@ -499,15 +543,20 @@ class Trainer:
                       trm_version=trm.__version__, device=str(self.runtime.device),
                       backend=self.runtime.backend, world_size=self.runtime.process_count,
                       global_batch_size=self.cfg.global_batch_size, data_dir=data_dir)
-        self.record.start(resumed=resumed, step=self.step, fields=fields, command=self.command,
-                          hparams=self.hparams, best=self.best)
+        self.record.start(resumed=resumed, step=start_step, fields=fields,
+                          command=self.command, hparams=self.hparams, best=self.best)
         if not resumed:
             self.writer.scalars({"params/num_params": float(self.model.num_params())}, 0)
 
     def _finish(self, status: str) -> Dict[str, Any]:
         rt = self.runtime
+        if not self._started:
+            self._start_run()
         if rt.is_main:
-            self.ckpt.wait()
+            try:
+                self.ckpt.wait()
+            except (OSError, CheckpointError) as e:
+                raise self._storage_error(e, "saving the final checkpoint") from e
             self.writer.flush()
             self.record.finish(status, self.step)
             if self.progress:
@@ -527,23 +576,6 @@ class Trainer:
         if status == "preempted":
             lines.append("  the same command resumes it")
         print("\n".join(lines), flush=True)
-
-
-def _xla_metrics() -> Dict[str, float]:
-    try:
-        import torch_xla.debug.metrics as met  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return {}
-    out = {}
-    compile_data = met.metric_data("CompileTime")
-    if compile_data:
-        out["xla/compile_count"] = float(compile_data[0])
-        out["xla/compile_time_s"] = float(compile_data[1]) / 1e9
-    for name in ("TransferToDeviceTime", "TransferFromDeviceTime", "ExecuteTime"):
-        d = met.metric_data(name)
-        if d:
-            out[f"xla/{name}_count"] = float(d[0])
-    return out
 
 
 def _md_code(text: str) -> str:

@@ -196,25 +196,46 @@ def test_second_run_on_same_workdir_refuses(sudoku4, tmp_path):
         holder.release_lock()
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(sudoku4, tmp_path):
+@pytest.mark.parametrize("lr,warmup", [("1e9", 0), ("3e2", 30)])
+def test_a_diverged_run_never_poisons_its_checkpoints(sudoku4, tmp_path, lr, warmup):
+    """LR far too high, a checkpoint every step: no committed state is non-finite or evaluates
+    to a non-finite loss, none becomes best, the error names the step, and what it tells the
+    user to do (a lower LR with --allow_config_change) resumes from the last good state."""
+    import re
+
+    from trm.eval import evaluate_run
+    from trm.run.checkpoints import CheckpointManager
     from trm.trainer import TrainingError
     wd = str(tmp_path / "run")
-    with pytest.raises(TrainingError, match=r"Non-finite loss at step (\d+)") as err:
-        train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=12, extra=[
-            "LR=1e30", "LR_WARMUP_STEPS=0", "LOG_EVERY=4", "CHECKPOINT_EVERY=1"]), wd,
-            progress=False)
-    import re
-    bad = int(re.search(r"step (\d+)", str(err.value)).group(1))
-    assert 1 <= bad <= 4
+    bindings = tiny_bindings(sudoku4, steps=12, extra=[
+        f"LR={lr}", f"LR_WARMUP_STEPS={warmup}", "LOG_EVERY=4", "CHECKPOINT_EVERY=1",
+        "EVAL_EVERY=2"])
+    with pytest.raises(TrainingError, match=r"step (\d+)") as err:
+        train(["cpu_e1_1_baseline.gin"], bindings, wd, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "--allow_config_change" in message
+    bad = int(re.search(r"step (\d+)", message).group(1))
     run = json.load(open(os.path.join(wd, "run.json")))
-    assert run["status"] == "failed" and "Non-finite" in run["error"]
-    from trm.run.checkpoints import CheckpointManager
+    assert run["status"] == "failed" and f"step {bad}" in run["error"]
+    best = run.get("best")
+    assert best is None or best["value"] == best["value"]  # never NaN
     steps = CheckpointManager(wd, async_save=False).steps()
     assert all(s < bad for s in steps), (steps, bad)
-    for step in steps:  # what was kept is finite
+    for step in steps:  # every committed state is finite and evaluates to a finite loss
         _, state = CheckpointManager(wd, async_save=False).restore(step)
         assert all(torch.isfinite(v).all() for v in state["model"].values()
                    if v.is_floating_point())
+        res = evaluate_run(wd, checkpoint=str(step), output_json=str(tmp_path / f"{step}.json"))
+        assert all(v == v for v in res["metrics"].values()), res["metrics"]
+    # The advice works: a lower LR, with --allow_config_change, continues from the last good.
+    fixed = tiny_bindings(sudoku4, steps=12, extra=[
+        "LR=1e-3", f"LR_WARMUP_STEPS={warmup}", "LOG_EVERY=4", "CHECKPOINT_EVERY=1",
+        "EVAL_EVERY=2"])
+    result = train(["cpu_e1_1_baseline.gin"], fixed, wd, progress=False,
+                   allow_config_change=True)
+    assert result["status"] == "completed" and result["step"] == 12
+    if steps:
+        assert json.load(open(os.path.join(wd, "run.json")))["resumed_at_step"] == max(steps)
 
 
 def test_reference_checkpoint_as_initial_weights(sudoku4, tmp_path):

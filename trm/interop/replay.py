@@ -181,8 +181,39 @@ def _optim_checks(golden: Mapping[str, Any]) -> List[Check]:
     return checks
 
 
+class GoldenError(ValueError):
+    """The file is not a readable golden file of the reference."""
+
+
+GOLDEN_KEYS = ("meta", "state_dict", "train_batches", "train_steps")
+
+
 def load_golden(path: str) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Reads a golden file without running code from it (``weights_only`` loading; the only
+    non-container class allowed is ``TorchVersion``, a ``str``). Raises :class:`GoldenError`
+    (one line naming the file) for anything else."""
+    from trm.run import storage  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import (CheckpointError, UnsafeCheckpointError,  # pylint: disable=import-outside-toplevel
+                                     safe_load)
+    try:
+        data = storage.read_bytes(path)
+    except OSError as e:
+        raise GoldenError(f"{path}: cannot read it ({e.strerror or e}).") from e
+    try:
+        golden = safe_load(data, path, extra_globals=[torch.torch_version.TorchVersion])
+    except UnsafeCheckpointError as e:
+        raise GoldenError(str(e).replace(" If you wrote this file yourself and trust it, load "
+                                         "it with --trust_checkpoint.", "")) from e
+    except CheckpointError as e:
+        raise GoldenError(f"{path} is not a golden file ({e.__cause__ or e}).") from e
+    except Exception as e:  # noqa: BLE001 - not a torch file at all
+        raise GoldenError(f"{path} is not a golden file (not a torch file: "
+                          f"{type(e).__name__}).") from e
+    missing = [k for k in GOLDEN_KEYS if not isinstance(golden, dict) or k not in golden]
+    if missing:
+        raise GoldenError(f"{path} is not a golden file of the reference: it lacks "
+                          f"{', '.join(missing)} (see shared/golden/README.md).")
+    return golden
 
 
 def format_report(path: str, checks: List[Check], verbose: bool = False) -> str:
@@ -216,7 +247,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     all_ok = True
     for path in args.golden:
-        golden = load_golden(path)
+        try:
+            golden = load_golden(path)
+        except GoldenError as e:
+            print(f"python -m trm.interop.replay: {e}", file=sys.stderr)
+            return 2
         kwargs = model_kwargs_from_reference_config(golden["meta"]["config"])
         print(f"model: {TRM.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
         checks = replay(golden)

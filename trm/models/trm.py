@@ -62,6 +62,18 @@ def _resolve(kind: str, value: Union[str, Callable[..., Any]]) -> Callable[..., 
     return REGISTRY.get(kind, value) if isinstance(value, str) else value
 
 
+def _check_sizes(**sizes) -> None:
+    """One-line errors for sizes that are not positive integers, naming the gin macro."""
+    for param, (value, low, macro) in sizes.items():
+        if value is None and param == "eval_halt_max_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"model.trm.{param} ({macro}) must be an integer, got "
+                             f"{value!r} ({type(value).__name__}); write it without quotes.")
+        if value < low:
+            raise ValueError(f"model.trm.{param} ({macro}) must be >= {low}, got {value}.")
+
+
 @register("model", "trm")
 class TRM(nn.Module):
     """Tiny Recursive Model with ACT halting.
@@ -106,8 +118,20 @@ class TRM(nn.Module):
                  rms_norm_eps: float = 1e-5, rope_theta: float = 10000.0,
                  activation_checkpointing: bool = False) -> None:
         super().__init__()
-        if halt_max_steps < 1:
-            raise ValueError(f"halt_max_steps must be >= 1, got {halt_max_steps}.")
+        _check_sizes(vocab_size=(vocab_size, 2, "VOCAB_SIZE (dataset metadata)"),
+                     seq_len=(seq_len, 1, "SEQ_LEN (dataset metadata)"),
+                     num_puzzle_identifiers=(num_puzzle_identifiers, 1, "dataset metadata"),
+                     hidden_size=(hidden_size, 1, "HIDDEN_SIZE"),
+                     num_layers=(num_layers, 1, "NUM_LAYERS"),
+                     num_heads=(num_heads, 1, "NUM_HEADS"),
+                     H_cycles=(H_cycles, 1, "H_CYCLES"), L_cycles=(L_cycles, 1, "L_CYCLES"),
+                     halt_max_steps=(halt_max_steps, 1, "HALT_MAX_STEPS"),
+                     eval_halt_max_steps=(eval_halt_max_steps, 1, "EVAL_HALT_MAX_STEPS"),
+                     puzzle_emb_len=(puzzle_emb_len, 0, "PUZZLE_EMB_LEN"))
+        if isinstance(expansion, bool) or not isinstance(expansion, (int, float)) or \
+                not expansion > 0:
+            raise ValueError(f"model.trm.expansion (EXPANSION) must be a number > 0, got "
+                             f"{expansion!r}.")
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.hidden_size = hidden_size

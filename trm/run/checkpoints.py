@@ -18,7 +18,12 @@ so the same protocol is atomic on local disk, GCS and any fsspec store.
     mgr.record_metrics(step, {"eval/exact_accuracy": 0.87})   # eval after the save is fine
     mgr.close()                              # waits for the background save
 
-The state is serialised with ``torch.save`` (a pickle): load checkpoints you trust only.
+The state is serialised with ``torch.save`` and always read back with
+``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers only (plus
+numpy arrays, allow-listed by name, for checkpoints written before RNG states became tensors).
+Unpickling anything else could run code from the file, so such a file is refused with
+:class:`UnsafeCheckpointError` naming it, never skipped silently; ``trust=True`` (the CLIs'
+``--trust_checkpoint``) loads it with full unpickling, for a file you wrote yourself.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import io
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -54,6 +60,61 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be saved, or a requested one is missing or corrupt."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects that only full unpickling (which can run code) would load."""
+
+
+def _numpy_safe_globals() -> List[Any]:
+    """numpy's array reconstruction, allowed for older checkpoints' RNG states: it builds arrays
+    only (items of object arrays still go through the restricted unpickler)."""
+    out: List[Any] = [np.ndarray, np.dtype]
+    for path in ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"):
+        module, _, name = path.rpartition(".")
+        try:
+            out.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    for dtype in (np.uint32, np.int64, np.float64, np.uint8):
+        out.append(type(np.dtype(dtype)))
+    return out
+
+
+def safe_load(data: bytes, what: str, trust: bool = False,
+              extra_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load`` of ``data`` without running code from it (see the module docstring).
+
+    Args:
+        data: the serialized bytes.
+        what: the file's path or URL, for the error message.
+        trust: load with full unpickling (only for files you wrote yourself).
+        extra_globals: further classes known to be plain data (e.g. ``TorchVersion``, a
+            ``str``), allowed by name.
+
+    Raises:
+        UnsafeCheckpointError: the file holds other objects (one line naming ``what``).
+    """
+    buf = io.BytesIO(data)
+    if trust:
+        log.warning("Loading %s with full unpickling (--trust_checkpoint): code in the file "
+                    "runs.", what)
+        return torch.load(buf, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals() + list(extra_globals)):
+            return torch.load(buf, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if blocked is None and "WeightsUnpickler error" in text:
+            reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+            if "global" not in reason.lower():
+                raise CheckpointError(f"{what} is not a readable checkpoint ({reason})") from None
+        detail = f"it refers to {blocked.group(1)}" if blocked else "it needs full unpickling"
+        raise UnsafeCheckpointError(
+            f"{what} holds objects other than tensors and plain data ({detail}); trm does not "
+            "unpickle them because that can run code from the file. If you wrote this file "
+            "yourself and trust it, load it with --trust_checkpoint.") from None
 
 
 def step_dir(step: int) -> str:
@@ -120,7 +181,7 @@ def capture_rng_state(device: Union[str, torch.device, None] = None) -> Dict[str
     """
     state: Dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     kind = _device_type(device)
@@ -139,7 +200,7 @@ def restore_rng_state(state: Mapping[str, Any],
     if "python" in state:
         random.setstate(_as_tuple(state["python"]))
     if "numpy" in state:
-        np.random.set_state(_as_tuple(state["numpy"]))
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor)
                             else torch.as_tensor(state["torch"], dtype=torch.uint8))
@@ -154,6 +215,22 @@ def restore_rng_state(state: Mapping[str, Any],
     if "xla" in state and _device_type(device) == "xla":
         import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
         xm.set_rng_state(int(state["xla"]), device=device)
+
+
+def _numpy_state_to_plain(state: Any) -> Dict[str, Any]:
+    """``np.random.get_state()`` as tensors and numbers (loadable with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_plain(state: Any) -> Any:
+    if isinstance(state, Mapping):
+        keys = state["keys"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        return (state["name"], keys.astype(np.uint32), int(state["pos"]),
+                int(state["has_gauss"]), float(state["cached_gaussian"]))
+    return _as_tuple(state)  # checkpoints written before: the tuple itself
 
 
 def _as_tuple(obj: Any) -> Any:
@@ -210,8 +287,7 @@ def export_state_dict(state_or_model: Union[torch.nn.Module, Mapping[str, Any]],
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     """Reads a state_dict written by :func:`export_state_dict` (tensors only, CPU)."""
-    data = storage.read_bytes(path)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return safe_load(storage.read_bytes(path), path)
 
 
 # -- the manager -------------------------------------------------------------------------------
@@ -229,12 +305,14 @@ class CheckpointManager:
             thread (one save in flight at a time).
         max_retries: retries of transient storage errors, per file operation.
         retry_base_delay_s: backoff before the first retry (doubling after that).
+        trust: load checkpoints with full unpickling (``--trust_checkpoint``; it runs code from
+            the file): only for files written before they could be loaded safely, and trusted.
     """
 
     def __init__(self, workdir: Union[Workdir, str], keep: int = 5,
                  best_metric: Optional[str] = None, best_mode: str = "max",
                  async_save: bool = True, max_retries: int = 5, *,
-                 retry_base_delay_s: float = 1.0) -> None:
+                 retry_base_delay_s: float = 1.0, trust: bool = False) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         # A shallow copy, so the retry settings apply to this manager's I/O only.
@@ -242,6 +320,7 @@ class CheckpointManager:
         self.workdir.max_retries = max_retries
         self.workdir.retry_base_delay_s = retry_base_delay_s
         self.keep = keep
+        self.trust = trust
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.async_save = async_save
@@ -552,6 +631,8 @@ class CheckpointManager:
         for s in candidates:
             try:
                 state = self._load(s)
+            except UnsafeCheckpointError:
+                raise  # never fall back silently past a file that may be an attack
             except Exception as exc:  # noqa: BLE001 (classified)
                 if is_transient(exc):
                     raise
@@ -580,7 +661,8 @@ class CheckpointManager:
             files[name] = data
         if STATE_FILE not in files:
             raise CheckpointError(f"COMMIT lists no {STATE_FILE}")
-        return torch.load(io.BytesIO(files[STATE_FILE]), map_location="cpu", weights_only=False)
+        return safe_load(files[STATE_FILE], self.workdir.url(f"{step_dir(step)}/{STATE_FILE}"),
+                         trust=self.trust)
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> Dict[str, float]:

@@ -108,6 +108,27 @@ class RunRecord:
                     st.url(name), name, stamp, diff)
         return "changed"
 
+    def compare_config(self, text: str, allow_change: bool = False, name: str = CONFIG_GIN
+                       ) -> str:
+        """Like :meth:`ensure_config` but writes nothing: ``"written"`` (there is none yet),
+        ``"same"``, or ``"changed"`` (differs, ``allow_change`` set); raises
+        :class:`ConfigMismatchError` with a diff when it differs and no change is allowed."""
+        try:
+            old = self.storage.read_text(name)
+        except FileNotFoundError:
+            return "written"
+        if old == text:
+            return "same"
+        if not allow_change:
+            diff = "".join(list(difflib.unified_diff(
+                old.splitlines(True), text.splitlines(True), f"saved {name}",
+                f"new {name}"))[:60])
+            raise ConfigMismatchError(
+                f"{self.storage.url(name)} differs from this run's config; resuming with a "
+                f"different config needs an explicit allow (e.g. --allow_config_change). "
+                f"Diff:\n{diff}")
+        return "changed"
+
     def config_text(self) -> Optional[str]:
         """The saved ``config.gin`` (None if there is none)."""
         try:

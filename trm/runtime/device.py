@@ -26,20 +26,42 @@ def is_xla_available() -> bool:
     return True
 
 
+class DeviceError(RuntimeError):
+    """The requested device is not available here (the message names what to install)."""
+
+
+def xla_unavailable_reason() -> str:
+    """Why ``DEVICE='xla'`` cannot run in this process, with the fix."""
+    try:
+        import torch_xla  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return ("DEVICE='xla' needs the package torch_xla, which is not installed: on a TPU VM "
+                "pip install 'trm[tpu]' (docs/SETUP_GUIDE.md); for XLA on the CPU pip install "
+                "'trm[xla-cpu]' and set PJRT_DEVICE=CPU. Or set DEVICE='auto'/'cpu'.")
+    return ("DEVICE='xla' needs PJRT_DEVICE in the environment (PJRT_DEVICE=TPU on a TPU VM, "
+            "CPU for XLA on the CPU); it is not set.")
+
+
 def select_device(preference: str = "auto") -> torch.device:
-    """``auto`` | ``xla`` | ``cuda`` | ``cpu`` -> a torch.device (clear error if unavailable)."""
+    """``auto`` | ``xla`` | ``cuda`` | ``cpu`` -> a torch.device.
+
+    An explicit ``xla`` or ``cuda`` that is not available raises :class:`DeviceError` (never a
+    silent run on the CPU); ``auto`` takes XLA, then CUDA, then the CPU.
+    """
     if preference not in ("auto", "xla", "cuda", "cpu"):
-        raise ValueError(f"Unknown device {preference!r}; use auto, xla, cuda or cpu.")
+        raise DeviceError(f"Unknown device {preference!r}; use auto, xla, cuda or cpu.")
     if preference in ("auto", "xla") and is_xla_available():
         import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
         return xm.xla_device() if not hasattr(torch, "xla") else torch.device("xla")
     if preference == "xla":
-        raise RuntimeError("device 'xla' requested, but torch_xla is not importable or "
-                           "PJRT_DEVICE is not set (PJRT_DEVICE=TPU on a TPU VM, CPU for tests).")
+        raise DeviceError(xla_unavailable_reason())
     if preference in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if preference == "cuda":
-        raise RuntimeError("device 'cuda' requested, but no CUDA device is available.")
+        raise DeviceError("DEVICE='cuda' needs a CUDA GPU and a CUDA build of torch; this "
+                          f"process sees none (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'no'}). On a GPU machine install "
+                          "a CUDA build of torch (docs/SETUP_GUIDE.md), or set DEVICE='auto'.")
     return torch.device("cpu")
 
 

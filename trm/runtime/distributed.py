@@ -136,7 +136,7 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
         count = xr.world_size()
         return Runtime(dev, xr.global_ordinal(), count, "xla")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = select_device("cpu" if device == "xla" else device)
+    dev = select_device(device)  # an unavailable explicit device is an error, never the CPU
     if dev.type == "cpu":
         tune_cpu_allocator()
     if world > 1:

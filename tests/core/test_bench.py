@@ -1,0 +1,47 @@
+"""trm.bench times the trainer's own step (schedule, EMA, clipping, all-reduce included)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_bench_times_the_trainer_step(monkeypatch):
+    from trm import bench
+    from trm.trainer import Trainer
+    bench.define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["bench", "--gin_file=quickstart.gin", "--gin_param=HIDDEN_SIZE=16",
+                 "--gin_param=GRAD_CLIP=1.0", "--batch=4", "--steps=2", "--warmup=1",
+                 "--matmul_seconds=0.01"])
+    calls = []
+    original = Trainer.train_step
+
+    def counting(self, batch):
+        calls.append(self.step)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    try:
+        result = bench.run_benchmark()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert calls == [0, 1, 2]                        # warm-up + timed steps, one trainer
+    assert result["ema"] is True and result["batch"] == 4
+    assert result["ms_per_step"] > 0 and result["tokens_per_s"] > 0
+    assert len(result["step_times_s"]) == 2
+
+
+def test_bench_cli_prints_json():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "trm.bench", "--gin_file=quickstart.gin",
+                          "--gin_param=HIDDEN_SIZE=16", "--gin_param=EMA=False", "--batch=4",
+                          "--steps=1", "--warmup=0", "--matmul_seconds=0.01"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ema"] is False and result["num_params"] > 0
