@@ -35,7 +35,7 @@ install-dev: $(VENV)/.trm-dev
 install-xla: $(XLA_VENV)/.trm-xla
 
 quickstart: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m trm.train --gin_file=quickstart.gin --workdir=$(WORKDIR)
+	$(VENV)/bin/python -m trm.train --gin_file=quickstart.gin --workdir=$(WORKDIR)
 
 test: install-dev install-xla
 	TRM_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python OMP_NUM_THREADS=1 \

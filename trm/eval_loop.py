@@ -39,12 +39,17 @@ class MetricSums:
                 self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.steps += 1
 
-    def fetch(self, runtime: Runtime) -> Dict[str, float]:
-        """Sums over processes and returns plain floats (one host transfer)."""
-        if not self.sums:
+    def fetch(self, runtime: Runtime, extra: Optional[Dict[str, torch.Tensor]] = None
+              ) -> Dict[str, float]:
+        """Sums over processes and returns plain floats (one host transfer). ``extra`` device
+        scalars are summed over processes and fetched in the same transfer."""
+        values = dict(self.sums)
+        for k, v in (extra or {}).items():
+            values[k] = v.detach().to(self.dtype)
+        if not values:
             return {}
-        keys = sorted(self.sums)
-        stacked = torch.stack([self.sums[k] for k in keys])
+        keys = sorted(values)
+        stacked = torch.stack([values[k] for k in keys])
         runtime.all_reduce_sum_([stacked])
         values = stacked.cpu().tolist()
         return dict(zip(keys, values))
@@ -97,8 +102,9 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
     for ev in evaluators:
         ev.begin_eval()
     try:
-        for done, (set_name, batch, _) in enumerate(batches, start=1):
-            batch = runtime.to_device(batch)
+        moved = runtime.prefetch(batches, move=lambda item: (item[0], runtime.to_device(item[1]),
+                                                             item[2]))
+        for done, (set_name, batch, _) in enumerate(moved, start=1):
             carry = model.initial_carry(batch)
             for _ in range(model.eval_halt_max_steps):
                 carry, outputs = model(carry, batch)
@@ -113,6 +119,8 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
             if progress is not None:
                 progress(done)
     finally:
+        if "moved" in locals():
+            moved.close()
         model.train(was_training)
     results: Dict[str, float] = {}
     for set_name in sorted(per_set):

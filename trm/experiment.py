@@ -48,6 +48,11 @@ class TrainConfig:
         ema: EMA factory ``(model) -> EMA`` or None (off).
         epochs / train_steps: total steps = train_steps, or int(epochs * examples per epoch /
             global_batch_size) (section 8).
+        preemption_check_every: in multi-process runs, the processes agree on a received
+            SIGTERM every this many steps (one host read); 0 = at log intervals.
+        grad_accum_steps: split each process's batch into this many micro-batches (each with
+            its own carry slot) whose gradients add up before one update: the same step as the
+            whole batch, in less memory (GRAD_ACCUM_STEPS).
     """
 
     data_dir: PathLike = ""
@@ -63,6 +68,7 @@ class TrainConfig:
     use_ema: bool = True
     evaluators: Sequence[Callable[..., Any]] = ()
     global_batch_size: int = 256
+    grad_accum_steps: int = 1
     eval_batch_size: Optional[int] = None
     epochs: int = 50_000
     train_steps: Optional[int] = None
@@ -83,7 +89,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     init_from_reference: Optional[str] = None
-    preemption_check_every: int = 10
+    preemption_check_every: int = 0
     async_checkpoint: bool = True
 
     def validate(self, process_count: int) -> None:
@@ -101,6 +107,11 @@ class TrainConfig:
             raise TrainingError(
                 f"GLOBAL_BATCH_SIZE={self.global_batch_size} is not divisible by the number "
                 f"of processes ({process_count}); choose a multiple of {process_count}.")
+        if self.global_batch_size % (process_count * self.grad_accum_steps):
+            raise TrainingError(
+                f"GLOBAL_BATCH_SIZE={self.global_batch_size} is not divisible by "
+                f"{process_count} process(es) x GRAD_ACCUM_STEPS={self.grad_accum_steps}; "
+                f"choose a multiple of {process_count * self.grad_accum_steps}.")
         eval_bs = self.eval_batch_size or self.global_batch_size
         if eval_bs % process_count:
             raise TrainingError(
@@ -120,6 +131,7 @@ _CHECKS: Dict[str, Any] = {
     "train_steps": ("TRAIN_STEPS", int, 1, True),
     "epochs": ("EPOCHS", (int, float), 0, False),
     "global_batch_size": ("GLOBAL_BATCH_SIZE", int, 1, False),
+    "grad_accum_steps": ("GRAD_ACCUM_STEPS", int, 1, False),
     "eval_batch_size": ("EVAL_BATCH_SIZE", int, 1, True),
     "eval_every": ("EVAL_EVERY", int, 0, False),
     "checkpoint_every": ("CHECKPOINT_EVERY", int, 0, False),
@@ -132,7 +144,7 @@ _CHECKS: Dict[str, Any] = {
     "lr_min_ratio": ("LR_MIN_RATIO", (int, float), 0, False),
     "grad_clip_norm": ("GRAD_CLIP", (int, float), 0, True),
     "seed": ("SEED", int, 0, False),
-    "preemption_check_every": ("TrainConfig.preemption_check_every", int, 1, False),
+    "preemption_check_every": ("TrainConfig.preemption_check_every", int, 0, False),
 }
 
 _HINTS = {"train_steps": " (use None to train for EPOCHS instead)",

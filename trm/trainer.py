@@ -39,7 +39,7 @@ from trm.models import Carry
 from trm.run.checkpoints import CheckpointError
 from trm.run.guards import check_compatible, open_workdir, state_is_sound, storage_error
 from trm.runtime import Runtime, init_runtime
-from trm.runtime.signals import StopSignal, xla_metrics
+from trm.runtime.signals import StopSignal, xla_metrics, xla_metrics_report
 
 log = logging.getLogger("trm.train")
 
@@ -162,16 +162,19 @@ class Trainer:
                 p.requires_grad_(False)
         use_ema = cfg.use_ema and cfg.ema is not None and not cfg.freeze_weights
         self.ema = cfg.ema(self.model) if use_ema else None
-        self.step, self.carry, self.best = 0, None, None
+        self.step, self.carries, self.best = 0, None, None
+        self._step_t = torch.zeros((), dtype=torch.int64, device=rt.device)
+        self._lr_tables = None
         self._nonfinite_step = torch.zeros((), dtype=torch.int64, device=rt.device)
 
     # -- state -----------------------------------------------------------------------------
     def _train_state(self) -> Dict[str, Any]:
         """Everything needed to continue exactly (gathered to every process)."""
         from trm.run.checkpoints import capture_rng_state  # pylint: disable=import-outside-toplevel
+        carries = None if self.carries is None else [
+            {k: v.detach().cpu() for k, v in c.state_dict().items()} for c in self.carries]
         local = {
-            "carry": None if self.carry is None else {
-                k: v.detach().cpu() for k, v in self.carry.state_dict().items()},
+            "carry": carries[0] if carries and len(carries) == 1 else carries,
             "rng": capture_rng_state(self.runtime.device),
         }
         per_process = self.runtime.gather_objects(local)
@@ -181,7 +184,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "ema": None if self.ema is None else self.ema.state_dict(),
-            "data": self.stream.state_dict(),
+            # the position is the step trained, not what the prefetcher already read ahead
+            "data": dict(self.stream.state_dict(), step=self.step),
             "per_process": per_process,
             "process_count": self.runtime.process_count,
             "config": self.config_text,
@@ -215,10 +219,18 @@ class Trainer:
                 "was changed in the workdir; resume with its saved config, or start a new "
                 "--workdir.") from e
         mine = state["per_process"][rt.process_index]
-        self.carry = None if mine["carry"] is None else Carry.from_state_dict(
-            {k: v.to(rt.device) for k, v in mine["carry"].items()})
+        saved = mine["carry"]
+        saved = None if saved is None else saved if isinstance(saved, list) else [saved]
+        if saved is not None and len(saved) != self.cfg.grad_accum_steps:
+            raise TrainingError(
+                f"The checkpoint holds {len(saved)} carry slot(s) per process, this config "
+                f"GRAD_ACCUM_STEPS={self.cfg.grad_accum_steps}: resume with the same "
+                "GRAD_ACCUM_STEPS.")
+        self.carries = None if saved is None else [
+            Carry.from_state_dict({k: v.to(rt.device) for k, v in c.items()}) for c in saved]
         restore_rng_state(mine["rng"], rt.device)
         self.step = int(state["step"])
+        self._step_t.fill_(self.step)
         self.best = state.get("best")
 
     # -- the step ----------------------------------------------------------------------------
@@ -227,13 +239,30 @@ class Trainer:
                                  total_steps=self.total_steps, min_ratio=self.cfg.lr_min_ratio)
 
     def train_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """One supervision step; returns device-side raw metrics (no host sync)."""
+        """One supervision step; returns device-side raw metrics (no host sync).
+
+        With ``grad_accum_steps = N`` the local batch is split into N micro-batches, each with
+        its own carry slot; their gradients add up before the one update, so the step equals one
+        step on the whole batch (the loss is divided by the global batch size either way).
+        """
         cfg, rt = self.cfg, self.runtime
-        if self.carry is None:
-            self.carry = self.model.initial_carry(batch)
-        self.carry, outputs = self.model(self.carry, batch)
-        loss, metrics, _ = self.loss_head(self.carry, outputs)
-        (loss / cfg.global_batch_size).backward()
+        n = cfg.grad_accum_steps
+        chunks = [batch] if n == 1 else [
+            {k: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)] for k, v in batch.items()}
+            for i in range(n)]
+        if self.carries is None:
+            self.carries = [self.model.initial_carry(c) for c in chunks]
+        metrics: Dict[str, torch.Tensor] = {}
+        finite = None
+        for i, chunk in enumerate(chunks):
+            self.carries[i], outputs = self.model(self.carries[i], chunk)
+            loss, part, _ = self.loss_head(self.carries[i], outputs)
+            (loss / cfg.global_batch_size).backward()
+            for k, v in part.items():
+                v = v.detach()
+                metrics[k] = v if k not in metrics else metrics[k] + v
+            ok = torch.isfinite(loss.detach())
+            finite = ok if finite is None else finite & ok
         params = [p for p in self.model.parameters() if p.grad is not None]
         rt.all_reduce_sum_([p.grad for p in params])
         foreach = None if rt.is_xla else True  # XLA has no foreach kernels
@@ -243,8 +272,9 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip_norm, grad_norm,
                                                  foreach=foreach)
         step = self.step + 1
-        for opt, base in zip(self.optimizers, self.base_lrs):
-            lr = self.lr_at(step, base)
+        self._step_t.add_(1)  # the device's copy of the step counter (no transfer)
+        for i, opt in enumerate(self.optimizers):
+            lr = self._lr(i, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
@@ -252,15 +282,30 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step = step
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.detach())
-        extra = {"grad_norm": grad_norm.detach(), "loss_finite": finite.to(torch.float32),
-                 "lr": torch.tensor(self.lr_at(step, cfg.lr), device=rt.device)}
+        finite = finite & torch.isfinite(grad_norm.detach())
+        metrics["grad_norm"] = grad_norm.detach()
         self._nonfinite_step = torch.where(
-            finite | (self._nonfinite_step > 0), self._nonfinite_step,
-            torch.tensor(step, device=rt.device))
-        metrics.update(extra)
+            finite | (self._nonfinite_step > 0), self._nonfinite_step, self._step_t)
         rt.mark_step()
         return metrics
+
+    def _lr(self, index: int, step: int):
+        """The LR of optimizer ``index`` at ``step``: a Python number on CPU/CUDA (a kernel
+        argument, no transfer); on XLA a device scalar read from a table made once, so no
+        per-step value crosses from the host (a new Python float would be a transfer)."""
+        if not self.runtime.is_xla:
+            return self.lr_at(step, self.base_lrs[index])
+        if self._lr_tables is None:
+            steps = range(self.total_steps + 1)
+            self._lr_tables = [torch.tensor([self.lr_at(s, base) for s in steps],
+                                            dtype=torch.float32).to(self.runtime.device)
+                               for base in self.base_lrs]
+        return self._lr_tables[index].index_select(0, self._step_t.reshape(1)).reshape(())
+
+    @property
+    def carry(self):
+        """The ACT carry (the first micro-batch's when accumulating)."""
+        return None if self.carries is None else self.carries[0]
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -339,14 +384,21 @@ class Trainer:
                     log.exception("Closing the %s failed.", name)
 
     def _loop(self, stopper: StopSignal) -> str:
+        # the next batches cross to the device while the current step computes
+        it = self.runtime.prefetch(self.stream)
+        try:
+            return self._steps(stopper, it)
+        finally:
+            it.close()
+
+    def _steps(self, stopper: StopSignal, it) -> str:
         cfg, rt = self.cfg, self.runtime
         sums = MetricSums(rt.device)
-        it = iter(self.stream)
         t_log, step_log = time.perf_counter(), self.step
         t_start, step_start = t_log, self.step
         self._side_s = 0.0   # evaluation and checkpoint time inside the current log window
         while self.step < self.total_steps:
-            batch = rt.to_device(next(it))
+            batch = next(it)
             metrics = self.train_step(batch)
             self._last_batch = batch
             sums.add(metrics)
@@ -361,8 +413,11 @@ class Trainer:
                 sums.reset()
                 t_log, step_log, self._side_s = now, self.step, 0.0
             stop = stopper.received is not None
-            if rt.distributed and (_every(self.step, cfg.preemption_check_every) or
+            check_every = cfg.preemption_check_every or cfg.log_every
+            if rt.distributed and (_every(self.step, check_every) or
                                    self.step == self.total_steps):
+                # One small transfer and read, only at these steps (default: log intervals,
+                # where the metrics are read anyway), never between them.
                 flag = torch.tensor([1.0 if stop else 0.0], device=rt.device)
                 rt.all_reduce_sum_([flag])
                 stop = bool(flag.item() > 0)
@@ -373,6 +428,9 @@ class Trainer:
                 self._timed(self._evaluate, "perf/eval_time_s")
             if stop or last or _every(self.step, cfg.checkpoint_every):
                 self._timed(self._save, "perf/checkpoint_time_s")
+            if stopper.report_requested and rt.is_main:
+                stopper.report_requested = False
+                self._write_xla_report()
             if self.step_callback is not None:
                 self.step_callback(self.step)
             if stop:
@@ -391,23 +449,32 @@ class Trainer:
         if self.writer is not None:
             self.writer.scalar(tag, elapsed, self.step)
 
-    def _check_finite(self) -> None:
-        bad = int(self._nonfinite_step.item())
-        if bad:
+    def _check_finite(self, raw: Optional[Dict[str, float]] = None) -> None:
+        """Raises if a step since the start had a non-finite loss or gradient norm. ``raw``:
+        the log interval's fetched metrics, which carry the flag (no extra host read)."""
+        if raw is None:
+            raw = MetricSums(self.runtime.device).fetch(self.runtime, self._finite_flags())
+        count = raw.pop("nonfinite_count", 0.0)
+        total = raw.pop("nonfinite_stepsum", 0.0)
+        if count > 0:
             raise TrainingError(self._diverged_message(
-                f"Non-finite loss or gradients at step {bad}"))
+                f"Non-finite loss or gradients at step {int(round(total / count))}"))
+
+    def _finite_flags(self) -> Dict[str, torch.Tensor]:
+        bad = self._nonfinite_step
+        return {"nonfinite_count": (bad > 0).to(torch.float32),
+                "nonfinite_stepsum": bad.to(torch.float32)}
 
     def _log_train(self, sums: MetricSums, elapsed: float, steps: int, t_start: float,
                    step_start: int) -> None:
         cfg, rt = self.cfg, self.runtime
-        raw = sums.fetch(rt)
-        raw.pop("loss_finite", None)
+        raw = sums.fetch(rt, self._finite_flags())  # one transfer: metrics and the flag
+        self._check_finite(raw)
         if rt.process_count > 1:  # grad norm is identical on every process
             if "grad_norm" in raw:
                 raw["grad_norm"] /= rt.process_count
         metrics = normalize_train_metrics(raw, cfg.global_batch_size, steps)
         metrics["lr"] = self.lr_at(self.step, cfg.lr)  # the LR of the logged step
-        self._check_finite()
         step_time = elapsed / max(steps, 1)
         perf = {"examples_per_s": cfg.global_batch_size / step_time if step_time > 0 else 0.0,
                 "steps_per_s": 1.0 / step_time if step_time > 0 else 0.0,
@@ -483,8 +550,12 @@ class Trainer:
 
     def _verify_state(self) -> None:
         """Commits only sound states (see :func:`trm.run.guards.state_is_sound`)."""
-        if not state_is_sound(self.model, self.loss_head, self.carry,
-                              getattr(self, "_last_batch", None), self.ema, self.runtime,
+        batch = getattr(self, "_last_batch", None)
+        n = self.cfg.grad_accum_steps
+        if batch is not None and n > 1:  # the first micro-batch, as the first carry slot
+            batch = {k: v[:v.shape[0] // n] for k, v in batch.items()}
+        if not state_is_sound(self.model, self.loss_head, self.carry, batch, self.ema,
+                              self.runtime,
                               self.cfg.global_batch_size):
             raise TrainingError(self._diverged_message(
                 f"The state after step {self.step} is not finite (its parameters, or the loss "
@@ -542,9 +613,17 @@ class Trainer:
                           max_steps=None, training=True),
                       trm_version=trm.__version__, device=str(self.runtime.device),
                       backend=self.runtime.backend, world_size=self.runtime.process_count,
-                      global_batch_size=self.cfg.global_batch_size, data_dir=data_dir)
+                      global_batch_size=self.cfg.global_batch_size, data_dir=data_dir,
+                      forward_dtype=str(self.model.forward_dtype).replace("torch.", ""),
+                      torch_threads=torch.get_num_threads())
         self.record.start(resumed=resumed, step=start_step, fields=fields,
                           command=self.command, hparams=self.hparams, best=self.best)
+        if self.progress:
+            auto = " (auto)" if self.cfg.forward_dtype == "auto" else ""
+            print(f"{'resumed' if resumed else 'started'} {self.workdir_path} at step "
+                  f"{start_step}/{self.total_steps}: {self.model.num_params():,} parameters, "
+                  f"device {self.runtime.device}, forward {fields['forward_dtype']}{auto}, "
+                  f"{fields['torch_threads']} torch threads", flush=True)
         if not resumed:
             self.writer.scalars({"params/num_params": float(self.model.num_params())}, 0)
 
@@ -559,9 +638,21 @@ class Trainer:
                 raise self._storage_error(e, "saving the final checkpoint") from e
             self.writer.flush()
             self.record.finish(status, self.step)
+            self._write_xla_report()
             if self.progress:
                 self._print_summary(status)
         return {"status": status, "step": self.step, "eval": self._last_eval, "best": self.best}
+
+    def _write_xla_report(self) -> None:
+        """The full torch_xla metrics report into WORKDIR/xla_metrics_report.txt (XLA runs; at
+        the end of a run and on SIGUSR1), so a slow step can be diagnosed from the run."""
+        report = xla_metrics_report() if self.runtime.is_xla else None
+        if report:
+            try:
+                self.workdir.write_text("xla_metrics_report.txt",
+                                        f"# step {self.step}\n{report}")
+            except OSError as e:
+                log.warning("Could not write the XLA metrics report: %s", e)
 
     def _print_summary(self, status: str) -> None:
         wd = self.workdir

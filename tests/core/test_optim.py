@@ -118,3 +118,30 @@ def test_ema_update_copy_and_state_dict():
     assert other.rate == 0.5 and torch.equal(other.shadow["bias"], ema.shadow["bias"])
     with pytest.raises(KeyError):
         EMA(torch.nn.Linear(3, 3)).load_state_dict(ema.state_dict())
+
+
+def test_adam_atan2_foreach_equals_the_per_parameter_loop_bitwise():
+    from trm.optim import AdamATan2
+    torch.manual_seed(0)
+    ps1 = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True),
+           torch.randn(2, 2, 2, requires_grad=True)]
+    ps2 = [p.detach().clone().requires_grad_(True) for p in ps1]
+    loop = AdamATan2(ps1, lr=1e-2, weight_decay=0.5, foreach=False)
+    multi = AdamATan2(ps2, lr=1e-2, weight_decay=0.5, foreach=True)
+    for i in range(6):
+        grads = [torch.randn_like(p) for p in ps1]
+        for p, g in zip(ps1, grads):
+            p.grad = g.clone()
+        for j, (p, g) in enumerate(zip(ps2, grads)):
+            p.grad = None if (i == 3 and j == 1) else g.clone()  # a param without grad
+        if i == 3:
+            ps1[1].grad = None
+        loop.step()
+        multi.step()
+    assert all(torch.equal(a, b) for a, b in zip(ps1, ps2))
+    for a, b in zip(ps1, ps2):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(loop.state[a][key], multi.state[b][key])
+    # state dicts are interchangeable
+    again = AdamATan2([p.detach().clone().requires_grad_(True) for p in ps1], foreach=True)
+    again.load_state_dict(loop.state_dict())

@@ -10,7 +10,7 @@ sized by a fixed batch size, so any batch size works (reference quirk 12.14).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,8 +28,28 @@ class PuzzleEmbedding(nn.Module):
         self.register_buffer(
             "weights", trunc_normal_init_(torch.empty(num_embeddings, embedding_dim),
                                           std=init_std), persistent=True)
-        self.local_weights: Optional[torch.Tensor] = None
-        self.local_ids: Optional[torch.Tensor] = None
+        # (rows, ids) of every training forward since the last optimizer step: one entry per
+        # forward, several with gradient accumulation (micro-batches).
+        self.locals: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def local_weights(self) -> Optional[torch.Tensor]:
+        """The rows gathered by the last training forward (a leaf with a gradient)."""
+        return self.locals[-1][0] if self.locals else None
+
+    @local_weights.setter
+    def local_weights(self, value: Optional[torch.Tensor]) -> None:
+        ids = self.locals[-1][1] if self.locals else None
+        self.locals = [] if value is None else [(value, ids)]
+
+    @property
+    def local_ids(self) -> Optional[torch.Tensor]:
+        return self.locals[-1][1] if self.locals else None
+
+    @local_ids.setter
+    def local_ids(self, value: Optional[torch.Tensor]) -> None:
+        rows = self.locals[-1][0] if self.locals else None
+        self.locals = [] if value is None and rows is None else [(rows, value)]
 
     @property
     def num_embeddings(self) -> int:
@@ -42,14 +62,13 @@ class PuzzleEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
             local = self.weights[ids].detach().requires_grad_(True)
-            self.local_weights, self.local_ids = local, ids
+            self.locals.append((local, ids))
             return local.to(self.cast_to)
         return self.weights[ids].to(self.cast_to)
 
     def clear_local(self) -> None:
-        """Drops the rows gathered by the last training forward (and their gradient)."""
-        self.local_weights = None
-        self.local_ids = None
+        """Drops the rows gathered since the last optimizer step (and their gradients)."""
+        self.locals = []
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, cast_to={self.cast_to}"

@@ -46,10 +46,15 @@ class SignSGD(torch.optim.Optimizer):
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
 
     def _local(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        local, ids = self.embedding.local_weights, self.embedding.local_ids
-        if local is None or local.grad is None:
+        """Gradients and ids of the rows gathered since the last step (all micro-batches of
+        an accumulated step: duplicate ids are summed below, as in one large batch)."""
+        pairs = [(local.grad, ids) for local, ids in getattr(self.embedding, "locals", [])
+                 if local is not None and local.grad is not None]
+        if not pairs:
             return None
-        return local.grad, ids
+        if len(pairs) == 1:
+            return pairs[0]
+        return torch.cat([g for g, _ in pairs]), torch.cat([i for _, i in pairs])
 
     @torch.no_grad()
     def step(self, closure=None):  # pylint: disable=arguments-differ

@@ -88,6 +88,8 @@ def state_is_sound(model, loss_head, carry, batch, ema, runtime, global_batch_si
     ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
     if batch is not None and carry is not None:
         rng = capture_rng_state(runtime.device)
+        emb = getattr(model, "puzzle_emb", None)
+        saved_locals = list(getattr(emb, "locals", []))
         try:
             copy = Carry.from_state_dict({k: v.clone() for k, v in carry.state_dict().items()})
             copy, outputs = model(copy, batch)
@@ -101,6 +103,8 @@ def state_is_sound(model, loss_head, carry, batch, ema, runtime, global_batch_si
             ok = ok & torch.isfinite(loss.detach())
         finally:
             restore_rng_state(rng, runtime.device)
+            if emb is not None and hasattr(emb, "locals"):
+                emb.locals = saved_locals
         runtime.mark_step()
     if runtime.distributed:
         flag = ok.to(torch.float32).reshape(1)

@@ -65,9 +65,31 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX-BF16 on x86, BF16 on
+    Arm). ``$TRM_CPU_BF16=1`` / ``0`` overrides the detection."""
+    forced = os.environ.get("TRM_CPU_BF16")
+    if forced is not None and forced.strip() != "":
+        return forced.strip().lower() not in ("0", "false", "no", "off")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def default_forward_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on TPU/GPU (as the reference), float32 on the CPU."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+    """The forward dtype ``FORWARD_DTYPE='auto'`` picks: bfloat16 on TPU/GPU (as the
+    reference) and on CPUs with native bf16 (master weights, losses and norm statistics stay
+    float32, as in the reference); float32 on other CPUs."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16
 
 
 def synchronize(device: torch.device) -> None:

@@ -20,7 +20,9 @@ import dataclasses
 import datetime
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+import queue
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 
@@ -51,6 +53,38 @@ class Runtime:
     # -- data movement ---------------------------------------------------------------------
     def to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def prefetch(self, batches: Iterable[Any], depth: int = 2,
+                 move: Optional[Callable[[Any], Any]] = None) -> Iterator[Any]:
+        """Yields ``move(item)`` for each item of ``batches`` with the host-to-device transfer of
+        the next ``depth`` items overlapping the current step's compute.
+
+        ``move`` defaults to :meth:`to_device` (a batch dict). On XLA a background thread
+        transfers (as torch_xla's parallel loader does); on CUDA it pins host memory and the
+        copy is asynchronous (``non_blocking``); on the CPU items pass through unchanged.
+        Shapes are untouched, so XLA sees fixed shapes. The iterator must be closed (or
+        exhausted) to stop the thread.
+        """
+        move = move or self.to_device
+        if self.device.type == "cpu":
+            for item in batches:
+                yield move(item)
+            return
+        if self.device.type == "cuda":
+            def host(item):  # pin in the background; the copy itself is queued async
+                return _map_tensors(item, lambda t: t.pin_memory())
+            source = _Prefetcher(batches, host, depth)
+            try:
+                for item in source:
+                    yield move(item)
+            finally:
+                source.close()
+            return
+        source = _Prefetcher(batches, move, depth)  # XLA: transfer in the background
+        try:
+            yield from source
+        finally:
+            source.close()
 
     def mark_step(self) -> None:
         """Ends one traced step on XLA (cuts and runs the graph); a no-op elsewhere."""
@@ -125,6 +159,60 @@ class Runtime:
             import torch.distributed as dist  # pylint: disable=import-outside-toplevel
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _map_tensors(item: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(item, torch.Tensor):
+        return fn(item)
+    if isinstance(item, dict):
+        return {k: _map_tensors(v, fn) for k, v in item.items()}
+    if isinstance(item, (list, tuple)):
+        return type(item)(_map_tensors(v, fn) for v in item)
+    return item
+
+
+class _Prefetcher:
+    """A background thread applying ``fn`` to the next ``depth`` items of ``iterable``."""
+
+    _DONE = object()
+
+    def __init__(self, iterable: Iterable[Any], fn: Callable[[Any], Any], depth: int) -> None:
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(iterable), fn),
+                                        daemon=True, name="trm-prefetch")
+        self._thread.start()
+
+    def _run(self, it, fn) -> None:
+        try:
+            for item in it:
+                if self._stop.is_set():
+                    return
+                self._put(("item", fn(item)))
+            self._put(("done", None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            self._put(("error", e))
+
+    def _put(self, entry) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            kind, value = self._queue.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
