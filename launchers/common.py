@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -82,6 +83,70 @@ def capture(
 def comment(text: str) -> list[str]:
     """A dry-run comment line (see :func:`execute`)."""
     return [f"# {text}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of user strings: one grammar per kind of value, one-line errors that name the
+# setting and the allowed pattern. Everything that reaches a shell is also quoted (shlex.quote
+# or :func:`dq`); the grammars keep values that become file names, paths or options sane.
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+RELPATH_PATTERN = rf"{NAME_PATTERN}(/{NAME_PATTERN})*"
+MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENV_KEY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def show(value: object, limit: int = 80) -> str:
+    """``repr`` of a value for a one-line error (control characters escaped, long ones cut)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def check_pattern(value: str, pattern: str, setting: str, what: str = "") -> str:
+    """Returns ``value`` if the whole of it matches ``pattern``; else a one-line ValueError."""
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        hint = f" ({what})" if what else ""
+        shown = f"^(?:{pattern})$" if "|" in pattern else f"^{pattern}$"
+        raise ValueError(f"{setting} {show(value)} is not allowed: must match {shown}{hint}")
+    return value
+
+
+def check_name(value: str, setting: str) -> str:
+    """A single path-safe name: no ``/``, no ``..``, not absolute, not starting with ``.``/``-``."""
+    return check_pattern(value, NAME_PATTERN, setting,
+                         "one name: letters, digits, _ . + -; no / and no leading . or -")
+
+
+def check_relpath(value: str, setting: str) -> str:
+    """A relative path of path-safe names (``e2_2_tn/t3_n6_s0``): stays inside its folder."""
+    return check_pattern(value, RELPATH_PATTERN, setting,
+                         "a relative path of names made of letters, digits, _ . + -; "
+                         "no .., no leading / . or -")
+
+
+def check_module(value: str, setting: str) -> str:
+    """A dotted Python module name (``trm.train``)."""
+    return check_pattern(value, MODULE_PATTERN, setting, "a dotted Python module name")
+
+
+def dq(text: str) -> str:
+    """``text`` escaped for the inside of a double-quoted shell word.
+
+    Inside ``"..."`` a POSIX shell still expands ``$``, backquotes and ``\\``; escaping those
+    and ``"`` leaves only literal text (a newline stays a literal newline).
+    """
+    return re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def local_path(path: str) -> str:
+    """A local path as a command argument: ``./-x`` for ``-x`` so no tool reads it as an option."""
+    return "./" + path if path.startswith("-") else path
+
+
+def path_inside(root: str, relative: str, setting: str) -> str:
+    """``root/relative`` after checking that ``relative`` cannot leave ``root``."""
+    check_relpath(relative, setting)
+    return os.path.join(root, *relative.split("/"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 * ``--parallel=N`` runs N at a time; each gets ``OMP_NUM_THREADS = cores // N`` unless the
   environment already sets it.
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
+* No shell is involved: each run is an argv list for ``subprocess.Popen``; ``--dry_run``
+  prints it shell-quoted, so a printed line pasted into a shell runs the same argv. Run names
+  must be relative path-safe names (their workdir stays inside ``--root``) and
+  ``--train_module`` a dotted module name; either error is one line and exit code 2.
 
 Flags::
 
@@ -52,10 +56,16 @@ class Job:
 
 def plan(runs: Sequence[Run], root: str, python: str, train_module: str,
          extra_bindings: Sequence[str] = ()) -> tuple[list[Job], list[Job]]:
-    """Splits ``runs`` into (to run, already completed). Pure apart from reading run.json."""
+    """Splits ``runs`` into (to run, already completed). Pure apart from reading run.json.
+
+    Raises:
+      ValueError: a run name that is not a relative path-safe name (it would leave ``root``)
+        or a ``train_module`` that is not a dotted module name.
+    """
     todo, done = [], []
+    common.check_module(train_module, "--train_module")
     for run in runs:
-        workdir = os.path.join(root, *run.name.split("/"))
+        workdir = common.path_inside(root, run.name, "run name")
         argv = [python, "-m", train_module] + common.trainer_args(
             run.gin_files, list(run.bindings) + list(extra_bindings), workdir
         )
@@ -173,7 +183,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     if args.runs:
         runs = [r for r in runs if fnmatch.fnmatchcase(r.name, args.runs)]
-    todo, done = plan(runs, args.root, args.python, args.train_module, args.gin_param)
+    try:
+        todo, done = plan(runs, args.root, args.python, args.train_module, args.gin_param)
+    except ValueError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
     for job in done:
         print(f"skip {job.run.name}: completed", file=out)
     if args.dry_run:

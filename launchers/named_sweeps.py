@@ -257,6 +257,48 @@ def _family(base: str, *, cpu: bool) -> list[Sweep]:
                         f"[{_paper('E1.1')} vs {_paper('E2.3')}]",
         ),
         Sweep(
+            f"{p}e2_4_deep_supervision",
+            (f("e2_4_ds4"),),
+            (files_axis("ds", {"ds1": f("e2_4_ds1"), "ds4": f("e2_4_ds4"),
+                               "ds16": f("e2_4_ds16")}),),
+            seeds,
+            description="E2.4: deep supervision, the number of supervised ACT steps "
+                        "(1 = none; the paper reports no TRM number)",
+        ),
+        Sweep(
+            f"{p}e2_5_halting",
+            (f("e2_5_halt_only"),),
+            (files_axis("halting", {"halt_only": f("e2_5_halt_only"),
+                                    "halt_continue": f("e2_5_halt_continue"),
+                                    "no_halting": f("e2_5_no_halting")}),),
+            seeds,
+            description=f"E2.5: halting head, halt only vs halt + continue (bootstrapped) vs "
+                        f"none [{_paper('E1.1')} vs {_paper('E2.5')}]",
+        ),
+        Sweep(
+            f"{p}e2_6_gradient",
+            (base,),
+            (files_axis("grad", {"last_cycle": base, "one_step": f("e2_6_one_step_grad")}),),
+            seeds,
+            description=f"E2.6: gradient through the last full cycle vs the 1-step (HRM) "
+                        f"approximation [{_paper('E1.1')} vs {_paper('E2.6')}]",
+        ),
+        Sweep(
+            f"{p}e2_7_architecture",
+            (base,),
+            (files_axis("arch", {"trm": base, "separate_nets": f("e2_7_separate_nets"),
+                                 "single_latent": f("e2_7_single_latent"),
+                                 "layers4_n3": f("e2_7_4layers_n3")}),),
+            seeds,
+            description=(
+                "E2.7: architecture variants (separate nets, single latent, 4 layers with a "
+                "smaller n; the paper's numbers: see e2_7_architecture)" if cpu else
+                f"E2.7: architecture variants [{_paper('E1.1')}; separate nets "
+                f"{_paper('E2.7', 'separate z / y networks')}, single latent "
+                f"{_paper('E2.7', 'single latent z')}, 4 layers n=3 "
+                f"{_paper('E2.7', '4 layers, n=3')}]"),
+        ),
+        Sweep(
             f"{p}e3_1_width",
             (base,),
             (macro_axis("HIDDEN_SIZE", widths, "h"),),

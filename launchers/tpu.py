@@ -21,6 +21,16 @@ spot/preemptible, ...) come from, highest priority first: command-line flags, a
 ``TRM_TPU_<FIELD>`` environment variables (e.g. ``TRM_TPU_BUCKET``), the defaults below.
 An unset project or zone is left to gcloud's own configuration (``gcloud config set ...``).
 
+Trust boundary: the commands are argv lists (no local shell); the scripts given to
+``gcloud ... ssh --command`` run in each worker's login shell, so every value in them is
+shell-quoted (``shlex.quote``, or :func:`launchers.common.dq` inside ``"..."``). Settings with
+a fixed grammar (VM name, project, zone, accelerator type, runtime version, bucket, root,
+python, train module, remote and log dirs, git URL, env names, run and sweep names, worker)
+are checked where they come from and rejected with one line naming the flag, ``--config``
+key or ``TRM_TPU_*`` variable and the allowed pattern; names that become paths stay inside
+their folder (no ``..``, no absolute path). Gin files and bindings are code for the trainer:
+they are quoted, not restricted. docs/SETUP_GUIDE.md, "Trust boundaries and quoting".
+
 Runs live at ``gs://BUCKET/ROOT/<run name>`` (the workdir of docs/DESIGN.md). On the VM,
 each worker keeps ``~/trm-logs/<run name>.log`` and ``.pid``; the trainer runs from ``~/trm``
 (the source tree that ``setup`` unpacks and installs in editable mode).
@@ -34,10 +44,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import posixpath
-import re
 import shlex
 import sys
 from typing import Mapping, Sequence
@@ -47,8 +57,38 @@ from launchers.named_sweeps import Run, get_sweep
 
 LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-releases/index.html"
 SRC_ARCHIVE = "dist/trm-src.tar.gz"  # local path (relative to the source dir) of `git archive`
-_RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9][A-Za-z0-9_.+-]*)*$")
 _ENV_PREFIX = "TRM_TPU_"
+
+# The fixed grammars of settings that name Google Cloud resources or end up as commands,
+# options or paths (setting -> (regex, what it means)). Every value is also shell-quoted where
+# it reaches a shell; the grammars make a typo or a hostile value fail early, with one line.
+_GRAMMARS: dict[str, tuple[str, str]] = {
+    "name": (r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?",
+             "a TPU VM name: lowercase letters, digits and -, starting with a letter, "
+             "at most 63 characters"),
+    "project": (r"(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]",
+                "a GCP project id: 6-30 lowercase letters, digits and -"),
+    "zone": (r"[a-z][a-z0-9-]*[a-z0-9]", "a zone such as us-central2-b"),
+    "accelerator_type": (r"v[0-9]+[a-z]*-[0-9]+", "a TPU type such as v4-32 or v5litepod-8"),
+    "runtime_version": (r"[a-z0-9][a-z0-9._-]*",
+                        "a TPU software version such as tpu-ubuntu2204-base"),
+    "bucket": (r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?",
+               "a GCS bucket name, with or without gs://: lowercase letters, digits, . _ -"),
+    "python": (r"[A-Za-z0-9_.+/][A-Za-z0-9_.+/-]*",
+               "an interpreter name or path: letters, digits, _ . + - /; no leading -"),
+    "train_module": (common.MODULE_PATTERN, "a dotted Python module name"),
+    "remote_dir": (common.RELPATH_PATTERN, "a path relative to the home directory, no .."),
+    "log_dir": (common.RELPATH_PATTERN, "a path relative to the home directory, no .."),
+    "root": (rf"(?:{common.RELPATH_PATTERN})?",
+             "a path inside the bucket: names of letters, digits, _ . + - joined by /, no .."),
+}
+# `python -m launchers.tpu ... --worker`: all, or worker numbers/ranges (0, 1,3, 0-3).
+_WORKER_PATTERN = r"all|[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*"
+# A git URL for `setup --source`: a URL (scheme://...) or scp-like git@host:path, with an
+# optional @REF; no whitespace, quotes, backslashes or backquotes.
+_GIT_URL_PATTERN = (r"(?:git\+)?(?:https?|ssh|git|file)://[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]+"
+                    r"|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+-]+")
+_GIT_REF_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_./+-]*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +137,15 @@ class TpuConfig:
         if self.spot and self.preemptible:
             raise ValueError("choose one of spot and preemptible")
         object.__setattr__(self, "env", tuple(self.env))
-        for kv in self.env:
-            if "=" not in kv or not kv.split("=", 1)[0]:
-                raise ValueError(f"env entry {kv!r} is not KEY=VALUE")
+        for key in _FIELDS:
+            check_setting(key, getattr(self, key), key)
 
     @property
     def runs_url(self) -> str:
         """``gs://BUCKET/ROOT``: where all runs live."""
         if not self.bucket:
             raise ValueError("no bucket: pass --bucket, set it in --config or TRM_TPU_BUCKET")
-        bucket = self.bucket.removeprefix("gs://").strip("/")
+        bucket = _bucket_name(self.bucket)
         root = self.root.strip("/")
         return f"gs://{bucket}/{root}" if root else f"gs://{bucket}"
 
@@ -127,14 +166,76 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TpuConfig)}
 _BOOL_FIELDS = {"spot", "preemptible"}
 
 
-def check_run_name(name: str) -> str:
+def _bucket_name(bucket: str) -> str:
+    return bucket.removeprefix("gs://").strip("/")
+
+
+def check_setting(key: str, value: object, label: str) -> None:
+    """Raises a one-line ValueError, naming ``label``, if ``value`` breaks ``key``'s grammar.
+
+    ``None`` (unset) and the booleans always pass; free-form values (``find_links``, ``env``
+    values) only must not hold a NUL byte (they are shell-quoted wherever they are used).
+    """
+    if value is None or key in _BOOL_FIELDS:
+        return
+    if value == "" and _FIELDS[key].default is None:
+        return  # an empty name / project / zone / bucket is unset
+    if key == "env":
+        for kv in value:
+            _check_env_entry(kv, label)
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{label} {common.show(value)} is not allowed: must be a string")
+    if "\0" in value:
+        raise ValueError(f"{label} {common.show(value)} is not allowed: it holds a NUL byte")
+    if key == "bucket":
+        value = _bucket_name(value)
+    elif key == "root":
+        value = value.strip("/")
+    elif key == "source":
+        _check_source(value, label)
+        return
+    if key in _GRAMMARS:
+        pattern, what = _GRAMMARS[key]
+        common.check_pattern(value, pattern, label, what)
+
+
+def _check_env_entry(kv: object, label: str) -> None:
+    if not isinstance(kv, str) or "=" not in kv:
+        raise ValueError(f"{label}: env entry {common.show(kv)} is not KEY=VALUE")
+    key, value = kv.split("=", 1)
+    common.check_pattern(key, common.ENV_KEY_PATTERN, f"{label}: env variable name",
+                         "letters, digits and _, not starting with a digit")
+    if "\0" in value:
+        raise ValueError(f"{label}: env entry {common.show(kv)} holds a NUL byte")
+
+
+def _check_source(source: str, label: str) -> None:
+    """A git URL (+ optional @REF) or a local path whose file name is safe on the VM."""
+    kind = _source_kind(source)
+    if kind == "git":
+        url, ref = _git_url_and_ref(source)
+        common.check_pattern(url, _GIT_URL_PATTERN, f"{label} (git URL)",
+                             "scheme://... (https, http, ssh, git, file) or git@host:path")
+        if ref is not None:
+            common.check_pattern(ref, _GIT_REF_PATTERN, f"{label} (git ref after @)",
+                                 "a branch, tag or commit; no leading -")
+            if ".." in ref:
+                raise ValueError(f"{label} (git ref after @) {common.show(ref)} is not allowed: "
+                                 "no .. in a git ref")
+    elif kind in ("wheel", "sdist"):
+        # The file keeps its name on the VM (scp's remote side, then tar / pip).
+        common.check_name(posixpath.basename(source), f"{label} (file name)")
+    elif not source:
+        raise ValueError(f"{label} is empty: a source directory, archive or git URL is needed")
+
+
+def check_run_name(name: str, setting: str = "run name") -> str:
     """Returns ``name`` if it is a relative, path-safe run name (``e2_2_tn/t3_n6_s0``)."""
-    if not _RUN_NAME_RE.match(name) or ".." in name.split("/"):
-        raise ValueError(f"run name {name!r} must be path-safe: letters, digits, _ . + - and /")
-    return name
+    return common.check_relpath(name, setting)
 
 
-def _parse_bool(value: object) -> bool:
+def _parse_bool(value: object, label: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -142,38 +243,90 @@ def _parse_bool(value: object) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise ValueError(f"{label} {common.show(value)} is not a boolean (true/false, 1/0, yes/no)")
 
 
-def _coerce(key: str, value: object, origin: str) -> object:
+def _unknown(key: str, origin: str, known) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"{origin}: unknown setting {common.show(key)}{hint}; "
+                      f"known: {', '.join(known)}")
+
+
+def _coerce(key: str, value: object, origin: str, label: str | None = None) -> object:
+    """``value`` as the type of setting ``key``, checked against its grammar.
+
+    ``origin`` names where it came from (a file, ``environment``, ``flags``) and ``label`` the
+    exact place (``launch.json: zone``, ``TRM_TPU_ZONE``, ``--zone``) for error messages.
+    """
     if key not in _FIELDS:
-        raise ValueError(f"{origin}: unknown setting {key!r}; known: {', '.join(_FIELDS)}")
+        raise _unknown(key, origin, _FIELDS)
+    label = label or f"{origin}: {key}"
     if key in _BOOL_FIELDS:
-        return _parse_bool(value)
+        return _parse_bool(value, label)
     if key == "env":
         if isinstance(value, Mapping):
-            return tuple(f"{k}={v}" for k, v in value.items())
-        if isinstance(value, str):
-            return tuple(v for v in value.split(",") if v)
-        return tuple(str(v) for v in value)
-    return None if value is None else str(value)
+            value = tuple(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, str):
+            value = tuple(v for v in value.split(",") if v)
+        elif isinstance(value, (list, tuple)):
+            value = tuple(str(v) for v in value)
+        else:
+            raise ValueError(f"{label} {common.show(value)} is not allowed: "
+                             "env is an object of KEY: VALUE or a list of KEY=VALUE")
+    elif value is not None:
+        if isinstance(value, (dict, list, tuple)):
+            raise ValueError(f"{label} {common.show(value)} is not allowed: must be a string")
+        value = str(value)
+    check_setting(key, value, label)
+    return value
 
 
 def read_config_file(path: str) -> dict:
-    """Settings from a JSON (or, on Python >= 3.11, TOML) file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".toml"):
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            raise ValueError(f"{path}: TOML needs Python >= 3.11; use JSON") from None
-        settings = tomllib.loads(data.decode())
-    else:
-        settings = json.loads(data)
+    """Settings from a JSON (or, on Python >= 3.11, TOML) file.
+
+    Raises:
+      ValueError: one line naming the file, for a missing or unreadable file, a parse error,
+        anything but an object of settings, an unknown key (with a suggestion) or a bad value.
+    """
+    where = f"--config {path}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read it: {e.strerror or e}") from None
+    try:
+        if path.endswith(".toml"):
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ValueError("TOML needs Python >= 3.11; use JSON") from None
+            settings = tomllib.loads(data.decode("utf-8"))
+        else:
+            settings = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
+        reason = " ".join(str(e).split())  # one line
+        raise ValueError(f"{where}: not valid {'TOML' if path.endswith('.toml') else 'JSON'}: "
+                         f"{reason}") from None
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected an object of settings")
-    return {k: _coerce(k, v, path) for k, v in settings.items()}
+        raise ValueError(f"{where}: expected an object of settings, got "
+                         f"{type(settings).__name__}")
+    return {k: _coerce(k, v, where, f"{where}: {k}") for k, v in settings.items()
+            if v is not None}
+
+
+def _environ_settings(environ: Mapping[str, str]) -> dict[str, object]:
+    """``TRM_TPU_<FIELD>`` variables; an unknown ``TRM_TPU_*`` name is an error (a typo)."""
+    settings: dict[str, object] = {}
+    known = [_ENV_PREFIX + key.upper() for key in _FIELDS]
+    for var, value in environ.items():
+        if not var.startswith(_ENV_PREFIX):
+            continue
+        if var not in known:
+            raise _unknown(var, "environment", known)
+        key = var[len(_ENV_PREFIX):].lower()
+        settings[key] = _coerce(key, value, "environment", var)
+    return settings
 
 
 def load_config(
@@ -181,17 +334,18 @@ def load_config(
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> TpuConfig:
-    """Merges defaults < ``TRM_TPU_*`` environment < config file < flags (None = unset)."""
+    """Merges defaults < ``TRM_TPU_*`` environment < config file < flags (None = unset).
+
+    Every value is checked where it comes from, so an error names the flag, the file or the
+    variable (see :func:`check_setting`).
+    """
     environ = os.environ if environ is None else environ
-    settings: dict[str, object] = {}
-    for key in _FIELDS:
-        if _ENV_PREFIX + key.upper() in environ:
-            settings[key] = _coerce(key, environ[_ENV_PREFIX + key.upper()], "environment")
+    settings = _environ_settings(environ)
     if config_file:
         settings.update(read_config_file(config_file))
     for key, value in flags.items():
         if value is not None and value != ():
-            value = _coerce(key, value, "flags")
+            value = _coerce(key, value, "flags", f"--{key}")
             # --env adds to the environment of the config file / TRM_TPU_ENV.
             settings[key] = settings.get("env", ()) + value if key == "env" else value
     return TpuConfig(**settings)
@@ -221,12 +375,18 @@ def gcloud_tpu(cfg: TpuConfig, verb: str, *flags: str) -> list[str]:
 
 def scp_command(cfg: TpuConfig, local_path: str, remote_path: str) -> list[str]:
     """Copies a local file to ``~/remote_path`` on every worker (scp takes no VM argument)."""
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local_path,
+    common.check_name(remote_path, "remote file name")  # scp's remote side may see a shell
+    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", common.local_path(local_path),
             f"{_require_name(cfg)}:{remote_path}", *_scope(cfg), "--worker=all"]
 
 
 def ssh_command(cfg: TpuConfig, script: str, worker: str = "all") -> list[str]:
-    """Runs ``script`` on ``worker`` (``all`` = every host of the slice, in parallel)."""
+    """Runs ``script`` on ``worker`` (``all`` = every host of the slice, in parallel).
+
+    ``script`` is run by the worker's login shell: every value in it must be quoted.
+    """
+    common.check_pattern(worker, _WORKER_PATTERN, "--worker",
+                         "all, or worker numbers: 0 / 1,3 / 0-3")
     return gcloud_tpu(cfg, "ssh", f"--worker={worker}", "--command", script)
 
 
@@ -284,7 +444,7 @@ def setup_commands(cfg: TpuConfig) -> list[list[str]]:
     else:
         if kind == "dir":
             archive_dir = posixpath.join(cfg.source, posixpath.dirname(SRC_ARCHIVE))
-            local.append(["mkdir", "-p", archive_dir])
+            local.append(["mkdir", "-p", common.local_path(archive_dir)])
             local.append(
                 ["git", "-C", cfg.source, "archive", "--format=tar.gz", "--prefix=trm/",
                  f"--output={SRC_ARCHIVE}", "HEAD"]
@@ -331,6 +491,14 @@ def _home(relative: str) -> str:
     return '"$HOME"/' + shlex.quote(relative)
 
 
+def _cd_or_fail(cfg: TpuConfig) -> str:
+    """``cd`` into the checkout, or stop with a message: a worker where setup never ran must
+    not start the trainer in its home directory."""
+    where = common.dq(f"~/{cfg.remote_dir}")
+    return (f"cd {_home(cfg.remote_dir)} || {{ echo \"trm: $(hostname): {where} is missing: "
+            f"run python -m launchers.tpu setup first\" >&2; exit 1; }}")
+
+
 def _done_function(cfg: TpuConfig) -> str:
     """Shell function ``trm_done URL``: true when ``URL/run.json`` says "completed".
 
@@ -359,6 +527,7 @@ def _guard(cfg: TpuConfig, job: str, pidfile: str) -> str:
 
     A TPU runs one process at a time; this makes ``launch``/``sweep`` safe to repeat.
     """
+    job = common.dq(job)
     return (
         f"for f in $(find {_home(cfg.log_dir)} -name '*.pid' 2>/dev/null); do "
         f'if trm_alive "$f"; then '
@@ -376,7 +545,7 @@ def log_path(cfg: TpuConfig, run_name: str) -> str:
 
 def sweep_log_path(cfg: TpuConfig, sweep_name: str) -> str:
     """A sweep queue's log on each worker, relative to the home directory."""
-    return f"{cfg.log_dir}/sweeps/{check_run_name(sweep_name)}.log"
+    return f"{cfg.log_dir}/sweeps/{common.check_name(sweep_name, 'sweep name')}.log"
 
 
 def _pid_path(log: str) -> str:
@@ -391,6 +560,7 @@ def launch_script(cfg: TpuConfig, run: Run) -> str:
     """
     log = log_path(cfg, run.name)
     pid = _home(_pid_path(log))
+    name = common.dq(run.name)  # for the inside of "..." (already path-safe: belt and braces)
     return "; ".join(
         [
             _alive_function(cfg),
@@ -398,12 +568,12 @@ def launch_script(cfg: TpuConfig, run: Run) -> str:
             f"mkdir -p {_home(posixpath.dirname(log))}",
             _guard(cfg, run.name, pid),
             f"if trm_done {shlex.quote(cfg.workdir(run.name))}; then "
-            f'echo "trm: $(hostname): {run.name} is already completed"; exit 0; fi',
-            f"cd {_home(cfg.remote_dir)}",
-            f'echo "trm: $(date -u +%FT%TZ) starting {run.name}" >> {_home(log)}',
+            f'echo "trm: $(hostname): {name} is already completed"; exit 0; fi',
+            _cd_or_fail(cfg),
+            f'echo "trm: $(date -u +%FT%TZ) starting {name}" >> {_home(log)}',
             f"setsid nohup {train_command(cfg, run.gin_files, run.bindings, run.name)} "
             f">> {_home(log)} 2>&1 < /dev/null & echo $! > {pid}",
-            f'echo "trm: $(hostname): started {run.name}, log ~/{log}"',
+            f'echo "trm: $(hostname): started {name}, log ~/{common.dq(log)}"',
         ]
     )
 
@@ -420,10 +590,10 @@ def sweep_script(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run]) -> str:
     queue to ``~/LOG_DIR/sweeps/<sweep>.log``.
     """
     q = shlex.quote
-    steps = [_done_function(cfg), f"cd {_home(cfg.remote_dir)}"]
+    steps = [_done_function(cfg), _cd_or_fail(cfg)]
     for i, run in enumerate(runs, 1):
         log = log_path(cfg, run.name)
-        tag = f"[{i}/{len(runs)}] {run.name}"
+        tag = common.dq(f"[{i}/{len(runs)}] {run.name}")
         steps.append(
             f"mkdir -p {_home(posixpath.dirname(log))}; "
             f'if trm_done {q(cfg.workdir(run.name))}; then echo "trm: {tag} already completed"; '
@@ -431,7 +601,8 @@ def sweep_script(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run]) -> str:
             f"{train_command(cfg, run.gin_files, run.bindings, run.name)} >> {_home(log)} 2>&1; "
             f'rc=$?; echo "trm: $(date -u +%FT%TZ) {tag} exited with $rc"; fi'
         )
-    steps.append(f'echo "trm: $(date -u +%FT%TZ) sweep {sweep_name} done"')
+    shown = common.dq(sweep_name)
+    steps.append(f'echo "trm: $(date -u +%FT%TZ) sweep {shown} done"')
     queue = "; ".join(steps)
     log = sweep_log_path(cfg, sweep_name)
     pid = _home(_pid_path(log))
@@ -441,8 +612,8 @@ def sweep_script(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run]) -> str:
             f"mkdir -p {_home(posixpath.dirname(log))}",
             _guard(cfg, f"sweep {sweep_name}", pid),
             f"setsid nohup bash -c {q(queue)} >> {_home(log)} 2>&1 < /dev/null & echo $! > {pid}",
-            f'echo "trm: $(hostname): started sweep {sweep_name} ({len(runs)} runs), '
-            f'log ~/{log}"',
+            f'echo "trm: $(hostname): started sweep {shown} ({len(runs)} runs), '
+            f'log ~/{common.dq(log)}"',
         ]
     )
 
@@ -512,10 +683,11 @@ def download_commands(cfg: TpuConfig, dest: str, run_names: Sequence[str] | None
                       with_checkpoints: bool = False) -> list[list[str]]:
     """``gcloud storage rsync`` each run (or the whole root) into ``dest``; incremental."""
     exclude = [] if with_checkpoints else ["--exclude=(.*/)?checkpoints/.*"]
+    dest = common.local_path(dest)  # never read as an option by mkdir / gcloud
     pairs = (
         [(cfg.runs_url, dest)]
         if run_names is None
-        else [(cfg.workdir(n), posixpath.join(dest, n)) for n in run_names]
+        else [(cfg.workdir(n), posixpath.join(dest, check_run_name(n))) for n in run_names]
     )
     commands = []
     for src, dst in pairs:
@@ -616,7 +788,10 @@ def _config_from_args(args, environ) -> TpuConfig:
 
 def _vms(cfg: TpuConfig, args) -> list[str]:
     if getattr(args, "vms", None):
-        return [v for v in args.vms.split(",") if v]
+        vms = [v for v in args.vms.split(",") if v]
+        for vm in vms:
+            check_setting("name", vm, "--vms entry")
+        return vms
     return [_require_name(cfg)]
 
 
@@ -626,7 +801,7 @@ def _selected_runs(args) -> list[str] | None:
         names += [r.name for r in get_sweep(args.sweep).runs(common.parse_seeds(args.seeds))]
     elif args.seeds:
         raise ValueError("--seeds needs --sweep")
-    return [check_run_name(n) for n in names] or None
+    return [check_run_name(n, "--run") for n in names] or None
 
 
 def _launch_run(args) -> Run:
@@ -634,12 +809,13 @@ def _launch_run(args) -> Run:
     for b in bindings:
         if "=" not in b:
             raise ValueError(f"--gin_param {b!r} is not KEY=VALUE")
-    name = args.run_name
+    name, setting = args.run_name, "--run_name"
     if not name:
         if bindings:
             raise ValueError("--gin_param changes the config: name the run with --run_name")
         name = posixpath.basename(args.gin_file[-1]).removesuffix(".gin")
-    return Run(check_run_name(name), list(args.gin_file), bindings)
+        setting = "run name (from the last --gin_file; pass --run_name)"
+    return Run(check_run_name(name, setting), list(args.gin_file), bindings)
 
 
 def build_commands(args, cfg: TpuConfig) -> list[list[str]]:
@@ -669,7 +845,10 @@ def build_commands(args, cfg: TpuConfig) -> list[list[str]]:
     if args.verb == "logs":
         if bool(args.run) == bool(args.sweep):
             raise ValueError("logs needs exactly one of --run and --sweep")
-        log = log_path(cfg, args.run) if args.run else sweep_log_path(cfg, args.sweep)
+        if args.run:
+            log = log_path(cfg, check_run_name(args.run, "--run"))
+        else:
+            log = sweep_log_path(cfg, common.check_name(args.sweep, "--sweep"))
         return logs_commands(cfg, log, args.lines, args.follow, args.worker)
     if args.verb == "download":
         return download_commands(cfg, args.dest, _selected_runs(args), args.with_checkpoints)
@@ -685,8 +864,10 @@ def _print_status(commands: list[list[str]], runner, runs_url: str) -> int:
             continue
         if argv[:3] == ["gcloud", "storage", "ls"]:
             result = common.capture(argv, runner)
+            # Only URLs under the root: a listed object name never becomes an option.
             urls = [u.strip() for u in result.stdout.splitlines()
-                    if u.strip().endswith("/" + common.RUN_JSON)]
+                    if u.strip().startswith(runs_url + "/")
+                    and u.strip().endswith("/" + common.RUN_JSON)]
             if result.returncode != 0 and not urls:
                 print(f"no runs found: {common.format_command(argv)}", file=sys.stderr)
             cat_cmds += [["gcloud", "storage", "cat", u] for u in sorted(urls)]
