@@ -4,12 +4,16 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
 
 from trm import gin_edge as config
 from trm.train import dry_run, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPERIMENTS = [p for p in config.shipped_gin_files() if "experiments" in p.parts]
 IDS = [p.name for p in EXPERIMENTS]
@@ -146,3 +150,17 @@ def test_gin_files_resolve_after_a_non_editable_install(tmp_path):
     assert out[0].startswith(str(target))
     assert out[1].startswith(str(target)) and out[1].endswith("e2_3_mlp.gin")
     assert int(out[2]) == len(config.shipped_gin_files())
+
+
+def test_list_experiments_lists_experiments_with_their_hypothesis():
+    out = subprocess.run([sys.executable, "-m", "trm.train", "--list_experiments"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(EXPERIMENTS)
+    names = [line.split()[0] for line in lines]
+    assert "e1_1_baseline.gin" in names and "cpu/cpu_e1_1_baseline.gin" in names
+    assert not any(n.startswith(("runs/", "models/", "tasks/")) for n in names)
+    for line in lines:
+        assert len(line.split(None, 1)) == 2 and len(line.split(None, 1)[1]) > 20, line

@@ -58,6 +58,35 @@ def shipped_gin_files() -> List[Path]:
     return sorted(gin_root().rglob("*.gin"))
 
 
+def experiment_hypothesis(path: Path) -> str:
+    """The one-line hypothesis of an experiment file (its ``# Hypothesis:`` header, joined
+    across continuation lines), or its first comment line."""
+    lines = path.read_text().splitlines()
+    first = ""
+    for i, line in enumerate(lines):
+        text = line.lstrip("#").strip()
+        if not line.startswith("#"):
+            break
+        first = first or text
+        if text.startswith("Hypothesis:"):
+            parts = [text[len("Hypothesis:"):].strip()]
+            for more in lines[i + 1:]:
+                cont = more.lstrip("#")
+                if not more.startswith("#") or not cont.startswith("   ") or not cont.strip():
+                    break
+                parts.append(cont.strip())
+            return " ".join(parts)
+    return first
+
+
+def list_experiments() -> List[tuple]:
+    """``[(relative name, hypothesis)]`` of the shipped experiment files (not the run profiles,
+    tasks or models they include)."""
+    root = gin_root()
+    return [(str(p.relative_to(root / "experiments")), experiment_hypothesis(p))
+            for p in shipped_gin_files() if "experiments" in p.relative_to(root).parts[:1]]
+
+
 def resolve_gin_file(name: str) -> str:
     """Absolute path of a gin file given as a path or as a file name in the shipped tree."""
     if os.path.isfile(name):

@@ -42,6 +42,10 @@ def define_flags() -> None:
                       "Resume a workdir whose saved config differs from this one.")
     flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
     flags.DEFINE_bool("progress", True, "Print progress lines (rate, ETA) to stdout.")
+    flags.DEFINE_integer("num_devices", None,
+                         "1 = single-device smoke mode on a TPU VM: one process on one chip "
+                         "(no torch_xla.launch), to test a config before the multi-worker run. "
+                         "Default: every local device.")
     flags.DEFINE_bool("trust_checkpoint", False,
                       "Load the workdir's checkpoint with full unpickling. This runs any code "
                       "stored in the file: only for a checkpoint you wrote yourself that trm "
@@ -115,6 +119,16 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
     return trainer.run()
 
 
+def single_tpu_device_env(env) -> None:
+    """Restricts this process to one TPU chip (set before torch_xla starts): the documented
+    PJRT variables for running one process on one chip of a TPU VM."""
+    env.setdefault("TPU_VISIBLE_CHIPS", "0")
+    env.setdefault("TPU_PROCESS_BOUNDS", "1,1,1")
+    env.setdefault("TPU_CHIPS_PER_PROCESS_BOUNDS", "1,1,1")
+    env.setdefault("TPU_PROCESS_ADDRESSES", "localhost:8476")
+    env.setdefault("TPU_PROCESS_PORT", "8476")
+
+
 def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force,  # noqa: ARG001
                  trust):
     train(gin_files, bindings, workdir, allow, progress, argv, force, trust)
@@ -126,9 +140,8 @@ def main(argv: List[str]) -> None:
     logging.getLogger("trm").setLevel(logging.INFO)
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
     if FLAGS.list_experiments:
-        root = gin_edge.gin_root()
-        for path in gin_edge.shipped_gin_files():
-            print(path.relative_to(root))
+        for name, hypothesis in gin_edge.list_experiments():
+            print(f"{name:<36} {hypothesis}")
         return
     bindings = list(FLAGS.gin_param) + list(FLAGS.gin_bindings)
     try:
@@ -139,7 +152,12 @@ def main(argv: List[str]) -> None:
             raise app.UsageError("Give at least one --gin_file (e.g. --gin_file=quickstart.gin).")
         if not FLAGS.workdir:
             raise app.UsageError("--workdir is required (a local path or gs://bucket/prefix).")
-        if os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
+        if FLAGS.num_devices is not None and FLAGS.num_devices != 1:
+            raise app.UsageError("--num_devices accepts 1 (single-device smoke mode); leave it "
+                                 "unset to use every local device.")
+        if FLAGS.num_devices == 1 and os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
+            single_tpu_device_env(os.environ)
+        if os.environ.get("PJRT_DEVICE", "").upper() == "TPU" and FLAGS.num_devices != 1:
             import torch_xla  # pylint: disable=import-outside-toplevel
             torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
                                                  FLAGS.workdir, FLAGS.allow_config_change,

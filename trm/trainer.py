@@ -102,12 +102,23 @@ class Trainer:
         if cfg.dataset_builder:
             if isinstance(cfg.data_dir, (list, tuple)):
                 raise TrainingError("dataset_builder needs a single data_dir.")
-            # Every process calls it: the data layer makes concurrent builds safe.
+            # Process 0 builds (to the shared data root, e.g. gs://) while the others wait;
+            # its outcome reaches every process, so a failed build ends all of them with the
+            # same error instead of leaving them at a barrier. Then every process checks the
+            # dataset (a host-local root is built once per host; concurrent builds are safe).
             path = resolve_data_path(cfg.data_dir, cfg.dataset_builder_args)
+            failure = None
             if rt.is_main:
                 log.info("Dataset %s (building it if missing: %s)", path, cfg.dataset_builder)
-                data.ensure_dataset(path, cfg.dataset_builder, **dict(cfg.dataset_builder_args))
-            rt.barrier()
+                try:
+                    data.ensure_dataset(path, cfg.dataset_builder,
+                                        **dict(cfg.dataset_builder_args))
+                except Exception as e:  # noqa: BLE001 - shared with the other processes
+                    failure = f"{type(e).__name__}: {e}"
+            failure = rt.gather_objects(failure)[0]  # also the barrier
+            if failure is not None:
+                raise TrainingError(f"Building the dataset {path} ({cfg.dataset_builder}) "
+                                    f"failed on process 0: {failure}")
             if not rt.is_main:
                 data.ensure_dataset(path, cfg.dataset_builder, **dict(cfg.dataset_builder_args))
         self.data_dir = resolve_data_path(cfg.data_dir, cfg.dataset_builder_args)
