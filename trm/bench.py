@@ -31,6 +31,7 @@ from absl import app, flags
 from trm import gin_edge
 from trm.experiment import DataShape, TrainConfig
 from trm.models import TRM
+from trm.runtime.device import device_peak_flops
 from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes, select_device,
                          synchronize, tune_cpu_allocator)
 
@@ -55,6 +56,13 @@ def define_flags() -> None:
     flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
     flags.DEFINE_bool("compile", False, "torch.compile each block (CPU/GPU; not with XLA).")
     flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
+    flags.DEFINE_bool("suite", False,
+                      "Benchmark the study's baseline (e1_1_baseline.gin) and attention "
+                      "(e2_3_attention.gin) configs, each without and with --compile, and print "
+                      "a table (--gin_param / --batch / --device apply to all).")
+    flags.DEFINE_string("write_doc", None,
+                        "With --suite: append the table, machine, versions, command and date to "
+                        "this markdown file (e.g. docs/BENCHMARKS.md).")
     flags.DEFINE_enum("mode", "step", ["step", "loop"],
                       "step: the bare training step on a fixed batch; loop: the full training loop "
                       "(data, step, metrics, logging) of a gin experiment vs its bare step.")
@@ -131,7 +139,12 @@ def run_benchmark() -> Dict[str, Any]:
     dtype = model.forward_dtype
     flops = model.flops_per_example(training=True) * b / step_s
     mm = matmul_flops(device, dtype, seconds=FLAGS.matmul_seconds)
+    peak = device_peak_flops(device, dtype)
     return {
+        "config": ",".join(FLAGS.gin_file) or "baseline",
+        "peak_flops_per_s": peak if peak is not None else mm,
+        "peak_source": "data sheet" if peak is not None else "measured matmul",
+        "mfu": flops / (peak if peak is not None else mm),
         "ms_per_step": round(step_s * 1e3, 3),
         "examples_per_s": round(b / step_s, 3),
         "tokens_per_s": round(b * L / step_s, 1),
@@ -197,11 +210,70 @@ def run_loop_benchmark() -> Dict[str, Any]:
     }
 
 
+SUITE = (("baseline (MLP)", "e1_1_baseline.gin"), ("attention", "e2_3_attention.gin"))
+
+
+def run_suite() -> List[Dict[str, Any]]:
+    """The study's baseline and attention configs, without and with compile."""
+    rows = []
+    saved_files, saved_compile = list(FLAGS.gin_file), FLAGS.compile
+    try:
+        for label, gin_file in SUITE:
+            for compiled in (False, True):
+                FLAGS.gin_file, FLAGS.compile = [gin_file], compiled
+                try:
+                    r = run_benchmark()
+                except Exception as e:  # noqa: BLE001 - a failing variant is reported
+                    r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                rows.append({"label": label, "gin_file": gin_file, "compile": compiled, **r})
+    finally:
+        FLAGS.gin_file, FLAGS.compile = saved_files, saved_compile
+    return rows
+
+
+def suite_markdown(rows: List[Dict[str, Any]]) -> str:
+    import datetime  # pylint: disable=import-outside-toplevel
+    import platform  # pylint: disable=import-outside-toplevel
+    ok = [r for r in rows if "error" not in r]
+    device = ok[0]["device"] if ok else FLAGS.device
+    name = (torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda")
+            else platform.processor() or platform.machine())
+    lines = [f"### `python -m trm.bench --suite` on {name}, "
+             f"{datetime.date.today().isoformat()}", "",
+             f"torch {torch.__version__}, Python {platform.python_version()}, batch "
+             f"{FLAGS.batch}, bindings {list(FLAGS.gin_param) or 'none'}; command: "
+             f"`python -m trm.bench {' '.join(sys.argv[1:])}`", "",
+             "| config | compile | dtype | ms/step | tokens/s | model TFLOP/s | MFU | peak | "
+             "peak memory |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | {r['compile']} | — | failed: {r['error']} "
+                         "| | | | | |")
+            continue
+        lines.append(
+            f"| {r['label']} | {r['compile']} | {r['forward_dtype']} | {r['ms_per_step']:.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['model_flops_per_s'] / 1e12:.2f} "
+            f"| {100 * r['mfu']:.1f}% | {r['peak_flops_per_s'] / 1e12:.0f}T "
+            f"({r['peak_source']}) | {r['peak_mem_bytes'] / 2 ** 30:.2f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
+    if FLAGS.suite:
+        rows = run_suite()
+        table = suite_markdown(rows)
+        print(table)
+        print(json.dumps(rows, default=str))
+        if FLAGS.write_doc:
+            with open(FLAGS.write_doc, "a") as f:
+                f.write("\n" + table)
+        if not any("error" not in r for r in rows):
+            sys.exit("trm.bench: every suite configuration failed")
+        return
     if FLAGS.mode == "loop":
         r = run_loop_benchmark()
         print(f"full loop   {r['loop_steps_per_s']:.2f} steps/s ({r['loop_ms_per_step']:.1f} ms)")
@@ -215,8 +287,10 @@ def main(argv: List[str]) -> None:
     print(f"ms/step            {r['ms_per_step']:.1f}")
     print(f"examples/s         {r['examples_per_s']:.2f}")
     print(f"peak memory        {r['peak_mem_bytes'] / 2 ** 30:.2f} GiB")
+    print(f"tokens/s           {r['tokens_per_s']:,.0f}")
     print(f"model FLOP/s       {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s "
-          f"({100 * r['mfu_vs_matmul']:.0f}% of the measured matmul rate)")
+          f"(MFU {100 * r['mfu']:.1f}% of the {r['peak_source']} peak "
+          f"{r['peak_flops_per_s'] / 1e12:.1f} TFLOP/s)")
     print(f"matmul FLOP/s      {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
     print(json.dumps(r))
 

@@ -45,3 +45,32 @@ def test_bench_cli_prints_json():
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ema"] is False and result["num_params"] > 0
+
+
+def test_suite_covers_baseline_and_attention_with_and_without_compile(monkeypatch, tmp_path):
+    from trm import bench
+    bench.define_flags()
+    flags.FLAGS.unparse_flags()
+    doc = tmp_path / "BENCH.md"
+    flags.FLAGS(["bench", "--suite", f"--write_doc={doc}", "--batch=4"])
+    seen = []
+
+    def fake():
+        seen.append((tuple(flags.FLAGS.gin_file), flags.FLAGS.compile))
+        if flags.FLAGS.compile and "attention" in flags.FLAGS.gin_file[0]:
+            raise RuntimeError("compile failed\nmore")
+        return {"device": "cpu", "forward_dtype": "bfloat16", "ms_per_step": 10.0,
+                "tokens_per_s": 1000.0, "model_flops_per_s": 1e12, "mfu": 0.4,
+                "peak_flops_per_s": 2.5e12, "peak_source": "measured matmul",
+                "peak_mem_bytes": 2 ** 30}
+
+    monkeypatch.setattr(bench, "run_benchmark", fake)
+    try:
+        bench.main(["bench"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert seen == [(("e1_1_baseline.gin",), False), (("e1_1_baseline.gin",), True),
+                    (("e2_3_attention.gin",), False), (("e2_3_attention.gin",), True)]
+    text = doc.read_text()
+    assert text.count("| baseline (MLP) |") == 2 and "40.0%" in text
+    assert "failed: RuntimeError: compile failed |" in text

@@ -12,6 +12,8 @@ import os
 import resource
 import time
 
+from typing import Optional
+
 import torch
 
 
@@ -112,6 +114,29 @@ def peak_memory_bytes(device: torch.device) -> int:
         info = xm.get_memory_info(device)
         return int(info.get("peak_bytes_used", info.get("bytes_used", 0)))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# Dense (no sparsity) peak bfloat16 tensor-core FLOP/s per device, from the vendors' data
+# sheets (SXM / top-bin parts): MFU in trm.bench is measured against these.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,   # NVIDIA H200 SXM
+    "H100": 989e12,   # NVIDIA H100 SXM (the PCIe part: 756e12)
+    "A100": 312e12,   # NVIDIA A100
+    "L40S": 362e12,   # NVIDIA L40S
+}
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16
+                      ) -> Optional[float]:
+    """The data-sheet peak of this CUDA device for ``dtype`` (bf16/fp16 tensor cores), or None
+    when unknown (CPU, XLA, other GPUs: ``trm.bench`` then uses the measured matmul rate)."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device).upper()
+    for key, peak in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return 756e12 if key == "H100" and "PCIE" in name else peak
+    return None
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
