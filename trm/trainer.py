@@ -135,6 +135,33 @@ class Trainer:
         except data.DataError as e:
             log.warning("No test split in %s (%s): evaluation is skipped.", self.test_data_dir, e)
             self.test_meta = None
+        self._check_data_agrees()
+
+    def _check_data_agrees(self) -> None:
+        """The test split must fit the model built for the training split (same seq_len and
+        vocab: an error otherwise); a dataset that differs from the task file's SEQ_LEN /
+        VOCAB_SIZE hints is reported (the model follows the dataset)."""
+        macros = (self.hparams or {}).get("macros", {})
+        meta = self.train_meta
+        for macro, field in (("SEQ_LEN", "seq_len"), ("VOCAB_SIZE", "vocab_size")):
+            declared = macros.get(macro)
+            if isinstance(declared, int) and declared != getattr(meta, field):
+                log.warning("The dataset %s has %s %d but the task file declares %s=%d (a "
+                            "hint for dry runs): the model is built for the dataset. If that is "
+                            "not this task's data, fix DATA_DIR.", self.data_dir, field,
+                            getattr(meta, field), macro, declared)
+        test = self.test_meta
+        if test is not None:
+            for field in ("seq_len", "vocab_size"):
+                if getattr(test, field) != getattr(meta, field):
+                    raise TrainingError(
+                        f"The test data {self.test_data_dir} has {field} "
+                        f"{getattr(test, field)}, the training data {getattr(meta, field)}: "
+                        "they belong to different tasks. Fix TEST_DATA_DIR / DATA_DIR.")
+            if test.num_puzzle_identifiers > meta.num_puzzle_identifiers:
+                log.warning("The test data has more puzzle identifiers (%d) than the training "
+                            "data (%d): identifiers beyond the table use row 0.",
+                            test.num_puzzle_identifiers, meta.num_puzzle_identifiers)
 
     def build(self, shape: Any, num_steps: int) -> None:
         """Builds the model, loss, optimizers and EMA for a dataset of ``shape`` (metadata or

@@ -256,3 +256,14 @@ def test_disk_full_while_saving_keeps_what_was_committed(sudoku4, tmp_path):
             assert CheckpointManager(wd, async_save=False).restore(step)[0] == step
         if steps:
             assert f"step {max(steps)}" in last
+
+
+def test_test_split_of_another_task_is_one_line(sudoku4, tmp_path):
+    from trm.data import ensure_dataset
+    other = str(tmp_path / "sudoku6")
+    ensure_dataset(other, "sudoku_gen", box="2x3", num_train=20, num_test=8, blanks=10,
+                   num_aug=1, seed=0)
+    proc = _train_cli(str(tmp_path / "run"), tiny_bindings(sudoku4, steps=2) + [
+        f"trm.TrainConfig.test_data_dir='{other}'"])
+    _one_line_error(proc, "seq_len", "different tasks")
+    assert not (tmp_path / "run").exists() or os.listdir(tmp_path / "run") == []
