@@ -58,8 +58,9 @@ setup(
         "gcsfs>=2023.1",
     ],
     extras_require={
-        # PyTorch/XLA for Cloud TPU VMs. torch_xla 2.9 needs exactly torch 2.9.
-        "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0"],
+        # PyTorch/XLA for Cloud TPU VMs. torch_xla 2.9 needs exactly torch 2.9. huggingface_hub:
+        # `sudoku_csv --source=sapientinc/sudoku-extreme` downloads the real dataset.
+        "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0", "huggingface_hub>=0.20"],
         # PyTorch/XLA on the CPU (PJRT_DEVICE=CPU), used by the XLA tests.
         "xla-cpu": ["torch==2.9.0", "torch_xla==2.9.0"],
         "analysis": ANALYSIS,

@@ -65,7 +65,7 @@ def test_unknown_macro_and_binding_are_errors():
     with pytest.raises(config.ConfigError, match="TRAIN_STEPS"):
         config.parse(["quickstart.gin"], ["TRAIN_STEP=40"])
     gin.clear_config()
-    with pytest.raises(config.ConfigError, match="Invalid gin binding"):
+    with pytest.raises(config.ConfigError, match="Error in gin binding"):
         config.parse(["quickstart.gin"], ["model.trm.hiden_size=3"])
     gin.clear_config()
     with pytest.raises(config.ConfigError, match="not found"):
@@ -164,3 +164,14 @@ def test_list_experiments_lists_experiments_with_their_hypothesis():
     assert not any(n.startswith(("runs/", "models/", "tasks/")) for n in names)
     for line in lines:
         assert len(line.split(None, 1)) == 2 and len(line.split(None, 1)[1]) > 20, line
+
+
+def test_gin_bindings_is_an_alias_of_gin_param():
+    out = subprocess.run([sys.executable, "-m", "trm.train", "--gin_file=quickstart.gin",
+                          "--dry_run", "--gin_param=HIDDEN_SIZE=32",
+                          "--gin_bindings=HIDDEN_SIZE=48", "--gin_bindings=H_CYCLES=1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout[out.stdout.index("{\n"):out.stdout.rindex("}") + 1])
+    assert summary["hidden_size"] == 48 and summary["H_cycles"] == 1  # applied after gin_param

@@ -206,21 +206,13 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     load_plugins()
     register_configurables()
     for text in config_texts:
-        try:
-            gin.parse_config(text, skip_unknown=False)
-        except SyntaxError as e:
-            raise ConfigError(f"Syntax error in a saved gin config: {_syntax(e)}") from e
-        except (ValueError, KeyError, ImportError) as e:
-            raise ConfigError(f"Error in a saved gin config: {e}") from e
+        _parse_one(lambda t=text: gin.parse_config(t, skip_unknown=False),
+                   "a saved gin config")
     _add_search_path(str(gin_root()))
     resolved = [resolve_gin_file(f) for f in gin_files]
     for path in resolved:
-        try:
-            gin.parse_config_file(path, skip_unknown=False)
-        except SyntaxError as e:
-            raise ConfigError(f"Syntax error in gin file {path}: {_syntax(e)}") from e
-        except (ValueError, KeyError, ImportError, IOError) as e:
-            raise ConfigError(f"Error in gin file {path}: {e}") from e
+        _parse_one(lambda p=path: gin.parse_config_file(p, skip_unknown=False),
+                   f"gin file {path}")
     for binding in bindings:
         match = _MACRO_BINDING.match(binding)
         if match and match.group(1) not in _defined_macros():
@@ -230,15 +222,21 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
                 f"Binding {binding!r} sets the macro {match.group(1)} that no parsed gin file "
                 f"defines." + (f" Did you mean {', '.join(close)}?" if close else "") +
                 (f" Known macros: {', '.join(known)}." if known else ""))
-        try:
-            gin.parse_config(binding, skip_unknown=False)
-        except SyntaxError as e:
-            raise ConfigError(f"Syntax error in gin binding {binding!r}: {_syntax(e)}") from e
-        except (ValueError, KeyError, ImportError) as e:
-            raise ConfigError(f"Invalid gin binding {binding!r}: {e}") from e
+        _parse_one(lambda b=binding: gin.parse_config(b, skip_unknown=False),
+                   f"gin binding {binding!r}")
     if finalize:
         gin.finalize()
     return resolved
+
+
+def _parse_one(parse, what: str) -> None:
+    """Runs one gin parse; its errors become a :class:`ConfigError` naming ``what``."""
+    try:
+        parse()
+    except SyntaxError as e:
+        raise ConfigError(f"Syntax error in {what}: {_syntax(e)}") from e
+    except (ValueError, KeyError, ImportError, IOError) as e:
+        raise ConfigError(f"Error in {what}: {e}") from e
 
 
 def build_train_config():
