@@ -33,7 +33,8 @@ class BuildPyWithGin(build_py):
             shutil.copy2(path, target)
 
 
-ANALYSIS = ["pandas>=2.0", "scipy>=1.10", "matplotlib>=3.7", "tbparse>=0.0.9"]
+# tbparse is not needed: analysis.runs reads event files itself (with resumed-run handling).
+ANALYSIS = ["pandas>=2.0", "scipy>=1.10", "matplotlib>=3.7"]
 
 setup(
     name="trm",

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis import stats as _stats
 from analysis import compare as _cmp
 from analysis import scaling as _sc
 from analysis.runs import Runs, load_runs, tag_column
@@ -158,11 +159,13 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     cells = _grid(s, "T", "n", value)
     if not len(cells):
         return None
-    grid = cells.pivot(index="T", columns="n", values="mean").sort_index().sort_index(axis=1)
-    counts = cells.pivot(index="T", columns="n", values="n_runs").reindex_like(grid)
+    # intervals per cell (seed spread, or pooled Wilson for identical seeds): the heatmap
+    # annotates them so seed noise is visible next to the differences between cells
+    agg = _stats.aggregate(s, ["T", "n"], value)
+    cells = cells.merge(agg[["T", "n", "ci_low", "ci_high", "ci_method"]], on=["T", "n"],
+                        how="left")
     stem = os.path.join(out_dir, f"{slug}_tn_heatmap")
-    fig = plots.plot_tn_heatmap(grid, stem, counts=counts,
-                                title=f"{slug}: final exact accuracy over (T, n)")
+    fig = plots.plot_tn_heatmap(agg, stem, title=f"{slug}: final exact accuracy over (T, n)")
     _close(fig)
     best = cells.loc[cells["mean"].idxmax()]
     others = [v for v in varying if v not in ("T", "n")]
@@ -407,8 +410,9 @@ def render_markdown(res: Dict[str, Any]) -> str:
                f"evaluation of each run) over the runs of that configuration. `runs` / `seeds` "
                f"count them, `steps` is the eval step (range) the values were taken at, `eval n` "
                f"the number of evaluation examples summed over the runs. The CI is a t interval "
-               f"across seeds when there are 2+ runs (`t`), else the Wilson interval of the single "
-               f"run's accuracy (`wilson`). `paper` is the published full-scale number for that "
+               f"across seeds when there are 2+ runs whose values differ (`t`); `wilson` = the "
+               f"Wilson interval pooled over the group's evaluation examples (a single run, or all "
+               f"seeds identical); accuracy intervals are clipped to [0, 100] %. `paper` is the published full-scale number for that "
                f"configuration (Sudoku-Extreme, TRM paper) where one exists; small-scale twins "
                f"are not expected to reach it, only to reproduce its orderings.\n")
     out.append("## Overview\n")

@@ -55,7 +55,8 @@ def test_aggregate_counts_and_intervals():
     assert (a["n_runs"], a["n_seeds"], a["seeds"], a["eval_count"]) == (2, 2, [0, 1], 200)
     assert a["mean"] == pytest.approx(0.55)
     assert a["ci_method"] == "t"
-    assert (a["ci_low"], a["ci_high"]) == pytest.approx(stats.t_interval([0.5, 0.6]))
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx(stats.t_interval([0.5, 0.6],
+                                                                         bounds=(0, 1)))
     assert (a["wilson_low"], a["wilson_high"]) == pytest.approx(stats.wilson_interval(110, 200))
     b = agg.loc[3]
     assert b["ci_method"] == "wilson" and (b["step_min"], b["step_max"]) == (20, 20)
@@ -64,3 +65,72 @@ def test_aggregate_counts_and_intervals():
     assert one["n_runs"].iloc[0] == 3 and one["n_seeds"].iloc[0] == 2
     c = stats.counts(s.assign(last_step=[40, 40, 20]), "T")
     assert list(c["total_steps"]) == [80, 20]
+
+
+def test_wilson_is_scipys_and_known_8_of_10():
+    # Wilson (1927) score interval for 8/10 at 95 %: (0.4902, 0.9433)
+    lo, hi = stats.wilson_interval(8, 10)
+    assert (lo, hi) == pytest.approx((0.4902, 0.9433), abs=5e-5)
+    ci = sps.binomtest(8, 10).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (lo, hi) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    # never outside [0, 1], never zero width at the edges
+    for k in (0, 1, 9, 10):
+        lo, hi = stats.wilson_interval(k, 10)
+        assert 0.0 <= lo < hi <= 1.0
+
+
+def test_t_interval_is_scipys_and_bounded():
+    x = [0.2, 0.4, 0.45]
+    m = np.mean(x)
+    assert stats.t_interval(x, 0.9) == pytest.approx(
+        sps.t.interval(0.9, 2, loc=m, scale=sps.sem(x)))
+    lo, hi = stats.t_interval([0.95, 1.0], bounds=(0, 1))
+    assert hi == 1.0 and 0 <= lo < 0.95
+    assert stats.t_interval([0.95, 1.0])[1] > 1.0  # unbounded without bounds
+    assert stats.t_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_bootstrap_is_scipys():
+    x = np.array([0.61, 0.65, 0.66, 0.70, 0.58])
+    got = stats.bootstrap_interval(x, 0.9, n_boot=500, seed=7)
+    want = sps.bootstrap((x,), np.mean, n_resamples=500, confidence_level=0.9,
+                         method="percentile", rng=np.random.default_rng(7)).confidence_interval
+    assert got == pytest.approx((want.low, want.high))
+    assert all(math.isnan(v) for v in stats.bootstrap_interval([0.5]))
+
+
+def _summary(vals, count=100):
+    return pd.DataFrame({"run": [f"r{i}" for i in range(len(vals))], "T": 2,
+                         "seed": list(range(len(vals))), "final_eval_exact_accuracy": vals,
+                         "eval_count": count, "final_eval_step": 40})
+
+
+def test_identical_seeds_pool_the_puzzles():
+    agg = stats.aggregate(_summary([0.9, 0.9, 0.9], count=100), "T").iloc[0]
+    assert agg["ci_method"] == "wilson"
+    assert (agg["ci_low"], agg["ci_high"]) == pytest.approx(stats.wilson_interval(270, 300))
+    assert agg["ci_high"] - agg["ci_low"] > 0.02
+    assert agg["ci_low"] < 0.9 < agg["ci_high"]
+    # with bootstrap too
+    agg = stats.aggregate(_summary([0.9, 0.9]), "T", ci="bootstrap").iloc[0]
+    assert agg["ci_method"] == "wilson" and agg["ci_high"] > agg["ci_low"]
+    # without an eval count there is nothing honest to report
+    agg = stats.aggregate(_summary([0.9, 0.9], count=None), "T").iloc[0]
+    assert agg["ci_method"] == "none" and math.isnan(agg["ci_low"])
+    # all seeds at 100 %: the interval still has width and stays <= 1
+    agg = stats.aggregate(_summary([1.0, 1.0]), "T").iloc[0]
+    assert agg["ci_high"] == 1.0 and 0.95 < agg["ci_low"] < 1.0
+
+
+@pytest.mark.parametrize("ci", ["t", "bootstrap"])
+def test_accuracy_intervals_stay_in_0_1(ci):
+    for vals in ([0.97, 1.0], [0.0, 0.04], [0.5, 0.99, 0.01]):
+        a = stats.aggregate(_summary(vals), "T", ci=ci, n_boot=200).iloc[0]
+        assert 0.0 <= a["ci_low"] <= a["mean"] <= a["ci_high"] <= 1.0
+        assert 0.0 <= a["wilson_low"] <= a["wilson_high"] <= 1.0
+    # a loss is not bounded and gets no Wilson interval even with an eval count
+    s = _summary([0.5, 1.5]).rename(columns={"final_eval_exact_accuracy": "final_eval_lm_loss"})
+    a = stats.aggregate(s, "T", "final_eval_lm_loss").iloc[0]
+    assert a["ci_low"] < 0 and math.isnan(a["wilson_low"]) and a["eval_count"] == 200
+    s = _summary([0.5, 0.5]).rename(columns={"final_eval_exact_accuracy": "final_eval_lm_loss"})
+    assert stats.aggregate(s, "T", "final_eval_lm_loss").iloc[0]["ci_method"] == "none"
