@@ -17,7 +17,7 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 
 Flags::
 
-    --sweep=NAME        a sweep of launchers.sweeps (python -m launchers.sweep lists them)
+    --sweep=NAME        a sweep of launchers.named_sweeps (python -m launchers.sweep lists them)
     --root=DIR          parent directory of the run workdirs
     --parallel=N        concurrent runs (default 1)
     --seeds=0,1         override the sweep's seeds

@@ -5,7 +5,7 @@
     python -m launchers.sweep --sweep=e2_2_tn --list --seeds=0,1
     python -m launchers.sweep --sweep=e2_2_tn --list --json
 
-Sweeps are defined in :mod:`launchers.sweeps`; run them with ``python -m launchers.local``
+Sweeps are defined in :mod:`launchers.named_sweeps`; run them with ``python -m launchers.local``
 or ``python -m launchers.tpu sweep``.
 """
 

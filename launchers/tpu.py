@@ -10,6 +10,11 @@ Verbs::
     logs      tail a run's (or a sweep queue's) log on a worker
     download  copy runs from gs:// to a local directory (gcloud storage rsync)
     delete    delete the TPU VM(s)
+    watch     keep a sweep going on preemptible capacity until every run is completed:
+              recreate preempted VMs, set them up again, relaunch the unfinished runs
+              (launchers/watch.py; also ``sweep --watch``)
+    cost      estimated device-hours (and cost) of a sweep from the model's FLOPs
+              (launchers/cost.py)
 
 Every verb takes ``--dry_run``: it prints the exact commands, one per line and shell-quoted,
 and runs nothing. Without it the commands run one after the other with their output streamed;
@@ -81,6 +86,9 @@ _GRAMMARS: dict[str, tuple[str, str]] = {
     "log_dir": (common.RELPATH_PATTERN, "a path relative to the home directory, no .."),
     "root": (rf"(?:{common.RELPATH_PATTERN})?",
              "a path inside the bucket: names of letters, digits, _ . + - joined by /, no .."),
+    "provisioning": (r"auto|queued|create",
+                     "auto (queued resources for Spot VMs where the TPU type has them, plain "
+                     "create otherwise), queued or create"),
 }
 # `python -m launchers.tpu ... --worker`: all, or worker numbers/ranges (0, 1,3, 0-3).
 _WORKER_PATTERN = r"all|[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*"
@@ -114,6 +122,19 @@ class TpuConfig:
       log_dir: logs and pid files on each worker (relative to the home directory).
       train_module: the trainer's module (``python -m <train_module>``).
       env: extra ``KEY=VALUE`` environment of the trainer, after ``PJRT_DEVICE=TPU``.
+      provisioning: how ``watch`` (re)creates a VM: ``queued`` (a queued resource, with
+        ``--spot`` when ``spot``), ``create`` (``tpu-vm create``), or ``auto`` (queued for a
+        Spot VM of a type with queued resources, v4 and later; create otherwise).
+      watch_poll_s: seconds between two looks of ``watch`` at the VMs and runs.
+      watch_retries: failed attempts in a row (create, setup, launch, a queue that ends
+        without progress) that ``watch`` tolerates per VM before it gives up.
+      watch_backoff_s: wait after the first failure; doubled after each further one...
+      watch_backoff_max_s: ... up to this.
+      watch_log: ``watch``'s log file (local); its ledger of VM time is ``<watch_log>.json``.
+      price_per_chip_hour: price of one chip-hour (any currency) for ``cost`` and ``watch``.
+      mfu: assumed model FLOPs utilisation for ``cost`` (0 < mfu <= 1).
+      peak_flops_per_chip: peak bf16 FLOP/s of one chip; default from the table in
+        launchers/cost.py by accelerator type.
     """
 
     name: str | None = None
@@ -132,6 +153,15 @@ class TpuConfig:
     log_dir: str = "trm-logs"
     train_module: str = common.DEFAULT_TRAIN_MODULE
     env: tuple[str, ...] = ()
+    provisioning: str = "auto"
+    watch_poll_s: float = 60.0
+    watch_retries: int = 5
+    watch_backoff_s: float = 60.0
+    watch_backoff_max_s: float = 1800.0
+    watch_log: str = "trm-watch.log"
+    price_per_chip_hour: float | None = None
+    mfu: float = 0.3
+    peak_flops_per_chip: float | None = None
 
     def __post_init__(self):
         if self.spot and self.preemptible:
@@ -164,6 +194,16 @@ class TpuConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TpuConfig)}
 _BOOL_FIELDS = {"spot", "preemptible"}
+# Numeric settings: (type, smallest allowed value, whether the smallest is excluded, largest).
+_NUMBER_FIELDS: dict[str, tuple[type, float, bool, float | None]] = {
+    "watch_poll_s": (float, 0.0, True, None),
+    "watch_retries": (int, 0, False, None),
+    "watch_backoff_s": (float, 0.0, False, None),
+    "watch_backoff_max_s": (float, 0.0, False, None),
+    "price_per_chip_hour": (float, 0.0, False, None),
+    "mfu": (float, 0.0, True, 1.0),
+    "peak_flops_per_chip": (float, 0.0, True, None),
+}
 
 
 def _bucket_name(bucket: str) -> str:
@@ -177,6 +217,9 @@ def check_setting(key: str, value: object, label: str) -> None:
     values) only must not hold a NUL byte (they are shell-quoted wherever they are used).
     """
     if value is None or key in _BOOL_FIELDS:
+        return
+    if key in _NUMBER_FIELDS:
+        _check_number(key, value, label)
         return
     if value == "" and _FIELDS[key].default is None:
         return  # an empty name / project / zone / bucket is unset
@@ -198,6 +241,36 @@ def check_setting(key: str, value: object, label: str) -> None:
     if key in _GRAMMARS:
         pattern, what = _GRAMMARS[key]
         common.check_pattern(value, pattern, label, what)
+
+
+def _check_number(key: str, value: object, label: str) -> None:
+    kind, low, open_low, high = _NUMBER_FIELDS[key]
+    ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+    if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"),
+                                                                               float("-inf")):
+        raise ValueError(f"{label} {common.show(value)} is not allowed: must be "
+                         f"{'an integer' if kind is int else 'a finite number'}")
+    if value < low or (open_low and value == low) or (high is not None and value > high):
+        bounds = f"{'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+        raise ValueError(f"{label} {common.show(value)} is not allowed: must be {bounds}")
+
+
+def _parse_number(key: str, value: object, label: str) -> object:
+    """A number setting from a flag, file or variable (``"60"``, ``"1e-3"``, ``"none"``)."""
+    kind = _NUMBER_FIELDS[key][0]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none", "null") and _FIELDS[key].default is None:
+            return None
+        try:
+            value = kind(text) if kind is int else float(text)
+        except ValueError:
+            raise ValueError(f"{label} {common.show(value)} is not allowed: must be "
+                             f"{'an integer' if kind is int else 'a number'}") from None
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _check_number(key, value, label)
+    return value
 
 
 def _check_env_entry(kv: object, label: str) -> None:
@@ -264,6 +337,8 @@ def _coerce(key: str, value: object, origin: str, label: str | None = None) -> o
     label = label or f"{origin}: {key}"
     if key in _BOOL_FIELDS:
         return _parse_bool(value, label)
+    if key in _NUMBER_FIELDS:
+        return _parse_number(key, value, label)
     if key == "env":
         if isinstance(value, Mapping):
             value = tuple(f"{k}={v}" for k, v in value.items())
@@ -403,6 +478,42 @@ def delete_commands(cfg: TpuConfig, yes: bool = False) -> list[list[str]]:
     return [gcloud_tpu(cfg, "delete", *(["--quiet"] if yes else []))]
 
 
+# Queued resources (``gcloud compute tpus queued-resources``): the way to ask for Spot capacity
+# that waits in a queue (WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE; SUSPENDED once its Spot
+# VM is preempted, FAILED when it cannot be honoured). ``watch`` names the request after the VM.
+QR_SUFFIX = "-qr"
+
+
+def queued_resource_id(cfg: TpuConfig) -> str:
+    """The queued resource of VM ``NAME``: ``NAME-qr`` (checked like a VM name)."""
+    qr = _require_name(cfg) + QR_SUFFIX
+    check_setting("name", qr, "queued resource id (the VM name + -qr)")
+    return qr
+
+
+def gcloud_queued(cfg: TpuConfig, verb: str, *flags: str) -> list[str]:
+    """``gcloud compute tpus queued-resources VERB NAME-qr [--project] [--zone] FLAGS``."""
+    return ["gcloud", "compute", "tpus", "queued-resources", verb, queued_resource_id(cfg),
+            *_scope(cfg), *flags]
+
+
+def queued_create_commands(cfg: TpuConfig) -> list[list[str]]:
+    """A queued resource for one VM named ``cfg.name`` (Spot when ``cfg.spot``)."""
+    if cfg.preemptible:
+        raise ValueError("queued resources take Spot VMs, not legacy preemptible ones: use "
+                         "--spot, or --provisioning=create")
+    flags = [f"--node-id={_require_name(cfg)}", f"--accelerator-type={cfg.accelerator_type}",
+             f"--runtime-version={cfg.runtime_version}"]
+    if cfg.spot:
+        flags.append("--spot")
+    return [gcloud_queued(cfg, "create", *flags)]
+
+
+def queued_delete_commands(cfg: TpuConfig) -> list[list[str]]:
+    """Deletes the queued resource and, with ``--force``, its VM if it still exists."""
+    return [gcloud_queued(cfg, "delete", "--force", "--quiet")]
+
+
 def _source_kind(source: str) -> str:
     if "://" in source or source.startswith("git@"):
         return "git"
@@ -426,10 +537,12 @@ def _git_url_and_ref(source: str) -> tuple[str, str | None]:
     return url, None
 
 
-def setup_commands(cfg: TpuConfig) -> list[list[str]]:
+def setup_commands(cfg: TpuConfig, marker: str | None = None) -> list[list[str]]:
     """Ship trm to every worker, unpack it into ``~/REMOTE_DIR`` and install it editable.
 
-    Local commands (``git archive``, ``scp``) come first, then one ``ssh --worker=all``.
+    Local commands (``git archive``, ``scp``) come first, then one ``ssh --worker=all``. With
+    ``marker`` (a path relative to the home directory) the script ends by creating that file,
+    so ``watch`` can tell a worker that was set up from a fresh one.
     """
     py = shlex.quote(cfg.python)
     rdir = shlex.quote(cfg.remote_dir)
@@ -472,10 +585,10 @@ def setup_commands(cfg: TpuConfig) -> list[list[str]]:
         "import torch, torch_xla, trm; "
         "print(trm.__file__, torch.__version__, torch_xla.__version__)"
     )
-    script = " && ".join(
-        [fetch, f"{pip} --upgrade pip", f"{py} -m pip uninstall -y trm", install, check]
-    )
-    return local + [ssh_command(cfg, script)]
+    steps = [fetch, f"{pip} --upgrade pip", f"{py} -m pip uninstall -y trm", install, check]
+    if marker:
+        steps.append(f"touch {_home(common.check_relpath(marker, 'setup marker'))}")
+    return local + [ssh_command(cfg, " && ".join(steps))]
 
 
 def train_command(cfg: TpuConfig, gin_files: Sequence[str], bindings: Sequence[str],
@@ -618,6 +731,24 @@ def sweep_script(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run]) -> str:
     )
 
 
+def queue_probe_script(cfg: TpuConfig, sweep_name: str, marker: str) -> str:
+    """What ``watch`` asks every worker: is trm set up here, and is the sweep's queue alive?
+
+    Each worker prints one line: ``trm-watch: HOST: setup missing`` (no ``~/MARKER``, the
+    file ``setup`` creates last), ``... queue running`` or ``... queue stopped``.
+    """
+    pid = _home(_pid_path(sweep_log_path(cfg, sweep_name)))
+    mark = _home(common.check_relpath(marker, "setup marker"))
+    return "; ".join(
+        [
+            _alive_function(cfg),
+            f'if [ ! -f {mark} ]; then echo "trm-watch: $(hostname): setup missing"; '
+            f'elif trm_alive {pid}; then echo "trm-watch: $(hostname): queue running"; '
+            f'else echo "trm-watch: $(hostname): queue stopped"; fi',
+        ]
+    )
+
+
 def assign_runs(runs: Sequence[Run], vms: Sequence[str]) -> dict[str, list[Run]]:
     """Round-robin: run i goes to ``vms[i % len(vms)]``."""
     return {vm: list(runs[i :: len(vms)]) for i, vm in enumerate(vms)}
@@ -727,9 +858,40 @@ def _config_flags() -> argparse.ArgumentParser:
 
 
 def _runs_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sweep", help="a sweep's runs (launchers.sweeps)")
+    p.add_argument("--sweep", help="a sweep's runs (launchers.named_sweeps)")
     p.add_argument("--seeds", help="comma-separated seeds for --sweep")
     p.add_argument("--run", action="append", default=[], help="a run name (repeatable)")
+
+
+def _watch_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("watch (settings: also --config keys / TRM_TPU_* variables)")
+    g.add_argument("--provisioning", help="auto (default), queued or create")
+    g.add_argument("--poll_s", "--poll", dest="watch_poll_s",
+                   help="seconds between two looks (default 60)")
+    g.add_argument("--retries", dest="watch_retries",
+                   help="failed attempts in a row per VM before giving up (default 5)")
+    g.add_argument("--backoff_s", dest="watch_backoff_s",
+                   help="wait after a failure, doubled each time (default 60)")
+    g.add_argument("--backoff_max_s", dest="watch_backoff_max_s", help="default 1800")
+    g.add_argument("--log", dest="watch_log", help="log file (default trm-watch.log)")
+    g.add_argument("--price_per_chip_hour", help="for the cost line of the summary")
+    g.add_argument("--keep_vms", action="store_true",
+                   help="leave the VMs when their runs are done (default: delete them)")
+
+
+def _cost_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cost (settings: also --config keys / TRM_TPU_* variables)")
+    g.add_argument("--price_per_chip_hour", help="price of one chip-hour (default: none)")
+    g.add_argument("--mfu", help="assumed model FLOPs utilisation (default 0.3)")
+    g.add_argument("--peak_flops_per_chip",
+                   help="peak bf16 FLOP/s per chip (default: table by accelerator type)")
+    g.add_argument("--examples_per_s", type=float,
+                   help="measured training examples per second of the whole slice "
+                        "(perf/examples_per_s); replaces the FLOPs-based throughput")
+    g.add_argument("--examples_per_epoch", type=float,
+                   help="when the dataset is not built and the run uses EPOCHS")
+    g.add_argument("--eval_examples", type=float,
+                   help="test-set size, to count the evaluations (default: from the dataset)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -759,6 +921,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
     p.add_argument("--gin_param", action="append", default=[], help="extra binding for every run")
     p.add_argument("--vms", help=vms_help + "; runs are dealt round-robin")
+    p.add_argument("--watch", action="store_true",
+                   help="then keep the sweep going until every run is completed (see watch)")
+    _watch_flags(p)
+    p = verb("watch", "keep a sweep going on preemptible VMs until every run is completed")
+    p.add_argument("--sweep", required=True)
+    p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
+    p.add_argument("--gin_param", action="append", default=[], help="extra binding for every run")
+    p.add_argument("--vms", help=vms_help + "; runs are dealt round-robin")
+    _watch_flags(p)
+    p = verb("cost", "estimated device-hours (and cost) of a sweep or a run")
+    p.add_argument("--sweep", help="the sweep's runs")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
+    p.add_argument("--gin_file", action="append", default=[],
+                   help="one run's gin file(s) instead of --sweep (repeatable)")
+    p.add_argument("--gin_param", action="append", default=[], help="extra binding (repeatable)")
+    _cost_flags(p)
     p = verb("status", "VM state, running jobs, last logged step of each run")
     p.add_argument("--vms", help=vms_help)
     p.add_argument("--no_vm", action="store_true", help="only read run.json files")
@@ -804,6 +982,17 @@ def _selected_runs(args) -> list[str] | None:
     return [check_run_name(n, "--run") for n in names] or None
 
 
+def sweep_runs(args) -> tuple[str, list[Run]]:
+    """The sweep's name and runs of ``--sweep`` / ``--seeds`` / ``--gin_param``."""
+    sweep = get_sweep(args.sweep)
+    common.check_extra_bindings(args.gin_param, sweep.swept_keys())
+    runs = [
+        Run(r.name, r.gin_files, r.bindings + list(args.gin_param))
+        for r in sweep.runs(common.parse_seeds(args.seeds))
+    ]
+    return sweep.name, runs
+
+
 def _launch_run(args) -> Run:
     bindings = list(args.gin_param)
     for b in bindings:
@@ -831,14 +1020,14 @@ def build_commands(args, cfg: TpuConfig) -> list[list[str]]:
         return per_vm(lambda c: delete_commands(c, args.yes))
     if args.verb == "launch":
         return launch_commands(cfg, _launch_run(args))
-    if args.verb == "sweep":
-        sweep = get_sweep(args.sweep)
-        common.check_extra_bindings(args.gin_param, sweep.swept_keys())
-        runs = [
-            Run(r.name, r.gin_files, r.bindings + list(args.gin_param))
-            for r in sweep.runs(common.parse_seeds(args.seeds))
-        ]
-        return sweep_commands(cfg, sweep.name, runs, _vms(cfg, args))
+    if args.verb in ("sweep", "watch"):
+        sweep_name, runs = sweep_runs(args)
+        if args.verb == "watch" or args.watch:
+            from launchers import watch  # pylint: disable=import-outside-toplevel
+            return watch.plan_commands(cfg, sweep_name, runs, _vms(cfg, args))
+        return sweep_commands(cfg, sweep_name, runs, _vms(cfg, args))
+    if args.verb == "cost":
+        return []
     if args.verb == "status":
         vms = [] if args.no_vm or not (args.vms or cfg.name) else _vms(cfg, args)
         return status_commands(cfg, vms, _selected_runs(args))
@@ -903,9 +1092,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    if args.verb == "cost":
+        from launchers import cost  # pylint: disable=import-outside-toplevel
+        return cost.main_cost(args, cfg)
     if args.dry_run:
         common.execute(commands, dry_run=True)
         return 0
+    if args.verb == "watch" or (args.verb == "sweep" and args.watch):
+        from launchers import watch  # pylint: disable=import-outside-toplevel
+        sweep_name, runs = sweep_runs(args)
+        return watch.Watcher(cfg, sweep_name, runs, _vms(cfg, args), runner=runner,
+                             keep_vms=args.keep_vms).run()
     if args.verb == "status":
         return _print_status(commands, runner, cfg.runs_url)
     try:

@@ -1,0 +1,243 @@
+"""Estimated device-hours and cost of a sweep: ``python -m launchers.tpu cost``.
+
+    python -m launchers.tpu cost --config=launch.json --sweep=e2_2_tn --price_per_chip_hour=1.35
+    python -m launchers.tpu cost --accelerator_type=v5litepod-8 --gin_file=e1_1_baseline.gin
+
+For each run the model is built from its gin files and bindings (``trm.gin_edge.parse``,
+``build_train_config``, ``trm.experiment.build_model`` with the dataset's shape: its metadata
+when it is built, else the task file's ``VOCAB_SIZE`` / ``SEQ_LEN`` macros, as
+``python -m trm.train --dry_run`` does) and its FLOPs counted by ``TRM.flops_per_example``:
+
+* training: ``steps x GLOBAL_BATCH_SIZE x flops_per_example(training=True)`` (one ACT step of
+  every row per optimizer step); ``steps`` is ``TRAIN_STEPS``, or ``EPOCHS x examples per
+  epoch / GLOBAL_BATCH_SIZE`` (examples per epoch from the dataset metadata, else
+  ``--examples_per_epoch``, else the task's ``NUM_TRAIN_PUZZLES`` macro: one example per
+  puzzle group, as for Sudoku);
+* evaluation, when the test-set size is known (metadata or ``--eval_examples``): every
+  ``EVAL_EVERY`` steps and at the end, ``test examples x eval ACT steps x
+  flops_per_example(training=False)``.
+
+Time = FLOPs / (chips x peak bf16 FLOP/s per chip x MFU), or examples / ``--examples_per_s``
+when a measured throughput is given (``perf/examples_per_s`` of a short run on the same slice,
+which also captures what FLOPs miss: the input pipeline, host transfers, small matmuls).
+Device-hours are chip-hours (the price of a TPU is per chip-hour); slice-hours are the wall
+time on the whole slice. Peak numbers and chip counts come from Google's TPU documentation
+(``PEAK_BF16_FLOPS``); ``peak_flops_per_chip`` and ``mfu`` override them.
+
+This is the one launcher module that imports trm (and torch), and only when it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Sequence
+
+from launchers import common
+from launchers.named_sweeps import Run
+
+# Peak dense bf16 FLOP/s of one chip, from Google's Cloud TPU system architecture pages:
+#   v4   https://cloud.google.com/tpu/docs/v4        275 TFLOPs
+#   v5e  https://cloud.google.com/tpu/docs/v5e       197 TFLOPs ("v5litepod-N" types)
+#   v5p  https://cloud.google.com/tpu/docs/v5p       459 TFLOPs
+#   v6e  https://cloud.google.com/tpu/docs/v6e       918 TFLOPs (Trillium)
+PEAK_BF16_FLOPS = {"v4": 275e12, "v5litepod": 197e12, "v5e": 197e12, "v5p": 459e12,
+                   "v6e": 918e12}
+PEAK_SOURCE = "Google Cloud TPU docs (tpu/docs/v4, v5e, v5p, v6e): peak bf16 per chip"
+# The number in a v2/v3/v4/v5p type counts TensorCores (2 per chip); in v5e/v6e it counts chips.
+_CORES_IN_NAME = ("v2", "v3", "v4", "v5p")
+_CHIPS_IN_NAME = ("v5litepod", "v5e", "v6e")
+
+
+def _family_and_count(accelerator_type: str) -> tuple[str, int]:
+    family, _, count = accelerator_type.partition("-")
+    if not count.isdigit():
+        raise ValueError(f"accelerator type {accelerator_type!r}: expected FAMILY-N, e.g. v4-32")
+    return family, int(count)
+
+
+def chips(accelerator_type: str) -> int:
+    """Chips of a slice: v4-32 -> 16, v5p-8 -> 4, v5litepod-8 -> 8, v6e-16 -> 16."""
+    family, count = _family_and_count(accelerator_type)
+    if family in _CORES_IN_NAME:
+        return max(count // 2, 1)
+    if family in _CHIPS_IN_NAME:
+        return count
+    raise ValueError(f"accelerator type {accelerator_type!r}: unknown family {family!r} "
+                     f"(known: {', '.join(_CORES_IN_NAME + _CHIPS_IN_NAME)})")
+
+
+def peak_flops(accelerator_type: str, override: float | None = None) -> float:
+    if override:
+        return float(override)
+    family, _ = _family_and_count(accelerator_type)
+    if family not in PEAK_BF16_FLOPS:
+        raise ValueError(f"no peak bf16 FLOP/s known for {family!r}: set peak_flops_per_chip "
+                         f"(--peak_flops_per_chip, or in --config)")
+    return PEAK_BF16_FLOPS[family]
+
+
+@dataclasses.dataclass
+class RunCost:
+    name: str
+    num_params: int
+    flops_per_example: float  # one training ACT step of one example
+    steps: int
+    global_batch_size: int
+    train_flops: float
+    eval_flops: float | None
+    notes: list[str]
+
+    @property
+    def examples(self) -> int:
+        return self.steps * self.global_batch_size
+
+    @property
+    def flops(self) -> float:
+        return self.train_flops + (self.eval_flops or 0.0)
+
+
+def _metadata(cfg, split: str):
+    from trm import data  # pylint: disable=import-outside-toplevel
+    from trm.experiment import resolve_data_path  # pylint: disable=import-outside-toplevel
+    try:
+        path = cfg.test_data_dir if split == "test" and getattr(cfg, "test_data_dir", None) \
+            else cfg.data_dir
+        return data.load_metadata(resolve_data_path(path, cfg.dataset_builder_args), split)
+    except Exception:  # noqa: BLE001 - not built (or not readable from here): estimate
+        return None
+
+
+def run_cost(run: Run, examples_per_epoch: float | None = None,
+             eval_examples: float | None = None) -> RunCost:
+    """Builds ``run``'s model and counts its FLOPs (see the module docstring)."""
+    import torch  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm.experiment import DataShape, build_model  # pylint: disable=import-outside-toplevel
+
+    notes: list[str] = []
+    gin_edge.clear()
+    try:
+        gin_edge.parse(run.gin_files, run.bindings)
+        tc = gin_edge.build_train_config()
+        meta = _metadata(tc, "train")
+        if meta is not None:
+            shape = meta
+        else:
+            vocab, seq = gin_edge.query_macro("VOCAB_SIZE"), gin_edge.query_macro("SEQ_LEN")
+            if vocab is None or seq is None:
+                raise ValueError(f"{run.name}: the dataset is not built and the task file "
+                                 "does not declare VOCAB_SIZE / SEQ_LEN")
+            shape = DataShape(int(vocab), int(seq),
+                              int(gin_edge.query_macro("NUM_PUZZLE_IDENTIFIERS", 1) or 1))
+            notes.append("shape from the task macros")
+        puzzles = gin_edge.query_macro("NUM_TRAIN_PUZZLES")
+        torch.manual_seed(0)  # the model's factories are gin-configured: build before clear()
+        model = build_model(tc, shape, forward_dtype="float32", init_from_reference=False)
+    finally:
+        gin_edge.clear()
+    fpe = float(model.flops_per_example(training=True))
+    if tc.train_steps is not None:
+        steps = int(tc.train_steps)
+    else:
+        if meta is not None:
+            per_epoch = float(meta.examples_per_epoch)
+        elif examples_per_epoch:
+            per_epoch = float(examples_per_epoch)
+            notes.append("examples per epoch from --examples_per_epoch")
+        elif puzzles:
+            per_epoch = float(puzzles)
+            notes.append(f"examples per epoch = NUM_TRAIN_PUZZLES = {int(puzzles)} (dataset "
+                         "not built; one example per group)")
+        else:
+            raise ValueError(f"{run.name}: uses EPOCHS but the dataset is not built: pass "
+                             "--examples_per_epoch (or set TRAIN_STEPS)")
+        steps = int(tc.epochs * per_epoch / tc.global_batch_size)
+    train_flops = float(steps) * tc.global_batch_size * fpe
+    test = eval_examples
+    if test is None:
+        test_meta = _metadata(tc, "test") if meta is not None else None
+        test = float(test_meta.total_examples) if test_meta is not None else None
+    eval_flops = None
+    if test:
+        every = int(tc.eval_every or 0)
+        evaluations = (steps // every + (1 if steps % every else 0)) if every > 0 else 1
+        act_steps = getattr(model, "eval_halt_max_steps", None) or model.halt_max_steps
+        eval_flops = evaluations * float(test) * act_steps * float(
+            model.flops_per_example(training=False))
+    else:
+        notes.append("evaluation not counted (test-set size unknown: --eval_examples)")
+    return RunCost(run.name, int(model.num_params()), fpe, steps, int(tc.global_batch_size),
+                   train_flops, eval_flops, notes)
+
+
+def _hours(c: RunCost, slice_flops: float, examples_per_s: float | None) -> float:
+    if examples_per_s:
+        return c.examples / examples_per_s / 3600 * (c.flops / c.train_flops)
+    return c.flops / slice_flops / 3600
+
+
+def _fmt(x: float) -> str:
+    if x == 0:
+        return "0"
+    exp = int(math.floor(math.log10(abs(x))))
+    return f"{x:.3g}" if -2 <= exp < 6 else f"{x:.2e}"
+
+
+def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
+           peak: float | None, price: float | None, examples_per_s: float | None) -> str:
+    n_chips = chips(accelerator_type)
+    per_chip = peak_flops(accelerator_type, peak)
+    slice_flops = n_chips * per_chip * mfu
+    rows, total_h = [], 0.0
+    for c in costs:
+        h = _hours(c, slice_flops, examples_per_s)
+        total_h += h
+        row = [c.name, f"{c.num_params:,}", _fmt(c.flops_per_example), f"{c.steps:,}",
+               _fmt(c.flops), f"{h:.2f}", f"{h * n_chips:.1f}"]
+        if price is not None:
+            row.append(f"{h * n_chips * price:,.2f}")
+        rows.append(row)
+    header = ["run", "params", "FLOPs/example", "steps", "FLOPs", "slice-h", "chip-h"]
+    if price is not None:
+        header.append("cost")
+    lines = [common.format_table(rows, header)]
+    if examples_per_s:
+        lines.append(f"throughput: measured {examples_per_s:g} examples/s on the slice")
+    else:
+        lines.append(f"throughput: {n_chips} chips of {accelerator_type} x "
+                     f"{_fmt(per_chip)} FLOP/s x MFU {mfu:g} = {_fmt(slice_flops)} FLOP/s "
+                     f"({'peak_flops_per_chip setting' if peak else PEAK_SOURCE})")
+    total = (f"total: {len(costs)} run(s), {total_h:.1f} slice-hours, "
+             f"{total_h * n_chips:.1f} device-hours (chip-hours)")
+    if price is not None:
+        total += f", about {total_h * n_chips * price:,.2f} at {price:g} per chip-hour"
+    lines.append(total)
+    notes = sorted({n for c in costs for n in c.notes})
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main_cost(args, cfg) -> int:
+    """``python -m launchers.tpu cost``: prints the table; errors are one line (exit 2)."""
+    from launchers import tpu  # pylint: disable=import-outside-toplevel
+    try:
+        if args.sweep:
+            _, runs = tpu.sweep_runs(args)
+        elif args.gin_file:
+            name = args.gin_file[-1].rsplit("/", 1)[-1].removesuffix(".gin")
+            runs = [Run(name, list(args.gin_file), list(args.gin_param))]
+        else:
+            raise ValueError("cost needs --sweep or --gin_file")
+        costs = [run_cost(r, args.examples_per_epoch, args.eval_examples) for r in runs]
+        text = report(costs, cfg.accelerator_type, mfu=cfg.mfu, peak=cfg.peak_flops_per_chip,
+                      price=cfg.price_per_chip_hour, examples_per_s=args.examples_per_s)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - gin / model errors: one line, not a traceback
+        print(f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
