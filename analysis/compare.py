@@ -15,6 +15,7 @@ when there is one (:mod:`analysis.published`).
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import math
 import sys
@@ -184,9 +185,54 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class CliError(ValueError):
+    """A bad command-line value (reported in one line, exit status 2)."""
+
+
+def load_or_fail(root: str, include: Optional[str] = None):
+    """``load_runs`` with a missing or unreadable root as a :class:`CliError`."""
+    try:
+        return load_runs(root, include=include)
+    except FileNotFoundError as e:
+        raise CliError(f"runs root not found: {root}") from None
+    except OSError as e:
+        raise CliError(f"cannot read the runs root {root}: {e}") from None
+
+
+def check_metric(runs, metric: str) -> None:
+    """``metric`` must be a logged tag of the runs (suggestions otherwise)."""
+    tags = runs.tags
+    if metric not in tags:
+        close = difflib.get_close_matches(metric, tags, n=4, cutoff=0.5)
+        raise CliError(f"--metric={metric!r} is not logged by these runs."
+                       + (f" Did you mean {', '.join(close)}?" if close else "")
+                       + f" Logged tags: {', '.join(tags[:30])}"
+                       + (" ..." if len(tags) > 30 else ""))
+
+
+def check_columns(runs, columns: Sequence[str], flag: str = "--group_by") -> None:
+    """Every grouping column must exist in the runs' summary (suggestions otherwise)."""
+    known = sorted(set(runs.summary.columns))
+    for col in columns:
+        if col not in known:
+            close = difflib.get_close_matches(col, known, n=4, cutoff=0.5)
+            raise CliError(f"{flag}: no column {col!r} in the runs' summary."
+                           + (f" Did you mean {', '.join(close)}?" if close else "")
+                           + " Hyperparameter columns: "
+                           + ", ".join(c for c in known if not c.startswith("final_"))[:400])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    runs = load_runs(args.runs, include=args.include)
+    try:
+        return _main(args)
+    except CliError as e:
+        print(f"python -m analysis.compare: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    runs = load_or_fail(args.runs, include=args.include)
     if args.experiment is not None:
         runs = runs.select(experiment=args.experiment)
     if args.status:
@@ -196,6 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     group_by = ([g for g in args.group_by.split(",") if g] if args.group_by is not None
                 else runs.varying())
+    check_metric(runs, args.metric)
+    check_columns(runs, group_by)
     table = comparison_table(runs, group_by, args.metric, ci=args.ci)
     if args.raw:
         out = table.drop(columns=["runs"]).copy()

@@ -545,12 +545,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never windows
-    runs = load_runs(args.runs, include=args.include)
-    if args.completed_only:
-        runs = runs.select(status="completed")
-    if not len(runs):
-        print(f"no runs found under {args.runs}", file=sys.stderr)
-        return 1
+    try:
+        runs = _cmp.load_or_fail(args.runs, include=args.include)
+        if args.completed_only:
+            runs = runs.select(status="completed")
+        if not len(runs):
+            print(f"no runs found under {args.runs}", file=sys.stderr)
+            return 1
+        _cmp.check_metric(runs, args.metric)
+    except _cmp.CliError as e:
+        print(f"python -m analysis.report: {e}", file=sys.stderr)
+        return 2
     cmd = "python -m analysis.report " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))
     res = build_report(runs, args.out, n_boot=args.n_boot, metric=args.metric,

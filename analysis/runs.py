@@ -342,12 +342,21 @@ def _parse_time(v: Any) -> Optional[float]:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
+    """A run file's JSON object; {} if it is missing; a warning naming the file (and {}) if it
+    is corrupt, so one bad run.json never hides the other runs."""
     try:
         with open(path) as f:
             d = json.load(f)
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{path}: unreadable ({type(e).__name__}: {str(e)[:200]}); the run is "
+                      "loaded without it")
+        return {}
+    if not isinstance(d, dict):
+        warnings.warn(f"{path}: not a JSON object; the run is loaded without it")
+        return {}
+    return d
 
 
 def _read_text(path: str) -> Optional[str]:

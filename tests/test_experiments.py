@@ -150,6 +150,9 @@ def test_gin_files_resolve_after_a_non_editable_install(tmp_path):
     assert out[0].startswith(str(target))
     assert out[1].startswith(str(target)) and out[1].endswith("e2_3_mlp.gin")
     assert int(out[2]) == len(config.shipped_gin_files())
+    assert (target / "trm" / "py.typed").exists()  # typed package (PEP 561)
+    bins = target / "bin"
+    assert all((bins / s).exists() for s in ("trm-train", "trm-report", "trm-data-build"))
 
 
 def test_list_experiments_lists_experiments_with_their_hypothesis():

@@ -297,7 +297,8 @@ def main(argv: List[str]) -> None:
 
 def run(argv: Optional[List[str]] = None) -> None:
     define_flags()
-    app.run(main, argv=argv or sys.argv)
+    from trm.cli import run_app  # pylint: disable=import-outside-toplevel
+    run_app(main, argv or sys.argv)
 
 
 if __name__ == "__main__":

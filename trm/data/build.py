@@ -21,12 +21,14 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="builder", required=True, metavar="BUILDER")
     for b in BUILDERS.values():
-        p = sub.add_parser(b.name, help=b.description, description=b.description)
+        p = sub.add_parser(b.name, help=b.description.replace("%", "%%"),
+                           description=b.description)
         p.add_argument("--output_dir", required=True, help="local folder or gs:// prefix")
         p.add_argument("--overwrite", action="store_true",
                        help="replace an existing dataset built with other arguments")
         for a in b.args + COMMON_ARGS:
-            kwargs = dict(help=a.help + ("" if a.required else f" (default: {a.default})"))
+            text = a.help + ("" if a.required else f" (default: {a.default})")
+            kwargs = dict(help=text.replace("%", "%%"))  # argparse %-formats help text
             if a.type is bool:
                 p.add_argument(f"--{a.name}", nargs="?", const="true", default=None, **kwargs)
             else:

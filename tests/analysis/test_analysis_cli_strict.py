@@ -1,0 +1,69 @@
+"""analysis.compare / analysis.report are strict: unknown metric or column, missing root:
+one line and a non-zero exit, with suggestions; a corrupt run.json: a warning naming it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from analysis import load_runs
+from analysis import testing as synth
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("study")
+    synth.write_minimal_study(str(path))
+    return str(path)
+
+
+def _one_line(proc, *needles):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_unknown_metric_is_rejected_with_suggestions(root):
+    _one_line(_cli("analysis.compare", f"--runs={root}", "--metric=eval/exact_acc"),
+              "eval/exact_acc", "Did you mean eval/exact_accuracy")
+    _one_line(_cli("analysis.report", f"--runs={root}", "--out=/tmp/never-written",
+                   "--metric=eval/exact_acc"), "Did you mean eval/exact_accuracy")
+    assert not os.path.exists("/tmp/never-written/RESULTS.md")
+
+
+def test_unknown_group_by_is_rejected_with_suggestions(root):
+    _one_line(_cli("analysis.compare", f"--runs={root}", "--group_by=T,nn"),
+              "'nn'", "Did you mean n")
+
+
+def test_missing_root_is_one_line(tmp_path):
+    missing = str(tmp_path / "nothing")
+    _one_line(_cli("analysis.compare", f"--runs={missing}"), "runs root not found", missing)
+    _one_line(_cli("analysis.report", f"--runs={missing}", f"--out={tmp_path / 'o'}"),
+              "runs root not found")
+
+
+def test_good_invocation_still_works(root):
+    proc = _cli("analysis.compare", f"--runs={root}", "--group_by=T,n")
+    assert proc.returncode == 0 and "| T | n |" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_corrupt_run_json_is_named_in_a_warning(tmp_path):
+    synth.write_minimal_study(str(tmp_path))
+    victim = sorted(p for p in os.listdir(tmp_path) if os.path.isdir(tmp_path / p))[0]
+    bad = tmp_path / victim / "run.json"
+    bad.write_text("{not json")
+    with pytest.warns(UserWarning, match=str(bad).replace("\\", "\\\\")):
+        runs = load_runs(str(tmp_path))
+    assert len(runs) >= 2  # the other runs are all there, and this one too
