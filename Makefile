@@ -11,10 +11,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install install-dev install-xla quickstart test test-fast clean-venv
 
-$(VENV)/.trm-installed: setup.py
+$(VENV)/.trm-installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# The CPU build of torch (a local wheel on this machine); the range in setup.py admits it.
+	# The CPU build of torch (a local wheel on this machine); the range in pyproject.toml admits it.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e .
 	touch $@
@@ -24,7 +24,7 @@ $(VENV)/.trm-dev: $(VENV)/.trm-installed
 	touch $@
 
 # PyTorch/XLA on the CPU for the XLA tests: its own venv, since torch_xla 2.9 needs torch 2.9.
-$(XLA_VENV)/.trm-xla: setup.py
+$(XLA_VENV)/.trm-xla: setup.py pyproject.toml
 	$(PYTHON) -m venv $(XLA_VENV)
 	$(XPIP) install -q --upgrade pip
 	$(XPIP) install -q -e ".[xla-cpu]" pytest pytest-timeout

@@ -27,8 +27,13 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-import pandas as pd
+from analysis import require_extra
+
+# Without the analysis extra: one line saying how to install it, not a traceback.
+require_extra("analysis.report", ("pandas", "scipy", "matplotlib"), cli=__name__ == "__main__")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from analysis import stats as _stats
 from analysis import compare as _cmp
@@ -535,8 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="runs root (local path or gs://...)")
     p.add_argument("--out", required=True, help="output directory (local)")
-    p.add_argument("--metric", default=METRIC)
-    p.add_argument("--title", default="TRM results")
+    p.add_argument("--metric", default=METRIC,
+                   help="TensorBoard tag of the headline metric (default: %(default)s)")
+    p.add_argument("--title", default="TRM results", help="title of RESULTS.md")
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples per fit")
     p.add_argument("--include", default=None, help="fnmatch pattern on run ids")
     p.add_argument("--completed_only", action="store_true",

@@ -24,6 +24,8 @@ def _help(args):
     assert out.returncode == 0, text[-3000:]
     assert "Traceback" not in text, text[-2000:]
     assert len(text.strip().splitlines()) >= 3
+    # argparse prints "usage:", absl the module docstring's command line
+    assert "usage" in text.lower() or f"python -m {args[0]}" in text, text[-2000:]
     return text
 
 
@@ -43,15 +45,4 @@ def test_every_tpu_verb_has_help(verb):
     _help(["launchers.tpu", verb])
 
 
-SCRIPTS = ["trm-train", "trm-eval", "trm-bench", "trm-report", "trm-compare", "trm-sweep",
-           "trm-data-build"]
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_console_scripts_are_installed_and_answer_help(script):
-    path = os.path.join(os.path.dirname(sys.executable), script)
-    assert os.path.exists(path), f"{script} is not installed (pip install -e . installs it)"
-    out = subprocess.run([path, "--help"], capture_output=True, text=True, cwd=REPO,
-                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
-    assert len((out.stdout + out.stderr).strip().splitlines()) >= 3
+# The console scripts' --help: tests/test_packaging.py.

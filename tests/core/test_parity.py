@@ -1,6 +1,13 @@
-"""Reference parity: the golden files of the reference implementation replay within tolerance."""
+"""Reference parity: the golden files of the reference implementation replay within tolerance.
+
+The compact golden files shipped in tests/golden/ (derived from the full ones by
+tests/golden/make_compact.py) are checked on every clone; the full files of ../shared/golden/
+too where that folder exists.
+"""
 
 import copy
+import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,22 +20,33 @@ from trm.interop.reference import (ReferenceImportError, build_model_from_refere
                                    model_kwargs_from_reference_config)
 from trm.interop.replay import compare, load_golden, replay
 
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))), "shared", "golden")
-FILES = ["trm_tiny_mlp.pt", "trm_tiny_attention_rope.pt"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED = os.path.join(REPO, "tests", "golden")
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "golden")
+FILES = ["trm_tiny_mlp.pt", "trm_tiny_attention_rope.pt"]
 
 
-def golden_path(name):
-    path = os.path.join(GOLDEN, name)
-    if not os.path.exists(path):
-        pytest.skip(f"golden file {path} not present")
+def golden_path(name, where=SHIPPED):
+    path = os.path.join(where, name)
+    if where == SHARED and not os.path.exists(path):
+        pytest.skip(f"full golden file {path} not present (the shipped compact one is checked)")
+    assert os.path.exists(path), f"{path} is missing: it ships with the repository"
     return path
 
 
-@pytest.fixture(scope="module", params=FILES)
+def _make_compact():
+    spec = importlib.util.spec_from_file_location(
+        "make_compact", os.path.join(SHIPPED, "make_compact.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", params=[(w, f) for w in ("shipped", "shared") for f in FILES],
+                ids=lambda p: f"{p[0]}-{p[1][:-3]}")
 def golden(request):
-    return load_golden(golden_path(request.param))
+    where, name = request.param
+    return load_golden(golden_path(name, SHIPPED if where == "shipped" else SHARED))
 
 
 def test_every_quantity_matches(golden):
@@ -45,7 +63,8 @@ def test_changed_weight_fails(golden):
     bad["state_dict"] = dict(golden["state_dict"])
     key = "model.inner.L_level.layers.0.mlp.down_proj.weight"
     w = bad["state_dict"][key].clone()
-    w[0, 0] += 1e-3
+    # 3e-3: the compact files' gradients (small parameters, far from this weight) notice it too
+    w[0, 0] += 3e-3
     bad["state_dict"][key] = w
     checks = replay(bad)
     failed = {c.name for c in checks if not c.ok}
@@ -125,6 +144,47 @@ def test_compare_semantics():
     assert not compare("x", torch.tensor([1.001]), torch.tensor([1.0])).ok
     assert not compare("i", torch.tensor([1, 2]), torch.tensor([1, 3])).ok
     assert not compare("s", torch.zeros(2), torch.zeros(3)).ok
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_shipped_files_are_compact_plain_data(name):
+    path = golden_path(name)
+    assert os.path.getsize(path) < 3.5e6
+    data = torch.load(path, weights_only=True)  # plain data: no code, no allow-list
+    assert data["meta"]["compact"]["source"] == name
+    assert data["meta"]["config"]["forward_dtype"] == "float64"
+    assert data["train_steps"][-1]["z_H"].dtype == torch.float64
+    assert "z_H" not in data["train_steps"][0] and "z_H" in data["eval_steps"][-1]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_shipped_files_are_derived_from_the_shared_ones(name):
+    """Each shipped file equals make_compact.py's output for the full file, whose SHA-256 it
+    records (so a regenerated full file shows up here)."""
+    full_path = golden_path(name, SHARED)
+    shipped = load_golden(golden_path(name))
+    with open(full_path, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    assert shipped["meta"]["compact"]["source_sha256"] == sha, (
+        f"{full_path} changed: rerun python tests/golden/make_compact.py")
+    derived = _make_compact().compact(load_golden(full_path), name, sha)
+
+    def same(a, b, where="golden"):
+        assert type(a) is type(b) or (isinstance(a, str) and isinstance(b, str)), where
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and torch.equal(a, b), where
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for k in a:
+                same(a[k], b[k], f"{where}[{k!r}]")
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}[{i}]")
+        else:
+            assert a == b, where
+
+    same(shipped, derived)
 
 
 @pytest.mark.slow

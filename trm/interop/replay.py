@@ -79,8 +79,9 @@ def _step_checks(prefix: str, carry, outputs, loss, metrics, preds,
     checks.append(compare(f"{prefix}.steps", carry.steps, record["steps"]))
     for key, value in record["current_data"].items():
         checks.append(compare(f"{prefix}.current_data.{key}", carry.current_data[key], value))
-    checks.append(compare(f"{prefix}.z_H", carry.z_H, record["z_H"]))
-    checks.append(compare(f"{prefix}.z_L", carry.z_L, record["z_L"]))
+    for key in ("z_H", "z_L"):  # compact golden files keep the latents of some steps only
+        if key in record:
+            checks.append(compare(f"{prefix}.{key}", getattr(carry, key), record[key]))
     if "all_halted" in record:
         checks.append(compare(f"{prefix}.all_halted", bool(carry.halted.all()),
                               record["all_halted"]))
@@ -158,9 +159,10 @@ def _optim_checks(golden: Mapping[str, Any]) -> List[Check]:
     model = build_model_from_reference(golden["meta"]["config"], golden["state_dict"])
     params = _param_by_reference_name(model)
     grads = golden["grads"]
-    for name, p in params.items():
-        p.grad = grads[name].clone().to(p.dtype)
-    adam = AdamATan2(list(params.values()), lr=oc["adam"]["lr"], betas=oc["adam"]["betas"],
+    for name, p in params.items():  # compact golden files hold some parameters' gradients
+        p.grad = grads[name].clone().to(p.dtype) if name in grads else None
+    adam = AdamATan2([p for p in params.values() if p.grad is not None], lr=oc["adam"]["lr"],
+                     betas=oc["adam"]["betas"],
                      weight_decay=oc["adam"]["weight_decay"])
     checks = []
     for k, key in ((1, "params_after_1"), (2, "params_after_2")):
