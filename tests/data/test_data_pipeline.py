@@ -332,5 +332,9 @@ def test_shard_index_must_match_metadata(sudoku6, tmp_path):
     meta = json.load(open(meta_path))
     meta["splits"]["train"]["shards"][0]["num_records"] += 1
     meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="total_examples = 180 but its shards hold 181"):
+        load_metadata(str(copy))
+    meta["splits"]["train"]["total_examples"] += 1  # consistent metadata, but not the index
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match="shard index disagrees"):
         next(TrainStream(str(copy), 8))

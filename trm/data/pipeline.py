@@ -89,6 +89,13 @@ class ShardRef:
     index_path: str
     info: ShardInfo
     identifier_offset: int
+    number: int = 0  # position in DatasetMetadata.shards
+    dataset_path: str = ""
+    seq_len: int = 0
+    vocab_size: int = 0
+    token_dtype: str = "uint8"
+    num_identifiers: int = 0  # of its own dataset (identifiers are offset later)
+    builder: str = ""
 
 
 @dataclasses.dataclass
@@ -130,9 +137,14 @@ def _read_metadata(path: str) -> dict:
     if meta is None:
         raise DataError(f"no dataset at {path}: {fmt.METADATA_FILE} is missing (not built yet, "
                         "or its build did not finish); build it with python -m trm.data.build")
-    if meta.get("format_version", 0) > fmt.FORMAT_VERSION:
+    if isinstance(meta.get("format_version"), int) and meta["format_version"] > \
+            fmt.FORMAT_VERSION:
         raise DataError(f"{path}: dataset format version {meta['format_version']} is newer than "
                         f"this trm supports ({fmt.FORMAT_VERSION})")
+    meta_path = fsutil.join(path, fmt.METADATA_FILE)
+    meta = fmt.validate_metadata(meta, meta_path, path)
+    fmt.check_inside(path, fsutil.join(path, meta["data_dir"]), meta_path, "data_dir",
+                     hint=fmt.rebuild_hint(path, meta))
     return meta
 
 
@@ -187,13 +199,22 @@ def load_metadata(path_or_paths: str | Sequence[str], split: str = "train") -> D
         sm = m["splits"][split]
         suffix = "" if i == 0 else str(i)
         sets.extend(s + suffix for s in sm["sets"])
-        for d in sm["shards"]:
+        root = fsutil.join(p, m["data_dir"])
+        where = fsutil.join(p, fmt.METADATA_FILE)
+        for j, d in enumerate(sm["shards"]):
             info = ShardInfo.from_json(d)
-            shards.append(ShardRef(
+            ref = ShardRef(
                 dataset=i, set_name=info.set + suffix,
-                path=fsutil.join(p, m["data_dir"], *info.file.split("/")),
-                index_path=fsutil.join(p, m["data_dir"], *info.index.split("/")),
-                info=info, identifier_offset=offset))
+                path=fsutil.join(root, *info.file.split("/")),
+                index_path=fsutil.join(root, *info.index.split("/")),
+                info=info, identifier_offset=offset, number=len(shards), dataset_path=p,
+                seq_len=m["seq_len"], vocab_size=m["vocab_size"], token_dtype=m["token_dtype"],
+                num_identifiers=m["num_puzzle_identifiers"], builder=m["builder"].get("name", "")
+                if isinstance(m.get("builder"), dict) else "")
+            for key, full in (("file", ref.path), ("index", ref.index_path)):
+                fmt.check_inside(root, full, where, f"splits.{split}.shards[{j}].{key}",
+                                 hint=fmt.rebuild_hint(p, m))
+            shards.append(ref)
         offset += m["num_puzzle_identifiers"] - 1
         builders.append(m["builder"])
     splits = [m["splits"][split] for m in raws]
@@ -226,22 +247,94 @@ class _Shard:
             fsutil.verify_local(local, info.sha256, info.num_bytes)
         elif not os.path.exists(local):
             raise DataError(f"{ref.path}: shard file missing (the dataset is incomplete)")
-        with np.load(idx_local) as z:
-            self.offsets = z["record_offsets"]
-            self.puzzle_indices = z["puzzle_indices"]
-            self.group_indices = z["group_indices"]
-            self.group_ids = z["group_ids"]
+        self.ref, self.path = ref, ref.path
+        try:
+            with np.load(idx_local, allow_pickle=False) as z:
+                self.offsets = np.asarray(z["record_offsets"], np.int64)
+                self.puzzle_indices = np.asarray(z["puzzle_indices"], np.int64)
+                self.group_indices = np.asarray(z["group_indices"], np.int64)
+                self.group_ids = np.asarray(z["group_ids"], np.int64)
+                self.puzzle_identifiers = (np.asarray(z["puzzle_identifiers"], np.int64)
+                                           if "puzzle_identifiers" in z.files else None)
+        except (KeyError, ValueError, OSError) as e:
+            self._fail("index", f"is not a valid shard index ({e})")
         n = len(self.offsets) - 1
         if (n != info.num_records or self.offsets[-1] != info.num_bytes
                 or len(self.puzzle_indices) - 1 != info.num_puzzles
                 or len(self.group_indices) - 1 != info.num_groups):
             raise DataError(f"{ref.path}: shard index disagrees with {fmt.METADATA_FILE} "
-                            f"({n} records in the index, {info.num_records} in the metadata)")
-        self.ref, self.path = ref, ref.path
+                            f"({n} records in the index, {info.num_records} in the metadata); "
+                            f"{fmt.rebuild_hint(ref.dataset_path or ref.path)}")
+        self._check_index()
         with open(local, "rb") as f:
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if len(self._mm) != info.num_bytes:
             raise DataError(f"{ref.path}: {len(self._mm)} bytes, metadata says {info.num_bytes}")
+        if n:
+            for r in sorted({0, n - 1}):
+                self._check_record(r)
+
+    def _fail(self, field: str, msg: str):
+        ref = self.ref
+        where = ref.dataset_path or os.path.dirname(ref.path)
+        hint = fmt.rebuild_hint(where, {"builder": {"name": ref.builder or None}})
+        raise DataError(f"{where}: shard {ref.info.file}: {field} {msg}; the records disagree "
+                        f"with {fmt.METADATA_FILE}: {hint}")
+
+    def _check_index(self) -> None:
+        """The index's structure (vectorised; a few microseconds)."""
+        off, pi, gi = self.offsets, self.puzzle_indices, self.group_indices
+        n = len(off) - 1
+        if off[0] != 0 or np.any(np.diff(off) <= fmt.RECORD_OVERHEAD):
+            self._fail("index record_offsets", "are not increasing from 0 by whole records")
+        if pi[0] != 0 or pi[-1] != n or np.any(np.diff(pi) <= 0):
+            self._fail("index puzzle_indices", f"do not rise strictly from 0 to {n} records")
+        if gi[0] != 0 or gi[-1] != len(pi) - 1 or np.any(np.diff(gi) <= 0):
+            self._fail("index group_indices",
+                       f"do not rise strictly from 0 to {len(pi) - 1} puzzles")
+        ids, num_ids = self.puzzle_identifiers, self.ref.num_identifiers
+        if ids is not None and num_ids and ids.size and (ids.min() < 0 or ids.max() >= num_ids):
+            bad = int(ids[(ids < 0) | (ids >= num_ids)][0])
+            self._fail("puzzle_identifier", f"{bad} is outside [0, num_puzzle_identifiers = "
+                       f"{num_ids})")
+
+    def _check_record(self, r: int) -> None:
+        """Parses record ``r`` (without TensorFlow) and compares it with the metadata."""
+        out: list = []
+        self.read((r,), out)
+        try:
+            ex = fmt.decode_example(out[0])
+        except ValueError as e:
+            self._fail(f"record {r}", f"is not a tf.train.Example ({e})")
+        ref = self.ref
+        dt = fmt.token_dtype(ref.token_dtype) if ref.token_dtype else np.dtype("<u1")
+        for name in ("inputs", "labels"):
+            v = ex.get(name)
+            if not (isinstance(v, list) and len(v) == 1 and isinstance(v[0], bytes)):
+                self._fail(f"record {r} field '{name}'", "is missing or not one bytes value")
+            if ref.seq_len and len(v[0]) != ref.seq_len * dt.itemsize:
+                self._fail(f"record {r} field '{name}'",
+                           f"holds {len(v[0]) / dt.itemsize:g} tokens ({ref.token_dtype}) but "
+                           f"{fmt.METADATA_FILE} says seq_len {ref.seq_len}")
+            tokens = np.frombuffer(v[0], dt)
+            if ref.vocab_size and tokens.size and (tokens.min() < 0
+                                                   or tokens.max() >= ref.vocab_size):
+                self._fail(f"record {r} field '{name}'",
+                           f"holds token {int(tokens.max())} outside [0, vocab_size = "
+                           f"{ref.vocab_size})")
+        for name in fmt.INT_FEATURES:
+            v = ex.get(name)
+            if not (isinstance(v, list) and len(v) == 1 and isinstance(v[0], int)):
+                self._fail(f"record {r} field '{name}'", "is missing or not one int64 value")
+        pid = ex["puzzle_identifier"][0]
+        if ref.num_identifiers and not 0 <= pid < ref.num_identifiers:
+            self._fail(f"record {r} field 'puzzle_identifier'",
+                       f"= {pid} is outside [0, num_puzzle_identifiers = {ref.num_identifiers})")
+        if self.puzzle_identifiers is not None:
+            j = int(np.searchsorted(self.puzzle_indices, r, side="right") - 1)
+            if pid != int(self.puzzle_identifiers[j]):
+                self._fail(f"record {r} field 'puzzle_identifier'",
+                           f"= {pid} but the shard index says {int(self.puzzle_identifiers[j])}")
 
     def read(self, records, out: list) -> None:
         """Appends the data of the given record numbers (a list of ints) to ``out``."""
@@ -265,7 +358,7 @@ def _parse_fn(tf, meta: DatasetMetadata, with_indices: bool):
         features[k] = tf.io.FixedLenFeature([], tf.int64)
     L, ignore, blank = meta.seq_len, meta.ignore_label_id, meta.blank_identifier_id
 
-    def parse(serialized, id_offset, dataset):
+    def parse(serialized, id_offset, dataset, shard):
         ex = tf.io.parse_example(serialized, features)
         inputs = tf.reshape(tf.cast(tf.io.decode_raw(ex["inputs"], dtype), tf.int32), [-1, L])
         labels = tf.reshape(tf.cast(tf.io.decode_raw(ex["labels"], dtype), tf.int32), [-1, L])
@@ -273,9 +366,10 @@ def _parse_fn(tf, meta: DatasetMetadata, with_indices: bool):
             labels = tf.where(labels == ignore, tf.constant(IGNORE_LABEL, tf.int32), labels)
         ids = tf.cast(ex["puzzle_identifier"], tf.int32)
         ids = tf.where(ids == blank, ids, ids + id_offset)
-        out = {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
+        out = {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids,
+               "dataset": dataset, "_shard": shard, "example_index": ex["example_index"]}
         if with_indices:
-            out.update(dataset=dataset, **{k: ex[k] for k in fmt.INT_FEATURES[1:]})
+            out.update({k: ex[k] for k in fmt.INT_FEATURES[1:]})
         return out
 
     return parse
@@ -305,6 +399,7 @@ class _Pipeline:
     def __init__(self, meta: DatasetMetadata, generator, with_indices: bool, prefetch: int):
         tf = configure_tensorflow()
         self.error: BaseException | None = None
+        self._meta, self._with_indices = meta, with_indices
         self._stop = threading.Event()
 
         def guarded():
@@ -319,7 +414,7 @@ class _Pipeline:
 
         ds = tf.data.Dataset.from_generator(guarded, output_signature=(
             tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int32)))
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)))
         ds = ds.map(_parse_fn(tf, meta, with_indices), num_parallel_calls=1, deterministic=True)
         ds = ds.prefetch(prefetch)
         opts = tf.data.Options()
@@ -339,7 +434,13 @@ class _Pipeline:
             if self.error is not None:
                 raise self.error from None
             raise DataError(f"input pipeline failed: {e.message}") from None
-        return {k: v.numpy() for k, v in out.items()}
+        batch = {k: v.numpy() for k, v in out.items()}
+        check_batch(self._meta, batch)
+        shard = batch.pop("_shard")
+        del shard
+        if not self._with_indices:
+            del batch["dataset"], batch["example_index"]
+        return batch
 
     def close(self) -> None:
         """Stops the generator and drains the prefetch buffer, so no TF thread is left waiting
@@ -356,6 +457,39 @@ class _Pipeline:
         _LIVE_PIPELINES.discard(self)
 
 
+def check_batch(meta: DatasetMetadata, batch: dict) -> None:
+    """Bound check of one host batch before it reaches the model (vectorised, microseconds):
+    token ids in [0, vocab_size), labels also -100, puzzle ids in [0, num_puzzle_identifiers).
+
+    ``batch`` holds numpy arrays with the internal ``_shard`` / ``dataset`` / ``example_index``
+    columns, which name the culprit in the :class:`DataError`.
+    """
+    V = meta.vocab_size
+    checks = (("inputs", batch["inputs"], 0, V, None),
+              ("labels", batch["labels"], 0, V, IGNORE_LABEL),
+              ("puzzle_identifier", batch["puzzle_identifiers"], 0, meta.num_puzzle_identifiers,
+               None))
+    for field, x, lo, hi, allowed in checks:
+        if not x.size:
+            continue
+        lo_v, hi_v = x.min(), x.max()
+        if hi_v < hi and (lo_v >= lo or (allowed is not None
+                                         and not ((x < lo) & (x != allowed)).any())):
+            continue
+        bad = (x >= hi) | (x < lo)
+        if allowed is not None:
+            bad &= x != allowed
+        row = int(np.argwhere(bad)[0][0])
+        value = int(x[bad][0])
+        ref = meta.shards[int(batch["_shard"][row])]
+        what = "num_puzzle_identifiers" if field == "puzzle_identifier" else "vocab_size"
+        raise DataError(
+            f"{ref.dataset_path}: shard {ref.info.file} example {int(batch['example_index'][row])}"
+            f": field '{field}' holds {value}, outside [0, {what} = {hi}) of "
+            f"{fmt.METADATA_FILE}: the records disagree with the metadata; "
+            f"{fmt.rebuild_hint(ref.dataset_path, {'builder': {'name': ref.builder or None}})}")
+
+
 # --------------------------------------------------------------------------------- training
 
 
@@ -366,6 +500,7 @@ class _Stream:
         self.shards, self.key = shards, [int(seed), int(dataset), int(uid)]
         self.dataset = dataset
         self.id_offset = shards[0].ref.identifier_offset
+        self.shard_numbers = np.asarray([s.ref.number for s in shards], np.int32)
         g_start, g_n, p_start, p_size, ex_shard, ex_rec = [], [], [], [], [], []
         n_puz = n_ex = 0
         for k, s in enumerate(shards):
@@ -545,9 +680,12 @@ class TrainStream:
         datasets = np.concatenate([np.full(r, s.dataset, np.int32) for s in streams])
         while True:
             out: list[bytes] = []
+            numbers = []
             for s, it in zip(streams, its):
-                s.read(next(it), out)
-            yield out, offsets, datasets
+                ids = next(it)
+                s.read(ids, out)
+                numbers.append(s.shard_numbers[s.ex_shard[ids]])
+            yield out, offsets, datasets, np.concatenate(numbers)
 
     def state_dict(self) -> dict:
         """The stream's position: JSON-able, identical on every process."""
@@ -634,7 +772,7 @@ class EvalStream:
             for i in range(batches):
                 a, z = min(lo + i * b, hi), min(lo + (i + 1) * b, hi)
                 out: list[bytes] = []
-                offs, dss = [], []
+                offs, dss, shs = [], [], []
                 while a < z:
                     k = int(np.searchsorted(starts, a, side="right") - 1)
                     if k not in shards:
@@ -643,8 +781,10 @@ class EvalStream:
                     shards[k].read(range(a - starts[k], end - starts[k]), out)
                     offs += [refs[k].identifier_offset] * (end - a)
                     dss += [refs[k].dataset] * (end - a)
+                    shs += [refs[k].number] * (end - a)
                     a = end
-                yield out, np.asarray(offs, np.int32), np.asarray(dss, np.int32)
+                yield (out, np.asarray(offs, np.int32), np.asarray(dss, np.int32),
+                       np.asarray(shs, np.int32))
 
     def __iter__(self) -> Iterator[tuple[str, dict, int]]:
         pipe = _Pipeline(self.metadata, self._generator(), self._with_indices, self._prefetch)

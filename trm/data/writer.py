@@ -12,6 +12,7 @@ import datetime
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -118,13 +119,90 @@ def read_committed_metadata(output_dir: str) -> dict | None:
         data = fsutil.read_bytes(path)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a trm metadata file; choose another "
+                        "--output_dir") from None
+    fix = ("if this folder should hold a trm dataset, delete that file by hand and build "
+           "again; otherwise choose another --output_dir")
     try:
         meta = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if meta.get("format") != fmt.FORMAT_NAME:
-        raise DataError(f"{path}: not a trm dataset (format {meta.get('format')!r})")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt.FORMAT_NAME:
+        what = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{path}: not a trm dataset (format {what!r}); {fix}")
     return meta
+
+
+# Entries a build may leave in its output folder: its data folders and the temporary files of
+# the atomic metadata.json write (see trm.run.storage).
+_OURS = re.compile(r"(data-[0-9a-f]{12}|\.metadata\.json\.tmp-.*|metadata\.json)")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuses output folders a build must not write into (raises :class:`DataError`).
+
+    Refused: a filesystem root, the home folder, a bucket root (``gs://bucket``), a path that is
+    a file, and an existing non-empty folder without ``metadata.json`` that holds anything a
+    build does not write itself (``data-<12 hex digits>`` folders, ``.metadata.json.tmp-*``).
+    A folder with a committed ``metadata.json`` is a dataset and accepted (a rebuild only ever
+    replaces ``metadata.json`` and removes the ``data-<id>`` folder it named).
+    """
+    out = str(output_dir)
+    if not out:
+        raise DataError("--output_dir is empty")
+    if fsutil.is_remote(out):
+        scheme, _, rest = out.partition("://")
+        bucket, _, prefix = rest.strip("/").partition("/")
+        if not bucket or not prefix.strip("/"):
+            raise DataError(f"--output_dir {out}: a bucket root is not a dataset folder; use a "
+                            f"prefix such as {scheme}://{bucket or 'bucket'}/datasets/NAME")
+        from trm.run.storage import Storage
+
+        entries = Storage(out).listdir()
+    else:
+        real = os.path.realpath(os.path.expanduser(out))
+        home = os.path.realpath(os.path.expanduser("~"))
+        if os.path.dirname(real) == real or real == home:
+            raise DataError(f"--output_dir {out} resolves to {real} (a filesystem root or the "
+                            "home folder); choose a dedicated folder such as data/NAME")
+        if os.path.exists(real) and not os.path.isdir(real):
+            raise DataError(f"--output_dir {out} is a file, not a folder; choose a folder")
+        try:
+            entries = sorted(os.listdir(real))
+        except FileNotFoundError:
+            return
+    if fmt.METADATA_FILE in entries:
+        return
+    foreign = [e for e in entries if not _OURS.fullmatch(e)]
+    if foreign:
+        shown = ", ".join(repr(e) for e in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DataError(f"--output_dir {out} is not empty and holds no trm dataset (it has "
+                        f"{shown}); a build writes only into an empty or new folder or an "
+                        "existing trm dataset: choose another --output_dir")
+
+
+def removable_data_dir(output_dir: str, meta: Mapping[str, Any]) -> str:
+    """The path of the data folder ``meta`` names, after checking a rebuild may delete it.
+
+    Only a direct child of ``output_dir`` named ``data-<id>`` that is a real folder (not a
+    symlink) qualifies; anything else raises :class:`DataError` before anything is written.
+    """
+    where = fsutil.join(output_dir, fmt.METADATA_FILE)
+    fix = (f"nothing was deleted; check {where} by hand (delete it if this folder should hold "
+           "a new dataset) and build again")
+    name = fmt.check_relative_path(meta.get("data_dir"), where, "data_dir", single=True,
+                                   hint=fix)
+    if not fmt.BUILD_DIR_PATTERN.fullmatch(name):
+        raise DataError(f"{where}: field data_dir = {name!r} is not a folder a trm build "
+                        f"writes (data-<id>); {fix}")
+    path = fsutil.join(output_dir, name)
+    if not fsutil.is_remote(output_dir):
+        if os.path.islink(path):
+            raise DataError(f"{where}: field data_dir = {name!r} is a symlink "
+                            f"(to {os.path.realpath(path)}); {fix}")
+        fmt.check_inside(output_dir, path, where, "data_dir", hint=fix)
+    return path
 
 
 def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[str, Any],
@@ -139,6 +217,7 @@ def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[
     writer committed first, its dataset is kept and returned (ours is deleted). With
     ``overwrite``, ``metadata.json`` is replaced and the previous data folder removed.
     """
+    check_output_dir(output_dir)
     num_ids = len(identifiers)
     if num_ids < 1 or identifiers[0] != fmt.BLANK_IDENTIFIER_NAME:
         raise DataError(f"identifiers must start with {fmt.BLANK_IDENTIFIER_NAME!r}")
@@ -162,6 +241,8 @@ def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[
             os.makedirs(os.path.join(local_root, split), exist_ok=True)
             shards, set_stats = [], {}
             for set_name, s in sets.items():
+                fmt.check_relative_path(set_name, f"{builder}: split {split!r}", "set name",
+                                        single=True)
                 s.validate(f"{builder}: split {split!r} set {set_name!r}", seq_len, vocab_size,
                            num_ids)
                 set_stats[set_name] = dict(groups=s.num_groups, puzzles=s.num_puzzles,
@@ -189,6 +270,7 @@ def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[
         files.update(extra_files or {})
         file_meta = {}
         for name, data in files.items():
+            fmt.check_relative_path(name, builder, "extra file name", single=True)
             with open(os.path.join(local_root, name), "wb") as f:
                 f.write(data)
             file_meta[name] = dict(num_bytes=len(data), sha256=fmt.sha256_bytes(data))
@@ -211,10 +293,13 @@ def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[
         meta_path = fsutil.join(output_dir, fmt.METADATA_FILE)
         if overwrite:
             previous = read_committed_metadata(output_dir)
+            old_data = None
+            if previous and previous.get("data_dir") != data_dir:
+                old_data = removable_data_dir(output_dir, previous)  # checked before writing
             fsutil.write_bytes(meta_path, meta_bytes)
             committed = True
-            if previous and previous.get("data_dir") not in (None, data_dir):
-                fsutil.remove_tree(fsutil.join(output_dir, previous["data_dir"]))
+            if old_data is not None:
+                fsutil.remove_tree(old_data)
             return meta
         committed = fsutil.create_exclusive(meta_path, meta_bytes)
         if committed:

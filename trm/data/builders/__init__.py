@@ -88,12 +88,16 @@ class Builder:
 _SRC_HELP = ("local folder, http(s) URL prefix or gs:// prefix holding train.csv and test.csv, "
              "or a Hugging Face dataset id (needs huggingface_hub and network)")
 
+_OVERLAP_HELP = ("build even if test items also appear in train (up to the builder's "
+                 "augmentations); they are then only reported; off: such a build fails")
+
 BUILDERS: dict[str, Builder] = {b.name: b for b in (
     Builder("sudoku_csv", "1", "trm.data.builders.sudoku", (
         Arg("source", str, help=_SRC_HELP + " (e.g. sapientinc/sudoku-extreme)"),
         Arg("subsample_size", int, None, "keep this many training puzzles (seeded), all if unset"),
         Arg("min_rating", float, None, "keep puzzles with rating >= this (both splits)"),
         Arg("num_aug", int, 0, "augmented copies per training puzzle"),
+        Arg("allow_overlap", bool, False, _OVERLAP_HELP),
     ), "Sudoku-Extreme CSV (source,question,answer,rating; '.' = blank)"),
     Builder("sudoku_gen", "1", "trm.data.builders.sudoku", (
         Arg("box", str, help="box shape RxC: 2x2 -> 4x4, 2x3 -> 6x6, 3x3 -> 9x9"),
@@ -106,6 +110,7 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
         Arg("source", str, help=_SRC_HELP + " (e.g. sapientinc/maze-30x30-hard-1k)"),
         Arg("subsample_size", int, None, "keep this many training mazes (seeded)"),
         Arg("aug", bool, False, "add the 8 dihedral transforms of each training maze"),
+        Arg("allow_overlap", bool, False, _OVERLAP_HELP),
     ), "Maze-Hard CSV (charset '# SGo', square grids)"),
     Builder("maze_gen", "1", "trm.data.builders.maze", (
         Arg("size", int, help="grid side (cells, walls included), e.g. 30"),
@@ -124,6 +129,8 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
         Arg("num_aug", int, 1000, "augmentations per task (dihedral x colour permutation)"),
         Arg("max_tasks", int, 0, "use only the first N tasks (by id) of each subset; 0 = all"),
         Arg("task_ids", str, "", "comma-separated task ids to keep (empty = all)"),
+        Arg("allow_overlap", bool, True, _OVERLAP_HELP + "; on by default for ARC, whose "
+            "ARC-AGI-1 evaluation set has test pairs equivalent to demonstrations by design"),
     ), "ARC-AGI tasks with augmentation, puzzle identifiers and test_puzzles.json"),
     Builder("reference_npy", "1", "trm.data.builders.reference_npy", (
         Arg("source", str, help="dataset folder in the reference's .npy + dataset.json format"),
@@ -150,10 +157,13 @@ def build_dataset(builder: str, output_dir: str, *, overwrite: bool = False,
 
     b = get_builder(builder)
     args = b.resolve(builder_args)
+    writer.check_output_dir(output_dir)
     existing = writer.read_committed_metadata(output_dir)
     if existing is not None and not overwrite:
         _check_same(output_dir, existing, builder, args, b.version)
         return output_dir
+    if existing is not None:
+        writer.removable_data_dir(output_dir, existing)  # refuse before the (long) build
     result = b.function()(dict(args, builder=builder))
     meta = writer.write_dataset(output_dir, builder=builder, version=b.version, args=args,
                                 num_shards=args["num_shards"], overwrite=overwrite, **result)
@@ -174,6 +184,12 @@ def ensure_dataset(output_dir: str, builder: str, **builder_args) -> str:
 def _check_same(output_dir: str, meta: dict, builder: str, args: dict, version: str) -> None:
     b = meta.get("builder", {})
     theirs = b.get("args", {})
+    known = {a.name: a for a in get_builder(builder).args + COMMON_ARGS} \
+        if builder in BUILDERS else {}
+    # An argument added to a builder later is absent from older metadata: its default value
+    # means the old behaviour (it must not change the data), so absent == default.
+    theirs = dict(theirs, **{k: a.default for k, a in known.items()
+                             if k not in theirs and k in args and args[k] == a.default})
     diffs = [f"{k}: existing {theirs.get(k)!r} != requested {args.get(k)!r}"
              for k in sorted(set(theirs) | set(args)) if theirs.get(k) != args.get(k)]
     if b.get("version") != version:

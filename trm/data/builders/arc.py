@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from trm.data import fsutil
+from trm.data.builders.sources import find_overlaps, report_overlaps
 from trm.data.format import BLANK_IDENTIFIER_NAME, TEST_PUZZLES_FILE, DataError
 from trm.data.grids import ARC_SIZE, ARC_VOCAB, arc_to_canvas, dihedral, grid_key
 from trm.data.writer import SetArrays
@@ -126,6 +127,55 @@ def _augmentations(pairs: list, num_aug: int, rng: np.random.Generator) -> list:
     return out
 
 
+def canonical(pairs: list, augmented: bool = True) -> tuple:
+    """A canonical form of (input, output) pairs under one joint dihedral transform x colour
+    permutation keeping 0 (exact: the smallest over the 8 transforms, colours renumbered by
+    first appearance); with ``augmented`` False the pairs themselves."""
+    best = None
+    for t in range(8 if augmented else 1):
+        grids = [dihedral(g, t) for pair in pairs for g in pair]
+        flat = np.concatenate([g.reshape(-1) for g in grids])
+        lut = np.arange(10, dtype=np.uint8)
+        if augmented:
+            values, first = np.unique(flat, return_index=True)
+            order = [int(v) for _, v in sorted(zip(first.tolist(), values.tolist())) if v != 0]
+            lut = np.zeros(10, np.uint8)
+            lut[order] = np.arange(1, len(order) + 1, dtype=np.uint8)
+        key = (tuple(g.shape for g in grids), lut[flat].tobytes())
+        if best is None or key < best:
+            best = key
+    return best
+
+
+def _check_overlaps(train_tasks: list, test_pairs: list, train_pairs: list, augmented: bool,
+                    allow: bool) -> dict:
+    """Duplicate tasks per split, and test pairs equal to a pair of the train split.
+
+    ``train_tasks``: [(subset, task id, pairs in split train)], ``test_pairs``/``train_pairs``:
+    [(subset, task id, pair index, (input, output))].
+    """
+    up_to = ("up to a dihedral transform and a colour permutation keeping 0 (the augmentations "
+             "applied)" if augmented else "(identical; no augmentation applied)")
+    test_tasks: dict = {}
+    for subset, tid, _, pair in test_pairs:
+        test_tasks.setdefault((subset, tid), []).append(pair)
+    tasks = {"train": train_tasks, "test": [(s, t, p) for (s, t), p in test_tasks.items()]}
+    dups, _ = find_overlaps({split: [canonical(p, augmented) for _, _, p in items]
+                             for split, items in tasks.items()})
+    _, leaks = find_overlaps({"train": [canonical([p], augmented) for *_, p in train_pairs],
+                              "test": [canonical([p], augmented) for *_, p in test_pairs]})
+    names = {"train": [f"{s} task {t}" for s, t, _ in train_tasks],
+             "test": [f"{s} task {t} (test pairs)" for s, t, _ in tasks["test"]]}
+    report_overlaps("arc", dups, [], lambda split, i: names[split][i], up_to, True,
+                    unit="tasks")
+    pair_names = {"train": [f"{s} task {t} train-split pair {i}" for s, t, i, _ in train_pairs],
+                  "test": [f"{s} task {t} test pair {i}" for s, t, i, _ in test_pairs]}
+    out = report_overlaps("arc", {}, leaks, lambda split, i: pair_names[split][i], up_to, allow,
+                          unit="pairs")
+    out["duplicates"] = {k: len(v) for k, v in dups.items()}
+    return out
+
+
 class _SplitBuilder:
     def __init__(self):
         self.groups: list[list[tuple[str, list]]] = []  # group -> [(name, [(in, out)])]
@@ -166,6 +216,7 @@ def build(args: dict) -> dict:
     wanted = {t.strip() for t in args["task_ids"].split(",") if t.strip()}
     splits = {"train": _SplitBuilder(), "test": _SplitBuilder()}
     test_puzzles = {}
+    seen_tasks, seen_test, seen_train = [], [], []  # for the overlap check
     for subset in subsets:
         tasks = load_subset(args["source"], subset)
         ids = sorted(t for t in tasks if not wanted or t in wanted)
@@ -184,9 +235,16 @@ def build(args: dict) -> dict:
             else:
                 dests = (("train", task["train"] + task["test"]),)
             for split, pairs in dests:
+                if split == "train":
+                    seen_tasks.append((subset, tid, pairs))
+                    seen_train += [(subset, tid, i, p) for i, p in enumerate(pairs)]
+                else:
+                    seen_test += [(subset, tid, i, p) for i, p in enumerate(pairs)]
                 splits[split].groups.append(
                     [(tid + suffix, [(dihedral(cmap[a], t), dihedral(cmap[b], t))
                                      for a, b in pairs]) for suffix, t, cmap in augs])
+    overlap = _check_overlaps(seen_tasks, seen_test, seen_train, args["num_aug"] > 0,
+                              args["allow_overlap"])
     names = [BLANK_IDENTIFIER_NAME]
     ids: dict[str, int] = {}
     for split in ("train", "test"):
@@ -200,4 +258,5 @@ def build(args: dict) -> dict:
     return dict(seq_len=ARC_SIZE * ARC_SIZE, vocab_size=ARC_VOCAB, pad_id=0, ignore_label_id=0,
                 blank_identifier_id=0, identifiers=names, splits=sets,
                 extra_files={TEST_PUZZLES_FILE: json.dumps(test_puzzles).encode()},
-                extra_metadata=dict(grid=dict(kind="arc", rows=ARC_SIZE, cols=ARC_SIZE)))
+                extra_metadata=dict(grid=dict(kind="arc", rows=ARC_SIZE, cols=ARC_SIZE),
+                                    overlap=overlap))

@@ -14,7 +14,8 @@ from collections import deque
 
 import numpy as np
 
-from trm.data.builders.sources import read_puzzle_csv, resolve_source_file
+from trm.data.builders.sources import (find_overlaps, read_puzzle_csv, report_overlaps,
+                                       resolve_source_file)
 from trm.data.format import BLANK_IDENTIFIER_NAME, DataError
 from trm.data.grids import dihedral
 from trm.data.writer import SetArrays
@@ -103,17 +104,19 @@ def _set_arrays(questions: np.ndarray, answers: np.ndarray, aug: bool) -> SetArr
                      group_indices=np.arange(0, n * k + 1, k, dtype=np.int64))
 
 
-def _result(side: int, train: SetArrays, test: SetArrays) -> dict:
+def _result(side: int, train: SetArrays, test: SetArrays, overlap: dict | None = None) -> dict:
+    extra = dict(grid=dict(kind="maze", rows=side, cols=side, charset=CHARSET))
+    if overlap is not None:
+        extra["overlap"] = overlap
     return dict(seq_len=side * side, vocab_size=len(CHARSET) + 1, pad_id=0, ignore_label_id=0,
                 blank_identifier_id=0, identifiers=[BLANK_IDENTIFIER_NAME],
                 splits={"train": {"all": train}, "test": {"all": test}},
-                extra_metadata=dict(grid=dict(kind="maze", rows=side, cols=side,
-                                              charset=CHARSET)))
+                extra_metadata=extra)
 
 
 def build_csv(args: dict) -> dict:
     rng = np.random.default_rng(args["seed"])
-    data, side = {}, None
+    data, side, where = {}, None, {}
     for split in ("train", "test"):
         path = resolve_source_file(args["source"], f"{split}.csv")
         qs, ans, _, lines = read_puzzle_csv(path)
@@ -137,8 +140,23 @@ def build_csv(args: dict) -> dict:
             if args["subsample_size"] < len(idx):
                 idx = np.sort(rng.choice(idx, args["subsample_size"], replace=False))
         data[split] = (q[idx], a[idx])
+        where[split] = (path, np.asarray(lines)[idx])
+    # Duplicates and test mazes in train: up to the 8 dihedral transforms with --aug (a
+    # canonical form: the smallest transform), exactly otherwise.
+    canon = _canonical if args["aug"] else (lambda m: m.tobytes())
+    keys = {split: [canon(m) for m in data[split][0]] for split in data}
+    dups, leaks = find_overlaps(keys)
+    up_to = ("up to the 8 dihedral transforms (the augmentations applied)" if args["aug"]
+             else "(identical questions; no augmentation applied)")
+
+    def name(split, i):
+        path, lines = where[split]
+        return f"{path.rsplit('/', 1)[-1]} line {int(lines[i])}"
+
+    overlap = report_overlaps("maze_csv", dups, leaks, name, up_to, args["allow_overlap"],
+                              unit="mazes")
     return _result(side, _set_arrays(*data["train"], args["aug"]),
-                   _set_arrays(*data["test"], False))
+                   _set_arrays(*data["test"], False), overlap)
 
 
 # ----------------------------------------------------------------------------------- maze_gen
