@@ -361,6 +361,9 @@ class Trainer:
         self._started = False
         stopper = StopSignal()
         stopper.install()  # from the start: a preemption during start-up stops after step 1
+        # A SIGTERM starts the exit grace window of every run-state wait, even one blocked on
+        # a storage outage (TRM_EXIT_GRACE_S; docs/RUN_STATE.md, "Storage outages").
+        self.workdir.watch_stop(lambda: stopper.received is not None)
         if rt.is_main:
             try:
                 self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from trm.run import storage
-from trm.run.storage import is_transient, utc_now_iso
+from trm.run.storage import StorageDeadlineError, is_transient, utc_now_iso
 from trm.run.workdir import as_workdir
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be saved, or a requested one is missing or corrupt."""
+
+
+class CheckpointTimeoutError(CheckpointError):
+    """A stopping process (SIGTERM) could not commit its checkpoint within the exit grace
+    window (storage unreachable). The message names the last committed step and the steps
+    lost; the run is recorded as ``preempted`` (the same command resumes)."""
+
+    run_status = "preempted"
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -303,22 +311,34 @@ class CheckpointManager:
         best_mode: ``"max"`` or ``"min"`` (ties go to the later step).
         async_save: copy to the CPU in :meth:`save`, serialise and upload on a background
             thread (one save in flight at a time).
-        max_retries: retries of transient storage errors, per file operation.
-        retry_base_delay_s: backoff before the first retry (doubling after that).
+        max_retries: retry transient storage errors this many times per file operation
+            (count-based, as before the retry budget; used only when given and
+            ``retry_budget_s`` is not).
+        retry_budget_s: retry transient storage errors for up to this many seconds per file
+            operation (default: :func:`~trm.run.storage.retry_budget_s`,
+            ``$TRM_STORAGE_RETRY_BUDGET_S`` or 1800 s), so a save rides out an outage of up to
+            the budget. A save still in flight when the next one comes makes that one wait (one
+            save in flight at a time); neither fails within the budget.
+        retry_base_delay_s: backoff before the first retry (doubling after that, up to 30 s).
         trust: load checkpoints with full unpickling (``--trust_checkpoint``; it runs code from
             the file): only for files written before they could be loaded safely, and trusted.
     """
 
     def __init__(self, workdir: Union[Workdir, str], keep: int = 5,
                  best_metric: Optional[str] = None, best_mode: str = "max",
-                 async_save: bool = True, max_retries: int = 5, *,
-                 retry_base_delay_s: float = 1.0, trust: bool = False) -> None:
+                 async_save: bool = True, max_retries: Optional[int] = None, *,
+                 retry_base_delay_s: float = 1.0, retry_budget_s: Optional[float] = None,
+                 trust: bool = False) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         # A shallow copy, so the retry settings apply to this manager's I/O only.
         self.workdir = copy.copy(as_workdir(workdir))
-        self.workdir.max_retries = max_retries
+        if retry_budget_s is None and max_retries is None:
+            retry_budget_s = storage.retry_budget_s()
+        self.workdir.max_retries = 5 if max_retries is None else max_retries
         self.workdir.retry_base_delay_s = retry_base_delay_s
+        self.workdir.retry_budget_s = retry_budget_s
+        self.retry_budget_s = retry_budget_s
         self.keep = keep
         self.trust = trust
         self.best_metric = best_metric
@@ -330,8 +350,8 @@ class CheckpointManager:
         self._scanned = False
         self._restored_from: Optional[int] = None
         self._last_saved: Optional[int] = None
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Optional[Tuple[int, concurrent.futures.Future]] = None
+        self._storage_error: Optional[BaseException] = None   # the last save's, if it failed
         self._lock = threading.RLock()
         self.last_save_stats: Dict[str, float] = {}
 
@@ -349,7 +369,10 @@ class CheckpointManager:
         timeline after a restore from an older step) are retired once this one commits.
         """
         step = int(step)
-        self.wait()
+        try:
+            self.wait()
+        except CheckpointTimeoutError:
+            raise self._timeout_error(step) from None
         metrics = _plain_metrics(metrics or {})
         if step in (self._last_saved, self._restored_from) and step in self._commits \
                 and step not in self._invalid:
@@ -362,35 +385,85 @@ class CheckpointManager:
         sync_s = time.perf_counter() - start
         self.last_save_stats = {"step": step, "sync_s": sync_s}
         if not self.async_save:
-            self._write(step, snapshot, metrics, start)
+            try:
+                self._write(step, snapshot, metrics, start)
+            except StorageDeadlineError:
+                raise self._timeout_error(step) from None
             return
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="trm-checkpoint")
-        future = self._executor.submit(self._write, step, snapshot, metrics, start)
+        # A daemon thread (not a pool): a save abandoned at the end of a stopping process's
+        # grace window must not keep the interpreter from exiting.
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._write(step, snapshot, metrics, start))
+            except BaseException as exc:  # noqa: BLE001 (handed to wait())
+                future.set_exception(exc)
+
+        threading.Thread(target=work, daemon=True, name=f"trm-checkpoint-{step}").start()
         self._pending = (step, future)
 
-    def wait(self) -> None:
-        """Blocks until the pending background save is done; re-raises its error."""
-        pending, self._pending = self._pending, None
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Blocks until the pending background save is done; re-raises its error.
+
+        Through a storage outage the save retries for up to the retry budget. ``timeout``
+        limits the wait, and so does the exit grace window once the process is stopping
+        (a SIGTERM, see :meth:`~trm.run.storage.Storage.watch_stop`): then
+        :class:`CheckpointTimeoutError` is raised, naming the last committed step and the
+        steps lost, and the save is abandoned.
+        """
+        pending = self._pending
         if pending is None:
             return
         step, future = pending
+        end = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            left = None if end is None else end - time.monotonic()
+            exit_left = self.workdir.exit.remaining()
+            if exit_left is not None:
+                left = exit_left if left is None else min(left, exit_left)
+            if left is not None and left <= 0:
+                self._pending = None
+                raise self._timeout_error(step)
+            concurrent.futures.wait([future], timeout=0.5 if left is None else min(left, 0.5))
+        self._pending = None
         try:
             future.result()
+        except StorageDeadlineError:
+            raise self._timeout_error(step) from None
         except Exception as exc:
+            if is_transient(exc):
+                self._storage_error = exc
             raise CheckpointError(f"Saving checkpoint step {step} to "
                                   f"{self.workdir.url(step_dir(step))} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+        self._storage_error = None
+
+    def _known_steps(self) -> List[int]:
+        """The committed steps this manager knows, without the storage and without its lock
+        (a save stuck in an outage may hold it); ``dict()`` copies are atomic in CPython."""
+        commits, invalid = dict(self._commits), dict(self._invalid)
+        return sorted(s for s in commits if s not in invalid)
+
+    def _timeout_error(self, step: int) -> CheckpointTimeoutError:
+        committed = [s for s in self._known_steps() if s != step]
+        last = max(committed) if committed else None
+        grace = self.workdir.exit.grace_s
+        window = (f"the {grace:.0f} s exit grace window" if grace is not None
+                  else "the time allowed")
+        kept = (f"the last committed checkpoint is step {last}: the {step - last} steps after "
+                f"it are lost; the same command resumes from step {last}"
+                if last is not None else
+                f"no checkpoint was committed: all {step} steps are lost")
+        return CheckpointTimeoutError(
+            f"Storage unreachable while stopping: the checkpoint of step {step} could not be "
+            f"committed to {self.workdir.url(CHECKPOINTS)} within {window}; {kept}.")
 
     def close(self) -> None:
-        """Waits for the pending save and stops the background thread."""
-        try:
-            self.wait()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+        """Waits for the pending save (within the limits of :meth:`wait`)."""
+        self.wait()
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -543,11 +616,26 @@ class CheckpointManager:
         self._invalid[step] = reason
 
     def steps(self) -> List[int]:
-        """Committed checkpoint steps, ascending (contents are verified only by restore)."""
+        """Committed checkpoint steps, ascending (contents are verified only by restore).
+
+        While the storage is unreachable (the last save failed on it, or a stopping process's
+        grace window has ended), the steps this manager already knows are returned, with a
+        warning, instead of waiting on the storage."""
         self.wait()
-        with self._lock:
-            self._scan()
-            return sorted(s for s in self._commits if s not in self._invalid)
+        if self._scanned and (self._storage_error is not None or self.workdir.exit.passed()):
+            log.warning("Storage of %s unreachable; listing the checkpoints this process knows",
+                        self.workdir.path)
+            return self._known_steps()
+        try:
+            with self._lock:
+                self._scan()
+                return sorted(s for s in self._commits if s not in self._invalid)
+        except Exception as exc:  # noqa: BLE001 (classified)
+            if not (self._scanned and is_transient(exc)):
+                raise
+            log.warning("Listing the checkpoints of %s failed (%s: %s); using the ones this "
+                        "process knows", self.workdir.path, type(exc).__name__, exc)
+            return self._known_steps()
 
     def latest_step(self) -> Optional[int]:
         steps = self.steps()

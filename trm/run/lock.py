@@ -12,6 +12,7 @@ than its ``stale_after_s``, or when it is on this host and its process is gone.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
-from trm.run.storage import Storage, utc_now_iso
+from trm.run.storage import Storage, call_bounded, utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,10 @@ class LeaseLock:
         with self._beat_lock:
             self._beat()
 
-    def _beat(self) -> None:
+    def _beat(self, storage: Optional[Storage] = None) -> None:
+        storage = storage or self.storage
         now = time.time()
-        current = self._read_lock()
+        current = self._read_lock(storage)
         if current is None or current.get("owner_id") != self._lock["owner_id"]:
             owner = self._describe_owner(current, now) if current else "nobody (LOCK removed)"
             # The error first: a reader seeing the lock gone must also see why.
@@ -176,42 +178,82 @@ class LeaseLock:
             self._lock = None
             raise self._lock_error
         record = dict(self._lock, heartbeat=now, heartbeat_time=utc_now_iso())
-        self.storage.write_json(self.name, record)
+        storage.write_json(self.name, record)
         self._lock = record
         self._lock_last_beat = now
 
     def _beat_loop(self) -> None:
+        """The heartbeat thread. During a storage outage a beat fails (one attempt, no retries:
+        the next beat comes soon) and the failure is logged; training is never blocked. An
+        outage longer than ``stale_after_s`` lets another run take the lock over; the first
+        beat after the outage then finds it taken (LockLostError at the next log interval)."""
         stop = self._beat_stop
+        # One attempt per beat (gcsfs still retries each request for ~30 s on its own).
+        quick = copy.copy(self.storage)
+        quick.max_retries = 0
+        quick.retry_budget_s = None
+        failing_since: Optional[float] = None
         while not stop.wait(self._heartbeat_every_s):
             with self._beat_lock:
                 if stop.is_set() or self._lock is None:
                     return
                 try:
-                    self._beat()
+                    self._beat(quick)
                 except LockLostError as exc:
                     log.error("%s", exc)
                     return
                 except Exception as exc:  # noqa: BLE001 (storage hiccup: try next time)
-                    log.warning("Lock heartbeat for %s failed: %s: %s", self.path,
+                    if failing_since is None:
+                        failing_since = time.time()
+                    log.warning("Lock heartbeat for %s failed (storage unreachable for %.0f s; "
+                                "the lease goes stale %.0f s after the last beat): %s: %s",
+                                self.path, time.time() - failing_since,
+                                float(self._lock.get("stale_after_s") or 180.0),
                                 type(exc).__name__, exc)
+                    continue
+                if failing_since is not None:
+                    log.warning("Lock heartbeat for %s works again after %.0f s", self.path,
+                                time.time() - failing_since)
+                    failing_since = None
 
-    def release(self) -> None:
+    def release(self, timeout_s: float = 60.0) -> None:
         """Stops the heartbeat; removes LOCK if this process still owns it (never raises
-        LockLostError)."""
+        LockLostError).
+
+        Bounded: at most ``timeout_s`` (or until a stopping process's exit grace window ends)
+        is spent on the storage. If LOCK cannot be removed in that time (an outage), it is left
+        in place with a warning; it goes stale ``stale_after_s`` after its last heartbeat, and
+        at once for a restart on this host (the process is gone)."""
+        exit_left = self.storage.exit.remaining()
+        if exit_left is not None:
+            timeout_s = min(timeout_s, max(exit_left, 0.0))
         if self._beat_thread is not None:
             self._beat_stop.set()
-            with self._beat_lock:
-                pass
-            self._beat_thread.join(timeout=60)
+            # Wait for a beat in progress (so it cannot rewrite LOCK after the removal), but
+            # not for one stuck in an outage.
+            if self._beat_lock.acquire(timeout=min(5.0, timeout_s)):
+                self._beat_lock.release()
+                self._beat_thread.join(timeout=5)
             self._beat_thread = None
         if self._lock is None:
             return
-        try:
+        owner = self._lock["owner_id"]
+
+        def drop() -> bool:
             current = self._read_lock()
-            if current is not None and current.get("owner_id") == self._lock["owner_id"]:
+            if current is not None and current.get("owner_id") == owner:
                 self.storage.remove(self.name)
-            else:
+                return True
+            return current is None
+
+        try:
+            if not call_bounded(drop, timeout_s, f"releasing the lock of {self.path}"):
                 log.warning("Not removing the lock of %s: it is no longer ours", self.path)
+        except Exception as exc:  # noqa: BLE001 (a lock left behind expires on its own)
+            log.warning("Could not remove the lock of %s (%s: %s); it goes stale %.0f s after "
+                        "its last heartbeat, and at once for a restart on this host", self.path,
+                        type(exc).__name__, exc,
+                        float(self._lock.get("stale_after_s") or 180.0))
         finally:
             self._lock = None
 
@@ -219,9 +261,9 @@ class LeaseLock:
     def holds(self) -> bool:
         return self._lock is not None
 
-    def _read_lock(self) -> Optional[Dict[str, Any]]:
+    def _read_lock(self, storage: Optional[Storage] = None) -> Optional[Dict[str, Any]]:
         try:
-            return json.loads(self.storage.read_text(self.name))
+            return json.loads((storage or self.storage).read_text(self.name))
         except FileNotFoundError:
             return None
         except ValueError:

@@ -13,18 +13,31 @@ It owns the run's small files; the trainer calls it at start / log / eval / fini
 | ``eval/step_XXXXXXXXX/metrics.json`` | each evaluation | the evaluation's metrics |
 
 A run has finished when ``run.json`` says ``"status": "completed"``.
+
+Storage outages: on a remote workdir (``gs://``) the writes made during training --
+:meth:`RunRecord.log` at log intervals and :meth:`RunRecord.evaluation` -- go to a
+:class:`~trm.run.storage.BackgroundWriter`: they return at once, never raise, are retried
+through an outage, and only the latest run.json content is kept (coalesced). The record keeps
+run.json in memory (this process is its only writer), so nothing needs to be read back.
+:meth:`RunRecord.update`, :meth:`RunRecord.start` and :meth:`RunRecord.finish` return once
+run.json is written, waiting through an outage for up to the retry budget
+(:func:`~trm.run.storage.retry_budget_s`) or until the exit grace window of a stopping process
+ends.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import difflib
 import logging
 import subprocess
 import os
+import threading
 from typing import Any, Dict, Mapping, Optional
 
-from trm.run.storage import Storage, utc_now_iso
+from trm.run.storage import (BackgroundWriter, Storage, call_bounded, json_bytes,
+                             retry_budget_s, utc_now_iso)
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +65,80 @@ class RunRecord:
         self.storage = storage
         self.best_metric = best_metric
         self.best: Optional[Dict[str, Any]] = None
+        self._data: Optional[Dict[str, Any]] = None   # run.json as this record last wrote it
+        self._mutex = threading.Lock()
+        self._writer: Optional[BackgroundWriter] = None
 
     # -- run.json ---------------------------------------------------------------------------
     def read(self) -> Dict[str, Any]:
-        """The run metadata (``{}`` if there is none yet)."""
+        """The run metadata (``{}`` if there is none yet); on a remote workdir, once this
+        record has written run.json, its own latest content (which may not be uploaded yet)."""
+        with self._mutex:
+            if self._data is not None:
+                return copy.deepcopy(self._data)
         return self.storage.read_json(RUN_JSON, default={})
+
+    @property
+    def background(self) -> Optional[BackgroundWriter]:
+        """The background writer of a remote workdir (None for a local one)."""
+        if self.storage.is_local:
+            return None
+        with self._mutex:
+            if self._writer is None:
+                self._writer = BackgroundWriter(self.storage, name="trm-run-record")
+            return self._writer
+
+    def _merge(self, fields: Mapping[str, Any]) -> Dict[str, Any]:
+        status = fields.get("status")
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"run.json status must be one of {RUN_STATUSES}, got {status!r}")
+        if self.storage.is_local:   # read-merge-write, as files on disk may be edited by hand
+            data = self.storage.read_json(RUN_JSON, default={})
+            data.update(fields)
+            return data
+        if self._data is None:
+            loaded = self.storage.read_json(RUN_JSON, default={})
+            with self._mutex:
+                if self._data is None:
+                    self._data = loaded
+        with self._mutex:
+            self._data.update(copy.deepcopy(dict(fields)))
+            return copy.deepcopy(self._data)
 
     def update(self, **fields: Any) -> Dict[str, Any]:
         """Merges ``fields`` into ``run.json`` (written atomically) and returns the result.
+
+        Returns once the file is written. On a remote workdir a storage outage is waited out
+        for up to the retry budget (or the exit grace window of a stopping process); then the
+        error is raised.
 
         Common fields: ``status`` (one of ``running``, ``completed``, ``failed``,
         ``preempted``), ``last_step``, ``total_steps``, ``num_params``, ``flops_per_example``,
         ``start_time``/``end_time`` (ISO 8601 UTC), ``trm_version``, ``git_commit``,
         ``device``, ``world_size``. A field set to None is kept as null.
         """
-        status = fields.get("status")
-        if status is not None and status not in RUN_STATUSES:
-            raise ValueError(f"run.json status must be one of {RUN_STATUSES}, got {status!r}")
-        data = self.read()
-        data.update(fields)
-        self.storage.write_json(RUN_JSON, data)
+        return self._update(fields, wait=retry_budget_s())
+
+    def update_later(self, **fields: Any) -> Dict[str, Any]:
+        """Like :meth:`update`, but on a remote workdir it returns at once and never raises a
+        storage error: the write happens in the background (see the module docstring)."""
+        return self._update(fields, wait=None)
+
+    def _update(self, fields: Mapping[str, Any], wait: Optional[float]) -> Dict[str, Any]:
+        data = self._merge(fields)
+        writer = self.background
+        if writer is None:
+            self.storage.write_json(RUN_JSON, data)
+            return data
+        writer.put(RUN_JSON, json_bytes(data))
+        if wait is not None:
+            writer.flush(timeout=wait, raise_errors=True)
         return data
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Waits (at most ``timeout``) until the background writes are done; True if they are."""
+        writer = self._writer
+        return True if writer is None else writer.flush(timeout)
 
     @property
     def status(self) -> Optional[str]:
@@ -166,40 +232,68 @@ class RunRecord:
         self.update(**data)
 
     def log(self, step: int) -> None:
-        """A log interval: the step reached."""
-        self.update(last_step=step, status="running")
+        """A log interval: the step reached (in the background on a remote workdir: never
+        blocks or raises for storage)."""
+        self.update_later(last_step=step, status="running")
 
     def evaluation(self, step: int, metrics: Mapping[str, float]) -> Optional[Dict[str, Any]]:
         """Records an evaluation's metrics (eval/step_X/metrics.json, run.json) and updates
         the best result (by ``best_metric``, higher is better). Returns the best so far."""
         metrics = dict(metrics)
-        self.storage.write_json(f"{eval_dir(step)}/metrics.json", {"step": step, **metrics})
+        name, content = f"{eval_dir(step)}/metrics.json", {"step": step, **metrics}
+        if self.background is not None:
+            self.background.put(name, json_bytes(content))
+        else:
+            self.storage.write_json(name, content)
         value = metrics.get(self.best_metric) if self.best_metric else None
         if value is not None and (self.best is None or value > self.best["value"]):
             self.best = {"step": step, "metric": self.best_metric, "value": value}
-        self.update(last_eval_step=step, best=self.best,
-                    last_eval={k: v for k, v in metrics.items()
-                               if k.startswith(("eval/", "ARC/"))})
+        self.update_later(last_eval_step=step, best=self.best,
+                          last_eval={k: v for k, v in metrics.items()
+                                     if k.startswith(("eval/", "ARC/"))})
         return self.best
 
     def finish(self, status: str, step: int) -> None:
-        """The end of this process's part of the run (``completed`` or ``preempted``)."""
+        """The end of this process's part of the run (``completed`` or ``preempted``).
+
+        Waits until run.json (and every earlier background write) is written: through an
+        outage for up to the retry budget, or until a stopping process's grace window ends.
+        A ``completed`` that cannot be written raises; a ``preempted`` is logged (the
+        checkpoint is what matters, and a run.json left at ``running`` resumes the same)."""
         fields: Dict[str, Any] = dict(status=status, last_step=step)
         if status == "completed":
             fields["end_time"] = utc_now_iso()
-        self.update(**fields)
+        try:
+            self.update(**fields)
+            if self._writer is not None:
+                self._writer.flush(timeout=retry_budget_s(), raise_errors=True)
+        except Exception as exc:  # noqa: BLE001
+            if status == "completed":
+                raise
+            log.warning("Could not record status %r in %s: %s: %s", status,
+                        self.storage.url(RUN_JSON), type(exc).__name__, exc)
 
-    def fail(self, error: BaseException, status: str = "failed") -> None:
+    def fail(self, error: BaseException, status: str = "failed", timeout_s: float = 60.0
+             ) -> None:
         """Records an error that ended the run (never raises: the original error matters).
 
         A completed run stays ``completed``: a failed or refused relaunch of it is recorded as
-        ``last_start_error`` only."""
+        ``last_start_error`` only. An error with a ``run_status`` attribute (a preemption that
+        could not save during an outage) records that status. Waits at most ``timeout_s`` (or
+        until a stopping process's grace window ends) for the storage."""
         message = f"{type(error).__name__}: {error}"
+        status = getattr(error, "run_status", None) or status
         try:
-            if self.status == "completed":
-                self.update(last_start_error=message, last_start_error_time=utc_now_iso())
+            current = (self.read() if self.storage.is_local or self._data is not None
+                       else call_bounded(self.read, timeout_s, f"reading {RUN_JSON}"))
+            if current.get("status") == "completed":
+                fields = dict(last_start_error=message, last_start_error_time=utc_now_iso())
             else:
-                self.update(status=status, error=message, end_time=utc_now_iso())
+                fields = dict(status=status, error=message, end_time=utc_now_iso())
+            self._update(fields, wait=None)
+            if self._writer is not None and not self._writer.flush(timeout=timeout_s):
+                log.error("Could not record the failure in %s (storage unreachable)",
+                          self.storage.url(RUN_JSON))
         except Exception:  # noqa: BLE001
             log.exception("Could not record the failure in %s", self.storage.url(RUN_JSON))
 

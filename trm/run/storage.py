@@ -29,6 +29,7 @@ import posixpath
 import random
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -39,6 +40,25 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class _OneLineStorageErrors(logging.Filter):
+    """gcsfs logs each request that ran out of its own retries as an ERROR with the whole
+    aiohttp traceback. trm retries those requests itself and logs one line per retry, so during
+    an outage the traceback is noise: it becomes a one-line warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "out of retries" in str(record.msg):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}; trm retries it)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("gcsfs").addFilter(_OneLineStorageErrors())
 
 
 class ShortWriteError(OSError):
@@ -94,9 +114,117 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
+DEFAULT_RETRY_BUDGET_S = 1800.0
+DEFAULT_EXIT_GRACE_S = 20.0
+
+
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise ValueError(f"{name}={value!r} must be > 0 seconds")
+    return seconds
+
+
+def retry_budget_s() -> float:
+    """How long run-state writes keep retrying through a storage outage:
+    ``$TRM_STORAGE_RETRY_BUDGET_S`` or :data:`DEFAULT_RETRY_BUDGET_S` (30 minutes)."""
+    return _env_seconds("TRM_STORAGE_RETRY_BUDGET_S", DEFAULT_RETRY_BUDGET_S)
+
+
+def exit_grace_s() -> float:
+    """How long a stopping process (SIGTERM) waits for storage before it exits anyway:
+    ``$TRM_EXIT_GRACE_S`` or :data:`DEFAULT_EXIT_GRACE_S` (preemption notices give ~30 s)."""
+    return _env_seconds("TRM_EXIT_GRACE_S", DEFAULT_EXIT_GRACE_S)
+
+
+class StorageDeadlineError(TimeoutError):
+    """The process is stopping and its exit grace window ended before the storage answered."""
+
+
+class ExitDeadline:
+    """When a stopping process must be done with storage (shared by a Storage and its copies).
+
+    Unset while the process runs. :meth:`start` (on SIGTERM) sets it ``grace_s`` from now; from
+    then on every retry loop and every wait of the run state ends at the deadline, and an
+    operation still running then is abandoned (it runs on a daemon thread), so no storage call
+    keeps a stopping process alive. ``watch(fn)``: waits poll ``fn()`` (e.g. "a SIGTERM
+    arrived") and start the deadline when it turns true, so a SIGTERM is acted on even while
+    the caller is blocked on storage.
+    """
+
+    def __init__(self) -> None:
+        self.at: Optional[float] = None
+        self.grace_s: Optional[float] = None
+        self.started = threading.Event()
+        self._watch: Optional[Callable[[], bool]] = None
+
+    def start(self, grace_s: Optional[float] = None) -> float:
+        """Starts the grace window (once; a later call never extends it); returns the deadline."""
+        if self.at is None:
+            self.grace_s = exit_grace_s() if grace_s is None else float(grace_s)
+            self.at = time.monotonic() + self.grace_s
+            self.started.set()
+            log.info("Stopping: storage operations end within %.0f s", self.grace_s)
+        return self.at
+
+    def watch(self, stop_requested: Optional[Callable[[], bool]]) -> None:
+        self._watch = stop_requested
+
+    def poll(self) -> None:
+        """Starts the window if the watched condition (a stop request) has become true."""
+        if self.at is None and self._watch is not None:
+            try:
+                if self._watch():
+                    self.start()
+            except Exception:  # noqa: BLE001 (a broken watcher must not break a wait)
+                log.exception("exit deadline watcher failed")
+
+    def remaining(self) -> Optional[float]:
+        """Seconds left (<= 0: passed), or None while the process is not stopping."""
+        self.poll()
+        return None if self.at is None else self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
+
+
+def call_bounded(fn: Callable[[], T], timeout_s: Optional[float], what: str) -> T:
+    """``fn()``, abandoned after ``timeout_s`` (it runs on a daemon thread, so an abandoned call
+    never delays the exit): raises StorageDeadlineError then. ``None``: no limit, no thread."""
+    if timeout_s is None:
+        return fn()
+    if timeout_s <= 0:
+        raise StorageDeadlineError(f"{what}: not attempted, the exit grace window has ended")
+    box: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="trm-storage-call")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise StorageDeadlineError(f"{what}: no answer within the exit grace window "
+                                   f"({timeout_s:.1f} s left); abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def retry(fn: Callable[[], T], *, what: str, max_retries: int = 5, base_delay_s: float = 1.0,
           max_delay_s: float = 30.0,
-          transient: Callable[[BaseException], bool] = is_transient) -> T:
+          transient: Callable[[BaseException], bool] = is_transient,
+          budget_s: Optional[float] = None, deadline: Optional[ExitDeadline] = None) -> T:
     """Calls ``fn()``; on a transient error waits (exponential backoff, jitter) and retries.
 
     Args:
@@ -105,19 +233,50 @@ def retry(fn: Callable[[], T], *, what: str, max_retries: int = 5, base_delay_s:
         max_retries: retries after the first attempt; the last error is re-raised.
         base_delay_s, max_delay_s: the n-th retry waits ``min(max, base * 2**n) * U(0.5, 1)``.
         transient: the predicate deciding what is retried (default :func:`is_transient`).
+        budget_s: retry by time instead of by count: transient errors are retried until
+            ``budget_s`` seconds have passed since the first attempt (``max_retries`` is then
+            ignored). This is how an outage of up to the budget is ridden out.
+        deadline: the process's :class:`ExitDeadline`: once it is started, no attempt or
+            backoff runs past it (StorageDeadlineError), whatever the count or budget.
     """
     attempt = 0
+    start = time.monotonic()
     while True:
+        left = deadline.remaining() if deadline is not None else None
         try:
-            return fn()
+            return call_bounded(fn, left, what) if left is not None else fn()
+        except StorageDeadlineError:
+            raise
         except Exception as exc:  # noqa: BLE001 (classified below)
-            if attempt >= max_retries or not transient(exc):
+            if not transient(exc):
+                raise
+            elapsed = time.monotonic() - start
+            if budget_s is not None:
+                if elapsed >= budget_s:
+                    raise
+            elif attempt >= max_retries:
                 raise
             delay = min(max_delay_s, base_delay_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if budget_s is not None:
+                delay = min(delay, max(0.0, budget_s - elapsed))
+            left = deadline.remaining() if deadline is not None else None
+            if left is not None:
+                if left <= 0:
+                    raise
+                delay = min(delay, left)
             attempt += 1
-            log.warning("Transient storage error while %s (%s: %s); retry %d/%d in %.1f s",
-                        what, type(exc).__name__, exc, attempt, max_retries, delay)
-            time.sleep(delay)
+            if budget_s is not None:
+                log.warning("Transient storage error while %s (%s: %s); retry %d in %.1f s "
+                            "(%.0f s of the %.0f s retry budget left)", what,
+                            type(exc).__name__, exc, attempt, delay,
+                            max(0.0, budget_s - elapsed), budget_s)
+            else:
+                log.warning("Transient storage error while %s (%s: %s); retry %d/%d in %.1f s",
+                            what, type(exc).__name__, exc, attempt, max_retries, delay)
+            if deadline is not None and not deadline.started.is_set():
+                deadline.started.wait(delay)   # a stop request cuts the backoff short
+            else:
+                time.sleep(delay)
 
 
 class Storage:
@@ -131,11 +290,20 @@ class Storage:
             GCS emulator), ``gs://`` defaults to anonymous credentials.
         max_retries: retries of transient storage errors for each operation.
         retry_base_delay_s: the first retry's backoff (doubling after that).
+        retry_budget_s: retry transient errors for this many seconds instead of
+            ``max_retries`` times (the run state's checkpoint commits use
+            :func:`retry_budget_s`, 30 minutes by default).
+
+    ``exit`` is the folder's :class:`ExitDeadline`, shared with its copies (``copy.copy``):
+    :meth:`exit_by` starts it when the process is told to stop.
     """
 
     def __init__(self, path: "str | os.PathLike", storage_options: Optional[Dict] = None, *,
-                 max_retries: int = 5, retry_base_delay_s: float = 1.0) -> None:
+                 max_retries: int = 5, retry_base_delay_s: float = 1.0,
+                 retry_budget_s: Optional[float] = None) -> None:
         path = os.fspath(path)
+        self.retry_budget_s = retry_budget_s
+        self.exit = ExitDeadline()
         if path.startswith("file://"):
             path = path[len("file://"):]
         self.is_local = "://" not in path
@@ -178,7 +346,20 @@ class Storage:
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         return retry(fn, what=what, max_retries=self.max_retries,
-                     base_delay_s=self.retry_base_delay_s)
+                     base_delay_s=self.retry_base_delay_s,
+                     budget_s=getattr(self, "retry_budget_s", None),
+                     deadline=getattr(self, "exit", None))
+
+    # -- stopping ------------------------------------------------------------------------------
+    def exit_by(self, grace_s: Optional[float] = None) -> float:
+        """The process is stopping (SIGTERM): storage waits end ``grace_s`` from now (default
+        :func:`exit_grace_s`). Shared with every copy of this folder. Returns the deadline."""
+        return self.exit.start(grace_s)
+
+    def watch_stop(self, stop_requested: Callable[[], bool]) -> None:
+        """Waits on this folder's storage (checkpoint commits, run.json) poll
+        ``stop_requested()`` and start the exit grace window when it is true."""
+        self.exit.watch(stop_requested)
 
     def _invalidate(self, name: str = "") -> None:
         if self.fs is not None:
@@ -239,7 +420,7 @@ class Storage:
         return self.read_bytes(name).decode("utf-8")
 
     def write_json(self, name: str, obj: Any) -> None:
-        self.write_text(name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        self.write_bytes(name, json_bytes(obj))
 
     def read_json(self, name: str, default: Any = FileNotFoundError) -> Any:
         """Parses ``name`` as JSON; returns ``default`` if it is missing (if one is given)."""
@@ -360,6 +541,170 @@ class Storage:
             self._invalidate(name)
             return True
         return self._retry(create, f"creating {self.url(name)}")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """How trm writes a JSON file (indented, sorted keys, trailing newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+# -- writes in the background ------------------------------------------------------------------
+class BackgroundWriter:
+    """Writes files of one :class:`Storage` on a daemon thread, riding out outages.
+
+    For the run state that must never stall or kill training (run.json at log intervals,
+    evaluation metrics, TensorBoard uploads): :meth:`put` returns at once. Only the latest
+    content of each name matters: a newer ``put`` of a name replaces content not yet written
+    (coalescing). A transient error is retried, with backoff up to ``max_delay_s``, until it
+    succeeds, the content is replaced, the writer is closed, or the folder's exit deadline
+    passes -- there is no count limit, since nothing waits on it. A permanent error (permission
+    denied, ...) drops that content and is logged. :meth:`flush` waits, with a time limit, for
+    everything put so far.
+
+    ``data`` may be bytes or a callable returning bytes, called when the write is attempted
+    (so a file's latest content is read then).
+    """
+
+    def __init__(self, storage: "Storage", name: str = "trm-writer", *,
+                 base_delay_s: float = 1.0, max_delay_s: float = 30.0) -> None:
+        self.storage = storage
+        self.name = name
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self._cond = threading.Condition()
+        self._pending: Dict[str, Tuple[int, Any]] = {}   # name -> (seq, data)
+        self._seq = 0
+        self._errors: Dict[int, BaseException] = {}      # seq -> permanent error
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self.outage_since: Optional[float] = None        # monotonic time of the first failure
+        self.last_error: Optional[BaseException] = None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write attempt succeeded (no outage in progress)."""
+        return self.outage_since is None
+
+    def put(self, name: str, data: Any) -> int:
+        """Queues ``data`` for ``name`` (replacing queued content of that name); returns its
+        sequence number."""
+        with self._cond:
+            self._seq += 1
+            if self._closed:   # given up (exit deadline, or closed): flush reports it
+                self._errors[self._seq] = StorageDeadlineError(
+                    f"{self.storage.url(name)} not written: {self.name} has stopped")
+                return self._seq
+            self._pending[name] = (self._seq, data)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+                self._thread.start()
+            self._cond.notify_all()
+            return self._seq
+
+    def pending(self) -> List[str]:
+        with self._cond:
+            return sorted(self._pending)
+
+    def flush(self, timeout: Optional[float] = None, raise_errors: bool = False) -> bool:
+        """Waits until everything put so far is written (or dropped by a permanent error).
+
+        ``timeout``: at most this long (None: no limit); the folder's exit deadline, once
+        started, limits it too. Returns True when everything was written. With
+        ``raise_errors`` a permanent error is raised, and a timeout raises
+        StorageDeadlineError (naming the last transient error) instead of returning False.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._seq
+            while True:
+                waiting = [s for s, _ in self._pending.values() if s <= target]
+                if not waiting:
+                    break
+                now = time.monotonic()
+                left = None if end is None else end - now
+                exit_left = self.storage.exit.remaining()
+                if exit_left is not None:
+                    left = exit_left if left is None else min(left, exit_left)
+                if left is not None and left <= 0:
+                    if raise_errors:
+                        raise StorageDeadlineError(
+                            f"{self.storage.url()}: {', '.join(self._pending)} not written in "
+                            f"time (storage unreachable: "
+                            + (f"{type(self.last_error).__name__}: {self.last_error})"
+                               if self.last_error is not None else "no answer yet)"))
+                    return False
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+            errors = [e for s, e in self._errors.items() if s <= target]
+            for s in [s for s in self._errors if s <= target]:
+                del self._errors[s]
+        if errors:
+            if raise_errors:
+                raise errors[-1]
+            return False
+        return True
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Flushes (within ``timeout``) and stops the thread; returns whether all was written."""
+        ok = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        return ok
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                name, (seq, data) = min(self._pending.items(), key=lambda kv: kv[1][0])
+            if self.storage.exit.passed():
+                with self._cond:   # stopping: nobody waits for these any more
+                    self._closed = True
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+            try:
+                payload = data() if callable(data) else data
+                self.storage._write_once(name, payload)  # pylint: disable=protected-access
+            except Exception as exc:  # noqa: BLE001 (classified; never raised into training)
+                if not is_transient(exc):
+                    log.error("Could not write %s: %s: %s (not retried)",
+                              self.storage.url(name), type(exc).__name__, exc)
+                    with self._cond:
+                        if self._pending.get(name, (None,))[0] == seq:
+                            del self._pending[name]
+                        self._errors[seq] = exc
+                        self._cond.notify_all()
+                    continue
+                failures += 1
+                self.last_error = exc
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                delay = min(self.max_delay_s, self.base_delay_s * 2 ** min(failures - 1, 10))
+                log.warning("Storage unreachable for %.0f s while writing %s in the background "
+                            "(%s: %s); training continues, retrying in %.0f s",
+                            time.monotonic() - self.outage_since, self.storage.url(name),
+                            type(exc).__name__, exc, delay)
+                with self._cond:
+                    if self._closed:   # given up on (close() timed out): stop retrying
+                        self._pending.clear()
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(delay)
+                continue
+            if self.outage_since is not None:
+                log.warning("Storage reachable again after %.0f s: %s written",
+                            time.monotonic() - self.outage_since, self.storage.url(name))
+            failures = 0
+            self.outage_since = None
+            self.last_error = None
+            with self._cond:
+                if self._pending.get(name, (None,))[0] == seq:
+                    del self._pending[name]
+                self._cond.notify_all()
 
 
 # -- whole paths -----------------------------------------------------------------------------

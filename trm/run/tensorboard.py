@@ -7,7 +7,10 @@ framing of ``Event`` protocol buffers, scalars as ``simple_value``) -- written h
 
 Object stores cannot append, so for a remote workdir the events go to a local folder first and
 :meth:`SummaryWriterSync.sync` re-uploads every changed events file whole to ``WORKDIR/tb/``;
-a preemption loses at most what was logged since the last sync. Each process writes its own
+a preemption loses at most what was logged since the last sync. Uploads run on a background
+thread (:class:`~trm.run.storage.BackgroundWriter`): a storage outage never blocks or stops
+training, the upload is retried until it works, and :meth:`SummaryWriterSync.close` waits for
+the final upload (up to the retry budget, or the exit grace window of a stopping process). Each process writes its own
 events file (the name holds time, host and pid), so a resumed run adds a new file and never
 overwrites the old one.
 
@@ -28,7 +31,7 @@ import tempfile
 import time
 from typing import Dict, Iterable, List, Mapping, Optional
 
-from trm.run.storage import Storage
+from trm.run.storage import BackgroundWriter, Storage, retry_budget_s
 from trm.run.workdir import as_workdir
 
 log = logging.getLogger(__name__)
@@ -145,7 +148,8 @@ class LocalMirror:
     """A local folder for files that must be written locally (event files), uploaded whole to
     ``storage/subdir`` by :meth:`sync`. For a local ``storage`` it is ``storage/subdir`` itself
     (nothing to sync); for a remote one a new temporary folder of this process, so a resumed
-    run never overwrites the previous process's files."""
+    run never overwrites the previous process's files. Uploads go through a
+    :class:`~trm.run.storage.BackgroundWriter` (retried through outages, latest content wins)."""
 
     def __init__(self, storage: Storage, subdir: str) -> None:
         self.storage = storage
@@ -153,29 +157,53 @@ class LocalMirror:
         if storage.is_local:
             self._base = None
             self.path = storage.url(self.subdir)
+            self.uploads: Optional[BackgroundWriter] = None
         else:
             self._base = tempfile.mkdtemp(prefix="trm-mirror-")
             self.path = os.path.join(self._base, *self.subdir.split("/"))
+            self.uploads = BackgroundWriter(storage, name="trm-mirror-upload")
         os.makedirs(self.path, exist_ok=True)
         self._synced: Dict[str, tuple] = {}
+        self._complete: Dict[str, int] = {}
 
-    def sync(self) -> List[str]:
-        """Uploads new or changed files; returns their relative names (none when local)."""
+    def _loader(self, rel: str):
+        path = os.path.join(self.path, rel)
+
+        def load() -> bytes:
+            # Up to the size seen at the last sync(): the writer only appends whole records
+            # and flushes before every sync, so the upload never ends inside a record.
+            with open(path, "rb") as f:
+                return f.read(self._complete[rel])
+        return load
+
+    def sync(self, wait: bool = True, timeout: Optional[float] = None) -> List[str]:
+        """Queues new or changed files for upload; returns their relative names (none when
+        local). With ``wait`` it returns once they are uploaded, waiting through an outage for
+        up to ``timeout`` (default: the retry budget) and raising the storage error after."""
         if self.storage.is_local:
             return []
-        uploaded = []
+        queued = []
         for rel in _walk_files(self.path):
             st = os.stat(os.path.join(self.path, rel))
             key = (st.st_size, st.st_mtime_ns)
             if self._synced.get(rel) == key:
                 continue
-            self.storage.upload(os.path.join(self.path, rel), f"{self.subdir}/{rel}")
+            self._complete[rel] = st.st_size
+            self.uploads.put(f"{self.subdir}/{rel}", self._loader(rel))
             self._synced[rel] = key
-            uploaded.append(rel)
-        return uploaded
+            queued.append(rel)
+        if wait:
+            self.wait(retry_budget_s() if timeout is None else timeout, raise_errors=True)
+        return queued
+
+    def wait(self, timeout: Optional[float] = None, raise_errors: bool = False) -> bool:
+        """Waits (at most ``timeout``) for the queued uploads; True once all are uploaded."""
+        return True if self.uploads is None else self.uploads.flush(timeout, raise_errors)
 
     def cleanup(self) -> None:
         """Deletes a remote storage's temporary folder (after a final sync)."""
+        if self.uploads is not None:
+            self.uploads.close(timeout=0)
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
             self._base = None
@@ -199,10 +227,15 @@ class SummaryWriterSync:
             previous run's events at steps ``>= S + 1`` (they are logged again).
         rotate_bytes: remote workdirs start a new events file once the current one exceeds
             this size, so each sync re-uploads at most this much of old data.
+        sync_wait_s: how long :meth:`flush` waits for its upload while the storage is healthy
+            (so a healthy upload is done when flush returns); during an outage it does not
+            wait at all: the upload continues in the background.
     """
 
     def __init__(self, workdir: "Storage | str", subdir: str = "tb", sync_every_s: float = 60.0,
-                 purge_step: Optional[int] = None, rotate_bytes: int = 16 << 20) -> None:
+                 purge_step: Optional[int] = None, rotate_bytes: int = 16 << 20,
+                 sync_wait_s: float = 2.0) -> None:
+        self.sync_wait_s = sync_wait_s
         self.workdir = workdir if isinstance(workdir, Storage) else as_workdir(workdir)
         self.subdir = subdir
         self.sync_every_s = sync_every_s
@@ -239,37 +272,48 @@ class SummaryWriterSync:
         self.writer.add_text(tag, text, int(step))
 
     def flush(self) -> None:
-        """Writes pending events to the events file; uploads if ``sync_every_s`` has passed."""
+        """Writes pending events to the events file; uploads if ``sync_every_s`` has passed.
+
+        Never blocks for long and never raises for storage: the upload runs in the background;
+        while the storage is healthy flush waits up to ``sync_wait_s`` for it to finish."""
         self.writer.flush()
         if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
-            self.sync()
+            healthy = self.mirror.uploads.healthy and not self.mirror.uploads.pending()
+            self._queue()
+            if healthy:
+                self.mirror.wait(self.sync_wait_s)
 
-    def sync(self) -> bool:
+    def _queue(self) -> None:
+        """Flushes the events file and queues every changed file for upload (no waiting)."""
+        if self._writer is not None:
+            self._writer.flush()
+        self._last_sync = time.monotonic()
+        self.mirror.sync(wait=False)
+        self._maybe_rotate()
+
+    def sync(self, timeout: Optional[float] = None) -> bool:
         """Flushes and uploads changed events files now (remote workdirs; else only flushes).
 
-        Upload errors (after retries) are logged, not raised: the next sync tries again.
-        Returns whether everything is uploaded.
+        Waits for the upload at most ``timeout`` (default: the retry budget; the exit grace
+        window of a stopping process limits it too). Errors are logged, not raised: the upload
+        goes on in the background. Returns whether everything is uploaded.
         """
         if self._writer is not None:
             self._writer.flush()
         if not self.remote:
             return True
-        ok = True
+        ok = False
         try:
-            uploaded = self.mirror.sync()
-            if uploaded:
-                log.debug("Uploaded %s to %s", uploaded, self.workdir.url(self.subdir))
+            self._queue()
+            ok = self.mirror.wait(retry_budget_s() if timeout is None else timeout,
+                                  raise_errors=True)
         except Exception as exc:  # noqa: BLE001 (logging must not kill training)
-            ok = False
-            log.warning("Could not upload TensorBoard events to %s (will retry at the next "
-                        "sync): %s: %s", self.workdir.url(self.subdir), type(exc).__name__, exc)
-        self._last_sync = time.monotonic()
-        if ok:
-            self._maybe_rotate()
+            log.warning("Could not upload TensorBoard events to %s (will retry): %s: %s",
+                        self.workdir.url(self.subdir), type(exc).__name__, exc)
         return ok
 
     def _maybe_rotate(self) -> None:
-        """Starts a new events file once the current one is big (it was just uploaded)."""
+        """Starts a new events file once the current one is big (it was just queued whole)."""
         writer = self._writer
         if writer is None or self.rotate_bytes <= 0:
             return
@@ -279,13 +323,15 @@ class SummaryWriterSync:
         except (AttributeError, OSError):
             return
         writer.close()
-        self.mirror.sync()
+        self.mirror.sync(wait=False)
         self._writer = EventFileWriter(self.local_dir)
 
-    def close(self) -> None:
+    def close(self, timeout: Optional[float] = None) -> None:
         """Flushes, closes the events file, uploads it (remote) and removes the local copy.
 
-        If the final upload fails, the local copy is kept and its folder logged.
+        Waits for the upload at most ``timeout`` (default: the retry budget, or until a stopping
+        process's exit grace window ends). If it is not uploaded by then, the local copy is
+        kept and its folder logged.
         """
         if self._closed:
             return
@@ -294,7 +340,7 @@ class SummaryWriterSync:
             self._writer.close()
             self._writer = None
         if self.remote:
-            if self.sync():
+            if self.sync(timeout):
                 self.mirror.cleanup()
             else:
                 log.error("TensorBoard events not fully uploaded to %s; the local copy is in %s",
