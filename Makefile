@@ -9,7 +9,7 @@ XPIP := $(XLA_VENV)/bin/python -m pip
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-xla quickstart test test-fast clean-venv
+.PHONY: install install-dev install-xla quickstart test test-fast cpu-study clean-venv
 
 $(VENV)/.trm-installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ test: install-dev install-xla
 
 test-fast: install-dev
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The CPU study (docs/results/cpu_study/): 51 runs (17 arms x 3 seeds), two at a time, about
+# 4 hours on 2 cores. Resumable: run it again after an interruption and it continues. Then the
+# report (results.json, RESULTS.md, plots) and the notebook with its outputs.
+STUDY_ROOT ?= runs
+STUDY_PARALLEL ?= 2
+cpu-study: install-dev
+	$(VENV)/bin/python -m launchers.local --sweep=cpu_study --root=$(STUDY_ROOT) \
+		--parallel=$(STUDY_PARALLEL)
+	$(VENV)/bin/python -m analysis.cpu_study --runs=$(STUDY_ROOT) --out=docs/results/cpu_study \
+		--notebook=analysis/notebooks/cpu_study.ipynb
 
 clean-venv:
 	rm -rf $(VENV) $(XLA_VENV)

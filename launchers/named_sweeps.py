@@ -118,6 +118,8 @@ class Sweep:
       seeds: default seeds; each run binds ``SEED=<seed>`` and its name ends in ``_s<seed>``.
       fixed: bindings applied to every run, before the axis bindings.
       description: one line for ``--list``.
+      seeds_first: if True, all seeds of a grid point run before the next point (a study run
+        in parts then finishes whole ablations early); by default seeds vary slowest.
     """
 
     name: str
@@ -126,6 +128,7 @@ class Sweep:
     seeds: tuple[int, ...] = (0,)
     fixed: tuple[str, ...] = ()
     description: str = ""
+    seeds_first: bool = False
 
     def __post_init__(self):
         if not _SWEEP_NAME_RE.match(self.name):
@@ -151,23 +154,25 @@ class Sweep:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"duplicate seeds: {seeds}")
         runs = []
-        # Seeds vary slowest: a queue cut short still covers every grid point once.
-        for seed in seeds:
-            for combo in itertools.product(*(axis.points for axis in self.axes)):
-                gin_files = list(self.gin_files)
-                bindings = list(self.fixed)
-                for point in combo:
-                    if point.gin_files:
-                        gin_files = list(point.gin_files)
-                    bindings += [f"{k}={v}" for k, v in point.bindings.items()]
-                name = "_".join([p.label for p in combo] + [f"s{int(seed)}"])
-                runs.append(
-                    Run(
-                        name=f"{self.name}/{name}",
-                        gin_files=gin_files,
-                        bindings=bindings + [f"{SEED_MACRO}={int(seed)}"],
-                    )
+        # By default seeds vary slowest: a queue cut short still covers every grid point once.
+        combos = list(itertools.product(*(axis.points for axis in self.axes)))
+        order = ([(c, s) for c in combos for s in seeds] if self.seeds_first
+                 else [(c, s) for s in seeds for c in combos])
+        for combo, seed in order:
+            gin_files = list(self.gin_files)
+            bindings = list(self.fixed)
+            for point in combo:
+                if point.gin_files:
+                    gin_files = list(point.gin_files)
+                bindings += [f"{k}={v}" for k, v in point.bindings.items()]
+            name = "_".join([p.label for p in combo] + [f"s{int(seed)}"])
+            runs.append(
+                Run(
+                    name=f"{self.name}/{name}",
+                    gin_files=gin_files,
+                    bindings=bindings + [f"{SEED_MACRO}={int(seed)}"],
                 )
+            )
         return runs
 
 
@@ -335,3 +340,19 @@ def _family(base: str, *, cpu: bool) -> list[Sweep]:
 for _sweep in _family("e1_1_baseline.gin", cpu=False) + _family("cpu_e1_1_baseline.gin", cpu=True):
     register_sweep(_sweep)
 del _sweep
+
+
+def _cpu_study() -> Sweep:
+    """The CPU study (docs/results/cpu_study/): every arm of :data:`analysis.cpu_study.ARMS`
+    (the baseline once, shared by the ablations) x 3 seeds, one arm's seeds after another."""
+    from analysis.cpu_study import ARMS, SEEDS
+
+    points = tuple(Point(a.label, a.bindings, (a.gin_file,)) for a in ARMS)
+    return Sweep("cpu_study", (ARMS[0].gin_file,), (Axis("arm", points),), SEEDS,
+                 description="the CPU study: E2.1 EMA, E2.2 T/n, E2.3 mixer, E2.4 deep "
+                             "supervision, E3.1 width, E3.2 data, E3.3 LR x batch on 9x9 Sudoku "
+                             "twins, 3 seeds (report: python -m analysis.cpu_study)",
+                 seeds_first=True)
+
+
+register_sweep(_cpu_study())

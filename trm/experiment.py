@@ -50,6 +50,10 @@ class TrainConfig:
             global_batch_size) (section 8).
         preemption_check_every: in multi-process runs, the processes agree on a received
             SIGTERM every this many steps (one host read); 0 = at log intervals.
+        halting_rng: where the halting exploration draws come from: ``"torch"`` (the device's
+            generator, as in the reference), ``"counter"`` (a hash of seed, step, micro-batch,
+            process and row computed on the device, see trm.halting), or ``"auto"`` = counter
+            on XLA (no per-step RNG-seed upload), torch elsewhere (HALTING_RNG).
         grad_accum_steps: split each process's batch into this many micro-batches (each with
             its own carry slot) whose gradients add up before one update: the same step as the
             whole batch, in less memory (GRAD_ACCUM_STEPS).
@@ -91,6 +95,7 @@ class TrainConfig:
     init_from_reference: Optional[str] = None
     preemption_check_every: int = 0
     async_checkpoint: bool = True
+    halting_rng: str = "auto"
 
     def validate(self, process_count: int) -> None:
         """Checks every setting before anything runs; one line per problem, naming the gin
@@ -121,6 +126,9 @@ class TrainConfig:
                 not isinstance(self.forward_dtype, torch.dtype):
             raise TrainingError(f"FORWARD_DTYPE={self.forward_dtype!r} is not a dtype: use "
                                 "'auto', 'float32' or 'bfloat16'.")
+        if self.halting_rng not in ("auto", "torch", "counter"):
+            raise TrainingError(f"HALTING_RNG={self.halting_rng!r} is not a generator: use "
+                                "'auto', 'torch' or 'counter'.")
         if self.device not in ("auto", "cpu", "cuda", "xla"):
             raise TrainingError(f"DEVICE={self.device!r} is not a device: use 'auto', 'cpu', "
                                 "'cuda' or 'xla'.")

@@ -14,11 +14,57 @@ tensors, so they compile to one fixed graph on XLA.
 Exploration (training only): with probability ``exploration_prob`` a row must run at least
 ``r ~ U{2..max_steps}`` steps before it may halt. Both random draws happen every training
 step (even at probability 0), as in the reference, so the RNG stream is the same.
+
+Where the draws come from: by default torch's generator of the device (``torch.rand_like``),
+as in the reference. Given an ``rng_key`` (a device integer tensor; the trainer passes one on
+XLA, ``HALTING_RNG``), they come from :func:`counter_uniform` / :func:`counter_randint`, a
+counter-based generator: a murmur3-style hash of (key, stream, row) computed with integer ops on
+the device. torch_xla uploads a fresh RNG seed to the device for every graph that calls
+``torch.rand``; a hash of the device step counter needs no upload, so a training step moves only
+its batch. The draws are still independent uniforms per row and step (tested), reproducible
+from (seed, step, micro-batch, process) on any device and after a resume.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """The murmur3 32-bit finaliser on int64 tensors holding values in [0, 2**32).
+
+    Products may wrap past 2**63; the mask keeps their low 32 bits, which wrapping int64
+    arithmetic computes exactly."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
+def counter_bits(key: torch.Tensor, n: int, stream: int) -> torch.Tensor:
+    """``n`` pseudo-random 32-bit values (int64 in [0, 2**32)) for ``key`` (an integer tensor
+    of any shape with one element) and ``stream``; a pure function of its arguments."""
+    k = key.reshape(()).to(torch.int64) & _MASK32
+    k = _fmix32((k * 0x9E3779B1 + (stream * 0x632BE5AB + 0x5BD1E995)) & _MASK32)
+    rows = torch.arange(n, device=key.device, dtype=torch.int64)
+    return _fmix32(_fmix32((rows * 0x7FEB352D + k) & _MASK32) ^ k)
+
+
+def counter_uniform(key: torch.Tensor, n: int, stream: int) -> torch.Tensor:
+    """``n`` float32 uniforms in [0, 1) (24 random bits each) from :func:`counter_bits`."""
+    return (counter_bits(key, n, stream) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def counter_randint(key: torch.Tensor, n: int, stream: int, low: int, high: int
+                    ) -> torch.Tensor:
+    """``n`` int64 integers uniform in [low, high) (modulo bias below 2**-20 for ranges under
+    4096) from :func:`counter_bits`."""
+    return low + counter_bits(key, n, stream) % (high - low)
 
 from trm.registry import register
 
@@ -39,14 +85,24 @@ class HaltingPolicy:
         return torch.zeros_like(q_halt, dtype=torch.bool)
 
     def __call__(self, *, q_halt: torch.Tensor, q_continue: torch.Tensor,
-                 steps: torch.Tensor, max_steps: int, training: bool) -> torch.Tensor:
-        """Returns the ``halted`` mask after an ACT step (``steps`` already incremented)."""
+                 steps: torch.Tensor, max_steps: int, training: bool,
+                 rng_key: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Returns the ``halted`` mask after an ACT step (``steps`` already incremented).
+
+        ``rng_key``: draw the exploration from the counter-based generator with this key
+        (module docstring) instead of torch's generator."""
         is_last = steps >= max_steps
         halted = is_last
         if training and max_steps > 1:
             halted = halted | self.wants_halt(q_halt, q_continue)
-            explore = torch.rand_like(q_halt) < self.exploration_prob
-            min_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
+            if rng_key is None:
+                explore = torch.rand_like(q_halt) < self.exploration_prob
+                bound = torch.randint_like(steps, low=2, high=max_steps + 1)
+            else:
+                n = q_halt.shape[0]
+                explore = counter_uniform(rng_key, n, 0) < self.exploration_prob
+                bound = counter_randint(rng_key, n, 1, 2, max_steps + 1).to(steps.dtype)
+            min_steps = explore * bound
             halted = halted & (steps >= min_steps)
         return halted
 

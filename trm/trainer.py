@@ -202,6 +202,11 @@ class Trainer:
         self.ema = cfg.ema(self.model) if use_ema else None
         self.step, self.carries, self.best = 0, None, None
         self._step_t = torch.zeros((), dtype=torch.int64, device=rt.device)
+        self._counter_rng = cfg.halting_rng == "counter" or (cfg.halting_rng == "auto"
+                                                             and rt.is_xla)
+        # per micro-batch constants of the exploration key: seed, process and slot
+        self._rng_salt = [(cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003
+                          for i in range(cfg.grad_accum_steps)]
         self._lr_tables = None
         self._nonfinite_step = torch.zeros((), dtype=torch.int64, device=rt.device)
 
@@ -293,6 +298,8 @@ class Trainer:
         metrics: Dict[str, torch.Tensor] = {}
         finite = None
         for i, chunk in enumerate(chunks):
+            if self._counter_rng:
+                self.model.halting_rng_key = self._step_t * 1_000_003 + self._rng_salt[i]
             self.carries[i], outputs = self.model(self.carries[i], chunk)
             loss, part, _ = self.loss_head(self.carries[i], outputs)
             (loss / cfg.global_batch_size).backward()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import threading
 
@@ -67,6 +68,22 @@ def reference_dir(tmp_path_factory):
 def converted(reference_dir, tmp_path_factory):
     return build_dataset("reference_npy", str(tmp_path_factory.mktemp("conv")),
                          source=str(reference_dir), num_shards=4)
+
+
+@pytest.mark.parametrize("set_name", ["../../outside", "/etc/passwd", "a/../../b", ""])
+def test_reference_set_names_that_leave_the_source_are_rejected(reference_dir, tmp_path,
+                                                                   set_name):
+    """dataset.json is data: a set name that would read arrays outside the split's folder is
+    refused with one line naming the file, before anything is read or written."""
+    src = tmp_path / "ref"
+    shutil.copytree(reference_dir, src)
+    meta = json.loads((src / "train" / "dataset.json").read_text())
+    meta["sets"] = [set_name]
+    (src / "train" / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="not a plain name"):
+        build_dataset("reference_npy", str(out), source=str(src), num_shards=1)
+    assert not (out / "metadata.json").exists()
 
 
 def test_round_trip_reference_npy_to_tensors(reference_dir, converted):

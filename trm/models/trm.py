@@ -33,6 +33,17 @@ from trm.registry import REGISTRY, register
 Batch = Dict[str, torch.Tensor]
 
 
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes keyword ``name`` (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 @dataclasses.dataclass
 class Carry:
     """State carried across ACT steps (and across optimizer steps in training)."""
@@ -140,6 +151,12 @@ class TRM(nn.Module):
         self.eval_halt_max_steps = eval_halt_max_steps or halt_max_steps
         halting = _resolve("halting", halting)
         self.halting: HaltingPolicy = halting if isinstance(halting, HaltingPolicy) else halting()
+        #: When set (a device integer tensor), the halting exploration draws come from the
+        #: counter-based generator keyed by it (trm.halting); the trainer sets it on XLA.
+        self.halting_rng_key: Optional[torch.Tensor] = None
+        # Policies written before ``rng_key`` existed (plugins) keep working: they get no key
+        # and draw from torch's generator.
+        self._halting_takes_key = _accepts(self.halting.__call__, "rng_key")
 
         ndim = hidden_size if puzzle_emb_ndim is None else puzzle_emb_ndim
         self.puzzle_emb_ndim = ndim
@@ -266,8 +283,10 @@ class TRM(nn.Module):
         with torch.no_grad():
             steps = steps + 1
             max_steps = self.halt_max_steps if self.training else self.eval_halt_max_steps
+            key = ({"rng_key": self.halting_rng_key}
+                   if self.halting_rng_key is not None and self._halting_takes_key else {})
             new_halted = self.halting(q_halt=q_halt, q_continue=q_continue, steps=steps,
-                                      max_steps=max_steps, training=self.training)
+                                      max_steps=max_steps, training=self.training, **key)
             if self.training and self.halting.bootstrap_target:
                 _, _, _, next_halt, next_continue = self.inner_step(z_H, z_L, data)
                 outputs["target_q_continue"] = self.halting.continue_target(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from trm.data import fsutil
 from trm.data.format import BLANK_IDENTIFIER_NAME, IDENTIFIERS_FILE, TEST_PUZZLES_FILE, DataError
 from trm.data.writer import SetArrays
 
+_SET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _AGREE = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id",
           "num_puzzle_identifiers")
 
@@ -47,7 +49,14 @@ def build(args: dict) -> dict:
             raise DataError(f"{path}: missing field(s) {missing}")
         metas[split] = meta
         sets = {}
+        if not isinstance(meta["sets"], list) or not meta["sets"]:
+            raise DataError(f"{path}: 'sets' must be a non-empty list of set names")
         for set_name in meta["sets"]:
+            # Metadata is data: a set name becomes part of a file name, so it must not name a
+            # path (``../x``, ``/abs``) that leaves the source dataset.
+            if not isinstance(set_name, str) or not _SET_NAME.match(set_name) or ".." in set_name:
+                raise DataError(f"{path}: set name {set_name!r} is not a plain name (letters, "
+                                "digits, '_', '-', '.'); the arrays must lie in the split's folder")
             arr = {k: _load_npy(fsutil.join(src, split, f"{set_name}__{k}.npy"))
                    for k in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices",
                              "group_indices")}

@@ -1,0 +1,195 @@
+"""The CPU study's report (analysis.cpu_study) and its sweep (launchers: cpu_study): intervals
+that respect the metric's range, verdicts, results.json fields, and commands that reproduce."""
+
+import json
+import os
+import shlex
+
+import numpy as np
+import pytest
+
+from analysis import cpu_study as cs
+from launchers.named_sweeps import get_sweep
+
+
+def test_every_ablation_uses_known_arms_and_every_arm_is_used():
+    used = set()
+    for ab in cs.ABLATIONS:
+        assert set(ab.weights) <= set(ab.arms) <= set(cs.ARM_BY_LABEL), ab.name
+        assert abs(sum(ab.weights.values())) < 1e-12, ab.name  # a contrast
+        used |= set(ab.arms)
+    assert used == set(cs.ARM_BY_LABEL)
+    names = {ab.name for ab in cs.ABLATIONS}
+    for want in ("e2_1_ema", "e2_2_tn", "e2_3_mixer", "e2_4_deep_supervision", "e3_2_data",
+                 "e3_3_lr_batch", "e3_1_width"):
+        assert any(want in n for n in names), want
+
+
+def test_tn_ablation_covers_the_five_study_points():
+    from launchers.named_sweeps import TN_SCHEDULES
+    tn = next(ab for ab in cs.ABLATIONS if ab.name == "e2_2_tn")
+    for t, n in TN_SCHEDULES:
+        assert f"t{t}_n{n}" in tn.arms
+
+
+def test_sweep_runs_every_arm_with_three_seeds_one_arm_after_another():
+    sweep = get_sweep("cpu_study")
+    runs = sweep.runs()
+    assert len(runs) == 3 * len(cs.ARMS)
+    assert [r.name for r in runs[:4]] == ["cpu_study/base_s0", "cpu_study/base_s1",
+                                          "cpu_study/base_s2", "cpu_study/ema_off_s0"]
+    for run in runs:
+        arm = cs.ARM_BY_LABEL[run.name.split("/")[1].rsplit("_s", 1)[0]]
+        assert run.gin_files == [arm.gin_file]
+        assert run.bindings[:-1] == [f"{k}={v}" for k, v in arm.bindings.items()]
+    # other sweeps keep seeds slowest
+    assert get_sweep("cpu_e2_1_ema").runs()[1].name.endswith("_s0")
+
+
+def test_arm_files_are_the_shipped_9x9_twins():
+    import gin as _gin  # noqa: F401  (the gin tree test resolves them; here: the task)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for arm in cs.ARMS:
+        assert os.path.exists(os.path.join(repo, "gin", "experiments", "cpu", arm.gin_file))
+    text = open(os.path.join(repo, "gin", "experiments", "cpu", "cpu_e1_1_baseline.gin")).read()
+    assert "SUDOKU_BOX = '3x3'" in text and "SUDOKU_BLANKS = 50" in text
+    assert f"TRAIN_STEPS = {cs.STUDY_STEPS}" in text
+    quick = open(os.path.join(repo, "gin", "experiments", "quickstart.gin")).read()
+    assert "SUDOKU_BOX = '2x3'" in quick  # the quickstart stays on the easy task
+
+
+@pytest.mark.parametrize("acc", [(1.0, 1.0, 1.0), (0.99, 1.0, 0.98)])
+def test_effect_interval_never_leaves_the_range(acc):
+    c = cs.contrast_interval({"a": (acc, [500] * 3), "b": ((0.0, 0.01, 0.0), [500] * 3)},
+                             {"a": 1, "b": -1}, n_boot=2000)
+    lo, hi = c["ci"]
+    assert -1 <= lo <= c["effect"] <= hi <= 1
+    # the union contains both methods' intervals (where they lie inside the range)
+    assert lo <= max(-1, c["ci_bootstrap"][0]) and hi >= min(1, c["ci_bootstrap"][1])
+    assert lo <= max(-1, c["ci_welch"][0]) and hi >= min(1, c["ci_welch"][1])
+
+
+def test_interval_excludes_zero_only_for_a_real_difference():
+    same = cs.contrast_interval({"a": ((0.50, 0.52, 0.48), [500] * 3),
+                                 "b": ((0.51, 0.49, 0.50), [500] * 3)}, {"a": 1, "b": -1})
+    assert same["ci"][0] < 0 < same["ci"][1]
+    apart = cs.contrast_interval({"a": ((0.60, 0.62, 0.58), [500] * 3),
+                                  "b": ((0.41, 0.39, 0.40), [500] * 3)}, {"a": 1, "b": -1})
+    assert apart["ci"][0] > 0.1
+    # seed noise widens the interval: the same means with a wide spread are inconclusive
+    noisy = cs.contrast_interval({"a": ((0.30, 0.90, 0.60), [500] * 3),
+                                  "b": ((0.10, 0.70, 0.40), [500] * 3)}, {"a": 1, "b": -1})
+    assert noisy["ci"][0] < 0 < noisy["ci"][1]
+    with pytest.raises(ValueError, match="must lie in"):
+        cs.contrast_interval({"a": ((1.2,), [10]), "b": ((0.1,), [10])}, {"a": 1, "b": -1})
+
+
+def _write_run(root, arm, seed, acc, *, status="completed", steps=cs.STUDY_STEPS):
+    label = arm.label
+    d = os.path.join(root, "cpu_study", f"{label}_s{seed}")
+    os.makedirs(os.path.join(d, "eval"), exist_ok=True)
+    for step, a in ((500, acc / 3), (1000, acc / 2), (steps, acc)):
+        os.makedirs(os.path.join(d, "eval", f"step_{step:09d}"), exist_ok=True)
+        with open(os.path.join(d, "eval", f"step_{step:09d}", "metrics.json"), "w") as f:
+            json.dump({"eval/exact_accuracy": a, "eval/accuracy": 0.9, "eval/count": 500.0,
+                       "step": step}, f)
+    meta = {"status": status, "last_step": steps, "total_steps": cs.STUDY_STEPS,
+            "last_eval_step": steps, "torch_threads": 1, "forward_dtype": "bfloat16",
+            "start_time": "2026-11-29T00:00:00Z", "end_time": "2026-11-29T00:05:00Z",
+            "last_eval": {"eval/exact_accuracy": acc, "eval/accuracy": 0.9, "eval/count": 500.0},
+            "num_params": 1000}
+    with open(os.path.join(d, "run.json"), "w") as f:
+        json.dump(meta, f)
+    argv = ["/x/trm/train.py", f"--gin_file={arm.gin_file}"] + [
+        f"--gin_param={k}={v}" for k, v in arm.bindings.items()] + [
+        f"--gin_param=SEED={seed}", f"--workdir={d}", "--noprogress"]
+    with open(os.path.join(d, "command.json"), "w") as f:
+        json.dump({"argv": argv}, f)
+
+
+def test_report_from_runs(tmp_path):
+    root = str(tmp_path / "runs")
+    target = {a.label: 0.5 for a in cs.ARMS}
+    target.update(ema_off=0.30,            # EMA clearly helps: agrees
+                  attention=0.70,          # attention better: disagrees with the paper
+                  t3_n6=0.51, t2_n2=0.50)  # no difference: inconclusive
+    rng = np.random.default_rng(0)
+    for arm in cs.ARMS:
+        for seed in cs.SEEDS:
+            if arm.label == "p4000" and seed > 0:
+                continue  # one seed only: pending
+            _write_run(root, arm, seed, float(np.clip(target[arm.label]
+                                                      + rng.normal(0, 0.01), 0, 1)))
+    # an unfinished run and a stray folder do not count
+    _write_run(root, cs.ARM_BY_LABEL["h32"], 7, 0.9, status="running", steps=1000)
+    os.makedirs(os.path.join(root, "cpu_study", "not_a_run"))
+    out = str(tmp_path / "out")
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"e2_3_mixer": "Attention overfits less at this scale."}))
+    assert cs.main([f"--runs={root}", f"--out={out}", f"--notes={notes}", "--n_boot=2000"]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    ab = {a["name"]: a for a in res["ablations"]}
+    for a in ab.values():
+        assert set(a) >= {"name", "paper_direction", "effect", "ci", "seeds", "agrees"}
+    assert ab["e2_1_ema"]["agrees"] is True and ab["e2_1_ema"]["ci"][0] > 0
+    assert abs(ab["e2_1_ema"]["effect"] - 20) < 3 and ab["e2_1_ema"]["seeds"] == 3
+    assert ab["e2_1_ema"]["paper_effect"] == pytest.approx(7.5)
+    assert ab["e2_3_mixer"]["agrees"] is False
+    assert ab["e2_2_tn"]["agrees"] == "inconclusive"
+    assert ab["e3_2_data"]["agrees"] == "pending" and ab["e3_2_data"]["seeds"] == 1
+    for a in ab.values():
+        if a["ci"]:
+            assert -100 <= a["ci"][0] <= a["effect"] <= a["ci"][1] <= 100
+    runs = {r["name"]: r for r in res["runs"]}
+    assert "cpu_study/h32_s7" in runs and res["compute"]["completed"] == len(runs) - 1
+    r = runs["cpu_study/b32_lr3e-3_s1"]
+    assert r["seed"] == 1 and r["wall_s"] == 300 and r["final"]["eval/exact_accuracy"] > 0
+    argv = shlex.split(r["command"])
+    assert argv[:3] == ["python", "-m", "trm.train"]
+    assert "--gin_file=cpu_e3_3_lr.gin" in argv and "--gin_param=GLOBAL_BATCH_SIZE=32" in argv
+    assert "--gin_param=SEED=1" in argv
+    assert res["compute"]["cpu_hours"] > 0
+    md = open(os.path.join(out, "RESULTS.md")).read()
+    for name in ab:
+        assert name in md
+    assert "Attention overfits less at this scale." in md
+    assert "**disagrees**" in md and "**agrees**" in md and "pending" in md
+    for fn in ("e2_1_ema.png", "effects.png", "e2_2_tn_depth.png"):
+        assert os.path.getsize(os.path.join(out, fn)) > 1000
+
+
+def test_missing_root_is_one_line(tmp_path, capsys):
+    assert cs.main([f"--runs={tmp_path / 'nope'}", f"--out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "launchers.local --sweep=cpu_study" in err
+
+
+def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    root = str(tmp_path / "runs")
+    for arm in cs.ARMS[:4]:
+        for seed in cs.SEEDS:
+            _write_run(root, arm, seed, 0.4 + 0.05 * seed)
+    out = str(tmp_path / "out")
+    assert cs.main([f"--runs={root}", f"--out={out}", "--n_boot=500"]) == 0
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    src = os.path.join(repo, "analysis", "notebooks", "cpu_study.ipynb")
+    nb_path = str(tmp_path / "cpu_study.ipynb")
+    import shutil
+    shutil.copy(src, nb_path)
+    monkeypatch.setenv("TRM_CPU_STUDY_RESULTS", os.path.join(out, "results.json"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the kernel runs in the notebooks folder, as for the committed one
+    cs.render_notebook(nb_path, timeout=300, cwd=os.path.dirname(src))
+    nb = nbformat.read(nb_path, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 4  # effects, arms, T/n, curves
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "12 completed runs of 12" in text
+    # the committed notebook carries its outputs, so the repository page shows the plots
+    committed = nbformat.read(src, as_version=4)
+    assert any("image/png" in o.get("data", {}) for c in committed.cells
+               if c.cell_type == "code" for o in c.get("outputs", []))
