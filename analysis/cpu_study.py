@@ -351,9 +351,11 @@ def _eval_history(path: str) -> List[Dict[str, Any]]:
 def _wall(meta: Mapping[str, Any], path: str) -> Optional[float]:
     from datetime import datetime
 
-    spans = meta.get("wall_s") or meta.get("train_wall_s")
-    if isinstance(spans, (int, float)):
-        return float(spans)
+    # active_s: the seconds the run's processes ran, over all restarts (runs written before
+    # it existed: end_time - start_time, which also counts a preempted run's wait)
+    active = meta.get("active_s")
+    if isinstance(active, (int, float)) and not isinstance(active, bool) and active > 0:
+        return float(active)
     try:
         a = datetime.fromisoformat(str(meta["start_time"]).replace("Z", "+00:00"))
         b = datetime.fromisoformat(str(meta["end_time"]).replace("Z", "+00:00"))

@@ -120,6 +120,10 @@ def test_report_from_runs(tmp_path):
                 continue  # one seed only: pending
             _write_run(root, arm, seed, float(np.clip(target[arm.label]
                                                       + rng.normal(0, 0.01), 0, 1)))
+    meta_path = os.path.join(root, "cpu_study", "base_s0", "run.json")
+    meta = json.load(open(meta_path))
+    meta["active_s"] = 250.5
+    json.dump(meta, open(meta_path, "w"))
     # an unfinished run and a stray folder do not count
     _write_run(root, cs.ARM_BY_LABEL["h32"], 7, 0.9, status="running", steps=1000)
     os.makedirs(os.path.join(root, "cpu_study", "not_a_run"))
@@ -143,7 +147,8 @@ def test_report_from_runs(tmp_path):
     runs = {r["name"]: r for r in res["runs"]}
     assert "cpu_study/h32_s7" in runs and res["compute"]["completed"] == len(runs) - 1
     r = runs["cpu_study/b32_lr3e-3_s1"]
-    assert r["seed"] == 1 and r["wall_s"] == 300 and r["final"]["eval/exact_accuracy"] > 0
+    assert r["seed"] == 1 and r["wall_s"] == 300  # end - start (no active_s)
+    assert runs["cpu_study/base_s0"]["wall_s"] == 250.5  # active_s wins over end - start and r["final"]["eval/exact_accuracy"] > 0
     argv = shlex.split(r["command"])
     assert argv[:3] == ["python", "-m", "trm.train"]
     assert "--gin_file=cpu_e3_3_lr.gin" in argv and "--gin_param=GLOBAL_BATCH_SIZE=32" in argv

@@ -209,3 +209,27 @@ def test_retry_classification():
     assert retry(flaky, what="test", base_delay_s=0.001) == "ok" and len(calls) == 3
     with pytest.raises(json.JSONDecodeError):
         retry(lambda: json.loads("{"), what="test", base_delay_s=0.001)
+
+
+def test_active_seconds_sum_over_restarts_and_exclude_the_wait(tmp_path):
+    """run.json's ``active_s`` counts the time the run's processes ran, over every restart,
+    not the time a preempted run waited (start_time..end_time counts both)."""
+    from trm.run.record import RunRecord
+    from trm.run.storage import Storage
+
+    st = Storage(str(tmp_path / "run"))
+    first = RunRecord(st)
+    first.start(resumed=False, step=0, fields={})
+    time.sleep(0.3)
+    first.log(5)
+    first.finish("preempted", 5)
+    after_first = RunRecord(st).read()["active_s"]
+    assert 0.3 <= after_first < 2
+    time.sleep(0.5)  # the run waits for its relaunch
+    second = RunRecord(st)
+    second.start(resumed=True, step=5, fields={})
+    time.sleep(0.2)
+    second.finish("completed", 10)
+    data = RunRecord(st).read()
+    assert after_first + 0.2 <= data["active_s"] < after_first + 1.5
+    assert data["status"] == "completed" and data["resumed_at_step"] == 5

@@ -34,6 +34,7 @@ import logging
 import subprocess
 import os
 import threading
+import time
 from typing import Any, Dict, Mapping, Optional
 
 from trm.run.storage import (BackgroundWriter, Storage, call_bounded, json_bytes,
@@ -114,7 +115,8 @@ class RunRecord:
 
         Common fields: ``status`` (one of ``running``, ``completed``, ``failed``,
         ``preempted``), ``last_step``, ``total_steps``, ``num_params``, ``flops_per_example``,
-        ``start_time``/``end_time`` (ISO 8601 UTC), ``trm_version``, ``git_commit``,
+        ``start_time``/``end_time`` (ISO 8601 UTC), ``active_s`` (seconds the run's processes
+        ran, summed over restarts), ``trm_version``, ``git_commit``,
         ``device``, ``world_size``. A field set to None is kept as null.
         """
         return self._update(fields, wait=retry_budget_s())
@@ -225,16 +227,30 @@ class RunRecord:
         if hparams is not None:
             self.storage.write_json(HPARAMS_JSON, dict(hparams))
         data = dict(fields, status="running", last_step=step, git_commit=git_commit())
+        # ``active_s``: seconds the run's processes have been running, summed over restarts
+        # (start_time..end_time also counts the time a preempted run waited to be resumed).
+        self._active_t0 = time.monotonic()
+        self._active_prev = 0.0
         if not resumed or not self.storage.exists(RUN_JSON):
             data["start_time"] = utc_now_iso()
         else:
             data["resumed_at_step"] = step
+            prev = self.read().get("active_s")
+            if isinstance(prev, (int, float)) and not isinstance(prev, bool) and prev >= 0:
+                self._active_prev = float(prev)
+        data["active_s"] = round(self._active_prev, 1)
         self.update(**data)
+
+    def _active_s(self) -> Optional[float]:
+        t0 = getattr(self, "_active_t0", None)
+        if t0 is None:
+            return None
+        return round(self._active_prev + time.monotonic() - t0, 1)
 
     def log(self, step: int) -> None:
         """A log interval: the step reached (in the background on a remote workdir: never
         blocks or raises for storage)."""
-        self.update_later(last_step=step, status="running")
+        self.update_later(last_step=step, status="running", active_s=self._active_s())
 
     def evaluation(self, step: int, metrics: Mapping[str, float]) -> Optional[Dict[str, Any]]:
         """Records an evaluation's metrics (eval/step_X/metrics.json, run.json) and updates
@@ -261,6 +277,8 @@ class RunRecord:
         A ``completed`` that cannot be written raises; a ``preempted`` is logged (the
         checkpoint is what matters, and a run.json left at ``running`` resumes the same)."""
         fields: Dict[str, Any] = dict(status=status, last_step=step)
+        if self._active_s() is not None:
+            fields["active_s"] = self._active_s()
         if status == "completed":
             fields["end_time"] = utc_now_iso()
         try:
