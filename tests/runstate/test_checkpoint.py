@@ -287,3 +287,17 @@ def test_export_state_dict(workdir, tmp_path):
         assert torch.equal(loaded[k], expected)
     fresh, _ = make_setup(seed=5)
     fresh.load_state_dict(loaded)
+
+
+def test_timeout_message_names_a_commit_that_was_in_flight(tmp_path):
+    """When the storage goes down while a COMMIT is being written, the trainer cannot know
+    whether it landed; the stop message says so instead of claiming the steps are lost."""
+    from trm.run.checkpoints import CheckpointManager
+    mgr = CheckpointManager(str(tmp_path / "wd"), async_save=False)
+    mgr.save(10, {"w": torch.zeros(2)})
+    mgr._commit_in_flight = 20
+    text = str(mgr._timeout_error(30))
+    assert "the last committed checkpoint is step 10" in text
+    assert "unless the COMMIT of step 20" in text and "resumes from step 20" in text
+    mgr._commit_in_flight = None
+    assert "unless" not in str(mgr._timeout_error(30))

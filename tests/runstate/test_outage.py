@@ -379,6 +379,14 @@ def test_sigterm_during_an_outage_exits_promptly_and_the_same_command_resumes(
     env = _env(emulator.url, TRM_EXIT_GRACE_S=str(grace))
     run = _Run(_cmd(url, sudoku_data), env)
     committed = _wait_for_commit(emulator, root, run)
+    # The trainer knows a checkpoint is committed once the storage has answered its COMMIT
+    # write ("Saved checkpoint" is logged then); a COMMIT seen in the bucket may still wait for
+    # that answer, and killing the storage in between makes the commit ambiguous to the trainer
+    # (its message then says so: tested below).
+    deadline = time.monotonic() + 120
+    while not any(f"step_{max(committed):09d}" in line and "Saved checkpoint" in line
+                  for _, line in list(run.err)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     emulator.kill()
     t_down = time.monotonic()
     print(f"committed before the outage: {committed}")

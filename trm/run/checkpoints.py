@@ -345,6 +345,7 @@ class CheckpointManager:
         self.best_mode = best_mode
         self.async_save = async_save
         self._commits: Dict[int, Dict[str, Any]] = {}   # committed (COMMIT read), by step
+        self._commit_in_flight: Optional[int] = None     # a step whose COMMIT is being written
         self._invalid: Dict[int, str] = {}              # step -> why it was rejected
         self._uncommitted: set = set()                  # step folders without COMMIT
         self._scanned = False
@@ -457,6 +458,13 @@ class CheckpointManager:
                 f"it are lost; the same command resumes from step {last}"
                 if last is not None else
                 f"no checkpoint was committed: all {step} steps are lost")
+        # A COMMIT whose write was cut off by the outage may have reached the storage even
+        # though no answer came back: say so rather than claim more is lost than may be.
+        flying = self._commit_in_flight
+        if flying is not None and flying not in committed and (last is None or flying > last):
+            kept += (f" (unless the COMMIT of step {flying}, being written when the storage "
+                     f"became unreachable, reached it: then the same command resumes from step "
+                     f"{flying})")
         return CheckpointTimeoutError(
             f"Storage unreachable while stopping: the checkpoint of step {step} could not be "
             f"committed to {self.workdir.url(CHECKPOINTS)} within {window}; {kept}.")
@@ -495,9 +503,11 @@ class CheckpointManager:
             "time": utc_now_iso(),
             "trm_version": _trm_version(),
         }
+        self._commit_in_flight = step
         wd.write_json(f"{folder}/{COMMIT_FILE}", commit)   # the commit point
         done = time.perf_counter()
         with self._lock:
+            self._commit_in_flight = None
             self._commits[step] = commit
             self._invalid.pop(step, None)
             self._uncommitted.discard(step)
