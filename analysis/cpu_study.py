@@ -18,14 +18,17 @@ a CPU budget, with three seeds per arm and the same number of optimizer steps fo
   An ablation with an arm that has fewer than :data:`MIN_SEEDS` finished seeds is ``"pending"``.
 * :func:`write_report` — ``results.json``, ``RESULTS.md`` and the plots.
 
-The effect interval: the *wider* (union) of two 95 % intervals of the contrast, each kept
-inside the contrast's range. (1) A hierarchical percentile bootstrap over seeds and puzzles:
-each replicate resamples every arm's seeds with replacement and, for each drawn seed, its
-``n`` test puzzles (a binomial draw at that seed's accuracy). (2) A Welch t interval over seed
-means (Welch-Satterthwaite degrees of freedom). With three seeds the bootstrap alone is too
-narrow (it cannot see more seed spread than the three values show) and the t interval alone
-ignores that each seed's accuracy is itself a 500-puzzle estimate; taking the union is the
-conservative choice. Neither leaves the metric's range.
+The effect interval. Seeds are matched across arms: seed ``s`` gives every arm the same data
+order and halting-exploration draws and, where the parameter shapes agree, the same
+initialisation. Much of the seed-to-seed spread is therefore shared by the arms, and an effect
+is measured per seed (``sum w_a * acc_a(s)``) and then averaged. Its 95 % interval is the
+*wider* (union) of two paired intervals, each kept inside the effect's range: (1) a hierarchical
+percentile bootstrap over seeds and puzzles: each replicate draws seeds with replacement, the
+same for every arm, and for each drawn seed each arm's ``n`` test puzzles (a binomial draw at
+that seed's accuracy); (2) a Student t interval over the per-seed effects. With three seeds the
+bootstrap alone is too narrow (it cannot see more spread than three values show) and the t
+interval alone ignores nothing but is coarse; the union is the conservative choice. Arms
+without common seeds fall back to the unpaired forms (per-arm bootstrap, Welch t).
 
 Command line::
 
@@ -218,37 +221,91 @@ def _bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidenc
     return (float(lo), float(hi))
 
 
-def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], Sequence[int]]],
+def _paired_t(d: np.ndarray, confidence: float) -> Tuple[float, float]:
+    """Student t interval of the mean of per-seed contrasts ``d``."""
+    from scipy import stats as sps
+
+    if len(d) < 2:
+        return (math.nan, math.nan)
+    m, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+    if not sd > 0:
+        return (m, m)
+    half = float(sps.t.ppf(0.5 + confidence / 2, len(d) - 1)) * sd / math.sqrt(len(d))
+    return (m - half, m + half)
+
+
+def _paired_bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidence: float,
+                      n_boot: int, seed: int) -> Tuple[float, float]:
+    """Like :func:`_bootstrap`, but the seeds are resampled jointly for every arm (seed-matched
+    arms): the same drawn seeds, then each arm's puzzles of those seeds."""
+    rng = np.random.default_rng(seed)
+    k = len(groups[0][1])
+    idx = rng.integers(0, k, size=(n_boot, k))
+    total = np.zeros(n_boot)
+    for w, acc, n in groups:
+        counts = n[idx].astype(np.int64)
+        draws = rng.binomial(counts, acc[idx]) / np.maximum(counts, 1)
+        total += w * draws.mean(axis=1)
+    lo, hi = np.quantile(total, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return (float(lo), float(hi))
+
+
+def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
                       weights: Mapping[str, float], *, confidence: float = 0.95,
                       n_boot: int = 20000, seed: int = 0) -> Dict[str, Any]:
     """The effect ``sum w_a * mean_a`` and its interval (module docstring).
 
     Args:
-      arms: arm label -> (per-seed accuracies in [0, 1], per-seed numbers of test puzzles).
+      arms: arm label -> (per-seed accuracies in [0, 1], per-seed numbers of test puzzles[,
+        the seeds]). With the seeds given and at least two seeds common to every arm of the
+        contrast, the arms are *seed-matched*: the effect is the mean over those seeds of the
+        per-seed contrast, and both intervals are paired (bootstrap resampling the seeds
+        jointly, t interval over the per-seed contrasts). Otherwise the arms are treated as
+        independent (bootstrap per arm, Welch t).
       weights: the contrast.
     Returns: ``effect``, ``ci`` (the union, clipped to the contrast's range), ``ci_bootstrap``,
-      ``ci_welch`` (fractions; nan entries where it cannot be computed).
+      ``ci_t`` (fractions; nan where it cannot be computed), ``paired`` and ``seeds`` (the
+      seeds used when paired).
     """
-    boot_groups, t_groups = [], []
-    for label, w in weights.items():
-        acc = np.asarray(arms[label][0], dtype=float)
-        n = np.asarray(arms[label][1], dtype=float)
+    data = {}
+    for label in weights:
+        entry = arms[label]
+        acc = np.asarray(entry[0], dtype=float)
+        n = np.asarray(entry[1], dtype=float)
         if len(acc) == 0 or np.any(~np.isfinite(acc)):
             raise ValueError(f"arm {label!r} has no finite results")
         if np.any((acc < 0) | (acc > 1)):
             raise ValueError(f"arm {label!r}: accuracies must lie in [0, 1], got {acc}")
-        boot_groups.append((float(w), acc, n))
-        t_groups.append((float(w), acc))
-    effect = sum(w * float(np.mean(acc)) for w, acc, _ in boot_groups)
+        seeds = list(entry[2]) if len(entry) > 2 else None
+        data[label] = (acc, n, seeds)
     bound = max(sum(w for w in weights.values() if w > 0),
                 -sum(w for w in weights.values() if w < 0))
-    b = _bootstrap(boot_groups, confidence, n_boot, seed)
-    t = _welch(t_groups, confidence)
+    common = None
+    if all(d[2] is not None for d in data.values()):
+        common = sorted(set.intersection(*(set(d[2]) for d in data.values())))
+    if common is not None and len(common) >= 2:
+        groups = []
+        for label, w in weights.items():
+            acc, n, seeds = data[label]
+            pos = [seeds.index(s) for s in common]
+            groups.append((float(w), acc[pos], n[pos]))
+        d = sum(w * acc for w, acc, _ in groups)
+        effect = float(np.mean(d))
+        b = _paired_bootstrap(groups, confidence, n_boot, seed)
+        t = _paired_t(d, confidence)
+        paired = True
+    else:
+        groups = [(float(w), data[label][0], data[label][1]) for label, w in weights.items()]
+        effect = sum(w * float(np.mean(acc)) for w, acc, _ in groups)
+        b = _bootstrap(groups, confidence, n_boot, seed)
+        t = _welch([(w, acc) for w, acc, _ in groups], confidence)
+        paired, common = False, None
     lows = [v for v in (b[0], t[0]) if np.isfinite(v)]
     highs = [v for v in (b[1], t[1]) if np.isfinite(v)]
     lo = max(-bound, min(lows)) if lows else math.nan
     hi = min(bound, max(highs)) if highs else math.nan
-    return {"effect": effect, "ci": [lo, hi], "ci_bootstrap": list(b), "ci_welch": list(t)}
+    return {"effect": effect, "ci": [lo, hi], "ci_bootstrap": list(b), "ci_t": list(t),
+            "paired": paired, "seeds": common}
 
 
 def _wilson(k: float, n: float, confidence: float = 0.95) -> Tuple[float, float]:
@@ -412,7 +469,8 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
             entry.update(effect=None, ci=None, agrees="pending")
         else:
             c = contrast_interval(
-                {a: (arms[a]["per_seed"], arms[a]["puzzles"]) for a in need}, ab.weights,
+                {a: (arms[a]["per_seed"], arms[a]["puzzles"], arms[a]["seeds"]) for a in need},
+                ab.weights,
                 confidence=confidence, n_boot=n_boot, seed=_stable_seed(ab.name))
             lo, hi = c["ci"]
             if entry["seeds"] < MIN_SEEDS:
@@ -425,8 +483,12 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
                 verdict = "inconclusive"
             entry.update(effect=100 * c["effect"], ci=[100 * lo, 100 * hi],
                          ci_bootstrap=[100 * v for v in c["ci_bootstrap"]],
-                         ci_welch=[100 * v if np.isfinite(v) else None
-                                   for v in c["ci_welch"]],
+                         ci_t=[100 * v if np.isfinite(v) else None for v in c["ci_t"]],
+                         paired=c["paired"], paired_seeds=c["seeds"],
+                         per_seed_effect=(None if not c["paired"] else [
+                             100 * sum(w * arms[a]["per_seed"][arms[a]["seeds"].index(sd)]
+                                       for a, w in ab.weights.items())
+                             for sd in c["seeds"]]),
                          agrees=verdict)
         ablations.append(entry)
     spreads = [a["std"] for a in arms.values() if a.get("std") is not None and a["n_seeds"] >= 2]
@@ -434,8 +496,9 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
     cpu_s = sum((r["wall_s"] or 0) * (r.get("torch_threads") or 1) for r in runs)
     return {
         "metric": METRIC, "confidence": confidence, "steps_per_run": STUDY_STEPS,
-        "interval_method": "union of a hierarchical bootstrap (seeds, then puzzles) and a "
-                           "Welch t interval, clipped to the contrast's range",
+        "interval_method": "seed-matched arms: the union of a paired hierarchical bootstrap "
+                           "(seeds drawn jointly for all arms, then each arm's puzzles) and a "
+                           "t interval over the per-seed effects, clipped to the effect's range",
         "arms": arms, "ablations": ablations,
         "seed_spread": {"mean_std_points": 100 * float(np.mean(spreads)) if spreads else None,
                         "max_std_points": 100 * float(np.max(spreads)) if spreads else None,
@@ -688,10 +751,14 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
             lines += ["", f"Effect ({ab['effect_definition']}): **{ab['effect']:+.1f} points**, "
                           f"95% interval [{ab['ci'][0]:+.1f}, {ab['ci'][1]:+.1f}] "
                           f"(bootstrap [{ab['ci_bootstrap'][0]:+.1f}, "
-                          f"{ab['ci_bootstrap'][1]:+.1f}], Welch "
-                          + ("n/a" if ab["ci_welch"][0] is None else
-                             f"[{ab['ci_welch'][0]:+.1f}, {ab['ci_welch'][1]:+.1f}]")
-                          + f"); {ab['seeds']} seeds per arm. Verdict: "
+                          f"{ab['ci_bootstrap'][1]:+.1f}], "
+                          + ("paired t " if ab["paired"] else "Welch t ")
+                          + ("n/a" if ab["ci_t"][0] is None else
+                             f"[{ab['ci_t'][0]:+.1f}, {ab['ci_t'][1]:+.1f}]")
+                          + ")" + ("; per seed " + ", ".join(f"{v:+.1f}"
+                                                          for v in ab["per_seed_effect"])
+                                   if ab["per_seed_effect"] else "")
+                          + f"; {ab['seeds']} seeds per arm. Verdict: "
                           f"**{_verdict(ab['agrees'])}**."]
         note = notes.get(ab["name"])
         if note:

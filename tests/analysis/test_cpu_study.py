@@ -66,7 +66,8 @@ def test_effect_interval_never_leaves_the_range(acc):
     assert -1 <= lo <= c["effect"] <= hi <= 1
     # the union contains both methods' intervals (where they lie inside the range)
     assert lo <= max(-1, c["ci_bootstrap"][0]) and hi >= min(1, c["ci_bootstrap"][1])
-    assert lo <= max(-1, c["ci_welch"][0]) and hi >= min(1, c["ci_welch"][1])
+    assert lo <= max(-1, c["ci_t"][0]) and hi >= min(1, c["ci_t"][1])
+    assert c["paired"] is False  # no seeds given: independent arms
 
 
 def test_interval_excludes_zero_only_for_a_real_difference():
@@ -80,6 +81,20 @@ def test_interval_excludes_zero_only_for_a_real_difference():
     noisy = cs.contrast_interval({"a": ((0.30, 0.90, 0.60), [500] * 3),
                                   "b": ((0.10, 0.70, 0.40), [500] * 3)}, {"a": 1, "b": -1})
     assert noisy["ci"][0] < 0 < noisy["ci"][1]
+    # seed-matched arms: a consistent per-seed effect is seen through a large shared spread
+    a, b = (0.54, 0.38, 0.53), (0.48, 0.31, 0.43)
+    unpaired = cs.contrast_interval({"a": (a, [500] * 3), "b": (b, [500] * 3)},
+                                    {"a": 1, "b": -1})
+    paired = cs.contrast_interval({"a": (a, [500] * 3, [0, 1, 2]),
+                                   "b": (b, [500] * 3, [0, 1, 2])}, {"a": 1, "b": -1})
+    assert unpaired["ci"][0] < 0 < paired["ci"][0] and paired["paired"]
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["effect"] == pytest.approx(unpaired["effect"])
+    # only common seeds are paired
+    part = cs.contrast_interval({"a": (a, [500] * 3, [0, 1, 2]),
+                                 "b": (b[:2], [500] * 2, [0, 1])}, {"a": 1, "b": -1})
+    assert part["seeds"] == [0, 1]
+    assert part["effect"] == pytest.approx((0.54 - 0.48 + 0.38 - 0.31) / 2)
     with pytest.raises(ValueError, match="must lie in"):
         cs.contrast_interval({"a": ((1.2,), [10]), "b": ((0.1,), [10])}, {"a": 1, "b": -1})
 
