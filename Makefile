@@ -44,7 +44,7 @@ test: install-dev install-xla
 test-fast: install-dev
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
-# The CPU study (docs/results/cpu_study/): 51 runs (17 arms x 3 seeds), two at a time, about
+# The CPU study (docs/results/cpu_study/): 54 runs (18 arms x 3 seeds), two at a time, about
 # 4 hours on 2 cores. Resumable: run it again after an interruption and it continues. Then the
 # report (results.json, RESULTS.md, plots) and the notebook with its outputs.
 STUDY_ROOT ?= runs

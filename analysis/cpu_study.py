@@ -124,6 +124,8 @@ ARMS: Tuple[Arm, ...] = (
     _arm("t2_n6", "cpu_e2_2_t2_n6.gin", "T=2, n=6"),
     _arm("t3_n4", "cpu_e2_2_t3_n4.gin", "T=3, n=4"),
     _arm("t4_n6", "cpu_e2_2_t4_n6.gin", "T=4, n=6"),
+    _arm("t1_n1", "cpu_e1_1_baseline.gin", "T=1, n=1 (below the study's points: where depth "
+         "starts to matter)", H_CYCLES="1", L_CYCLES="1"),
     _arm("b64_lr3e-3", "cpu_e3_3_lr.gin", "batch 64, lr 3e-3", LR="3e-3", PUZZLE_EMB_LR="3e-3"),
     _arm("b32_lr1e-3", "cpu_e3_3_lr.gin", "batch 32, lr 1e-3", GLOBAL_BATCH_SIZE="32"),
     _arm("b32_lr3e-3", "cpu_e3_3_lr.gin", "batch 32, lr 3e-3", GLOBAL_BATCH_SIZE="32",
@@ -146,7 +148,7 @@ def _ablations() -> Tuple[Ablation, ...]:
                  f"EMA helps: {base:.1f}% with vs {ema_off:.1f}% without (Sudoku-Extreme)",
                  "EMA on minus EMA off", base - ema_off, {"base": base, "ema_off": ema_off}),
         Ablation("e2_2_tn", "E2.2 recursion schedule (T, n): deepest study point vs shallowest",
-                 ("t2_n2", "base", "t2_n6", "t3_n4", "t3_n6", "t4_n6"),
+                 ("t1_n1", "t2_n2", "base", "t2_n6", "t3_n4", "t3_n6", "t4_n6"),
                  {"t3_n6": 1, "t2_n2": -1}, +1,
                  f"deeper recursion helps: T=3, n=6 {base:.1f}% vs T=2, n=2 {t2n2:.1f}%",
                  "T=3, n=6 minus T=2, n=2", base - t2n2, {"t3_n6": base, "t2_n2": t2n2}),
@@ -610,7 +612,8 @@ def effects_figure(res: Mapping[str, Any]):
     return fig
 
 
-_TN_DEPTH = {"t2_n2": (2, 2), "base": (2, 3), "t2_n6": (2, 6), "t3_n4": (3, 4),
+_TN_DEPTH = {"t1_n1": (1, 1), "t2_n2": (2, 2), "base": (2, 3), "t2_n6": (2, 6),
+             "t3_n4": (3, 4),
              "t3_n6": (3, 6), "t4_n6": (4, 6)}
 
 
