@@ -53,7 +53,8 @@ class TrainConfig:
         halting_rng: where the halting exploration draws come from: ``"torch"`` (the device's
             generator, as in the reference), ``"counter"`` (a hash of seed, step, micro-batch,
             process and row computed on the device, see trm.halting), or ``"auto"`` = counter
-            on XLA (no per-step RNG-seed upload), torch elsewhere (HALTING_RNG).
+            on XLA (no per-step RNG-seed upload), torch elsewhere
+            (``--gin_param="trm.TrainConfig.halting_rng='counter'"``).
         grad_accum_steps: split each process's batch into this many micro-batches (each with
             its own carry slot) whose gradients add up before one update: the same step as the
             whole batch, in less memory (GRAD_ACCUM_STEPS).
@@ -127,8 +128,8 @@ class TrainConfig:
             raise TrainingError(f"FORWARD_DTYPE={self.forward_dtype!r} is not a dtype: use "
                                 "'auto', 'float32' or 'bfloat16'.")
         if self.halting_rng not in ("auto", "torch", "counter"):
-            raise TrainingError(f"HALTING_RNG={self.halting_rng!r} is not a generator: use "
-                                "'auto', 'torch' or 'counter'.")
+            raise TrainingError(f"trm.TrainConfig.halting_rng={self.halting_rng!r} is not a "
+                                "generator: use 'auto', 'torch' or 'counter'.")
         if self.device not in ("auto", "cpu", "cuda", "xla"):
             raise TrainingError(f"DEVICE={self.device!r} is not a device: use 'auto', 'cpu', "
                                 "'cuda' or 'xla'.")

@@ -17,8 +17,8 @@ step (even at probability 0), as in the reference, so the RNG stream is the same
 
 Where the draws come from: by default torch's generator of the device (``torch.rand_like``),
 as in the reference. Given an ``rng_key`` (a device integer tensor; the trainer passes one on
-XLA, ``HALTING_RNG``), they come from :func:`counter_uniform` / :func:`counter_randint`, a
-counter-based generator: a murmur3-style hash of (key, stream, row) computed with integer ops on
+XLA, see ``trm.TrainConfig.halting_rng``), they come from :func:`counter_uniform` /
+:func:`counter_randint`, a counter-based generator: a murmur3-style hash of (key, stream, row) computed with integer ops on
 the device. torch_xla uploads a fresh RNG seed to the device for every graph that calls
 ``torch.rand``; a hash of the device step counter needs no upload, so a training step moves only
 its batch. The draws are still independent uniforms per row and step (tested), reproducible

@@ -1,6 +1,6 @@
 """The counter-based generator of the halting exploration (trm.halting): uniform, independent
 across rows, steps and streams, a pure function of its key, and used by the trainer when
-HALTING_RNG asks for it (on XLA by default, so a training step uploads no RNG seed)."""
+trm.TrainConfig.halting_rng asks for it (on XLA by default, so a training step uploads no RNG seed)."""
 
 import numpy as np
 import pytest

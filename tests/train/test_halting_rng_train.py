@@ -1,4 +1,4 @@
-"""HALTING_RNG='counter' in the real trainer (the generator itself: tests/core/test_halting_rng.py)."""
+"""trm.TrainConfig.halting_rng='counter' in the real trainer (the generator: tests/core/test_halting_rng.py)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ def _losses(workdir):
 
 @pytest.mark.slow
 def test_trainer_counter_mode_is_deterministic_and_resumes(sudoku4, tmp_path):
-    """HALTING_RNG='counter' on CPU: two runs are bitwise equal, a run resumed from a
+    """halting_rng='counter' on CPU: two runs are bitwise equal, a run resumed from a
     checkpoint equals the uninterrupted one, and the setting is validated."""
     from train_helpers import tiny_bindings
     from trm.train import train
@@ -32,5 +32,5 @@ def test_trainer_counter_mode_is_deterministic_and_resumes(sudoku4, tmp_path):
     assert json.load(open(os.path.join(a, "run.json")))["status"] == "completed"
 
     from trm.experiment import TrainConfig, TrainingError
-    with pytest.raises(TrainingError, match="HALTING_RNG='xorshift'"):
+    with pytest.raises(TrainingError, match="halting_rng='xorshift'"):
         TrainConfig(data_dir="x", halting_rng="xorshift").validate(1)

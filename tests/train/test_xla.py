@@ -66,7 +66,7 @@ def test_xla_whole_run_is_lean_and_resumes(sudoku4, tmp_path):
     """A whole run on XLA:CPU -- evaluations, checkpoints, a SIGTERM and a resume: no new graph
     after the first evaluation in each process, per train step only the batch (3 tensors)
     crosses to the device (the halting exploration draws from a hash of the device step counter,
-    HALTING_RNG='auto', so torch_xla uploads no RNG seed), no CPU fallback inside training
+    trm.TrainConfig.halting_rng='auto', so torch_xla uploads no RNG seed), no CPU fallback inside training
     steps, and the resumed run's losses equal the uninterrupted run's."""
     import json
     import signal
