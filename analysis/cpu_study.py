@@ -94,6 +94,8 @@ class Ablation:
     effect_text: str
     paper_effect: Optional[float] = None
     paper_arms: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: secondary contrasts reported with the ablation (no verdict): (definition, weights)
+    also: Tuple[Tuple[str, Mapping[str, float]], ...] = ()
 
     @property
     def bound(self) -> float:
@@ -151,7 +153,10 @@ def _ablations() -> Tuple[Ablation, ...]:
                  ("t1_n1", "t2_n2", "base", "t2_n6", "t3_n4", "t3_n6", "t4_n6"),
                  {"t3_n6": 1, "t2_n2": -1}, +1,
                  f"deeper recursion helps: T=3, n=6 {base:.1f}% vs T=2, n=2 {t2n2:.1f}%",
-                 "T=3, n=6 minus T=2, n=2", base - t2n2, {"t3_n6": base, "t2_n2": t2n2}),
+                 "T=3, n=6 minus T=2, n=2", base - t2n2, {"t3_n6": base, "t2_n2": t2n2},
+                 also=(("T=2, n=3 (baseline) minus T=1, n=1 (the pilots' comparison, below "
+                        "the study's points)", {"base": 1, "t1_n1": -1}),
+                       ("T=4, n=6 minus T=2, n=2", {"t4_n6": 1, "t2_n2": -1}))),
         Ablation("e2_3_mixer", "E2.3 sequence mixer: MLP (baseline) vs self-attention",
                  ("base", "attention"), {"base": 1, "attention": -1}, +1,
                  f"the MLP mixer is better on Sudoku: {base:.1f}% vs attention {attn:.1f}%",
@@ -161,7 +166,9 @@ def _ablations() -> Tuple[Ablation, ...]:
                  ("ds1", "ds2", "base"), {"base": 1, "ds1": -1}, +1,
                  "deep supervision is the main source of accuracy; one step is far worse "
                  "(no TRM number in the paper's tables)",
-                 "8 supervision steps minus 1"),
+                 "8 supervision steps minus 1",
+                 also=(("2 supervision steps minus 1", {"ds2": 1, "ds1": -1}),
+                       ("8 supervision steps minus 2", {"base": 1, "ds2": -1}))),
         Ablation("e3_2_data", "E3.2 data size: 4000 vs 250 training puzzles (x8 augmentations)",
                  ("p250", "base", "p4000"), {"p4000": 1, "p250": -1}, +1,
                  "more distinct puzzles, lower error (power law; no published number)",
@@ -171,7 +178,10 @@ def _ablations() -> Tuple[Ablation, ...]:
                  ("b32_lr1e-3", "b32_lr3e-3", "base", "b64_lr3e-3"),
                  {"b64_lr3e-3": 1, "base": -1, "b32_lr3e-3": -1, "b32_lr1e-3": 1}, +1,
                  "the optimal lr grows with the batch size (no published number)",
-                 "(lr 3e-3 minus 1e-3 at batch 64) minus (the same at batch 32)"),
+                 "(lr 3e-3 minus 1e-3 at batch 64) minus (the same at batch 32)",
+                 also=(("lr 3e-3 minus 1e-3 at batch 64", {"b64_lr3e-3": 1, "base": -1}),
+                       ("lr 3e-3 minus 1e-3 at batch 32",
+                        {"b32_lr3e-3": 1, "b32_lr1e-3": -1}))),
         Ablation("e3_1_width", "E3.1 model size: hidden 128 vs hidden 32",
                  ("h32", "base", "h128"), {"h128": 1, "h32": -1}, +1,
                  "more parameters, lower error at fixed data (power law; no published number)",
@@ -492,6 +502,16 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
                                        for a, w in ab.weights.items())
                              for sd in c["seeds"]]),
                          agrees=verdict)
+        entry["also"] = []
+        for text, weights in ab.also:
+            if any(arms[a]["n_seeds"] < MIN_SEEDS for a in weights):
+                entry["also"].append({"definition": text, "effect": None, "ci": None})
+                continue
+            c = contrast_interval(
+                {a: (arms[a]["per_seed"], arms[a]["puzzles"], arms[a]["seeds"]) for a in weights},
+                weights, confidence=confidence, n_boot=n_boot, seed=_stable_seed(text))
+            entry["also"].append({"definition": text, "effect": 100 * c["effect"],
+                                  "ci": [100 * c["ci"][0], 100 * c["ci"][1]]})
         ablations.append(entry)
     spreads = [a["std"] for a in arms.values() if a.get("std") is not None and a["n_seeds"] >= 2]
     walls = [r["wall_s"] for r in runs if r.get("wall_s")]
@@ -763,6 +783,11 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
                                    if ab["per_seed_effect"] else "")
                           + f"; {ab['seeds']} seeds per arm. Verdict: "
                           f"**{_verdict(ab['agrees'])}**."]
+        for extra in ab.get("also", []):
+            lines += ["", f"Also: {extra['definition']}: " + (
+                "pending" if extra["effect"] is None else
+                f"{extra['effect']:+.1f} points [{extra['ci'][0]:+.1f}, {extra['ci'][1]:+.1f}]")
+                + "."]
         note = notes.get(ab["name"])
         if note:
             lines += ["", note]

@@ -213,3 +213,17 @@ def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, 
     committed = nbformat.read(src, as_version=4)
     assert any("image/png" in o.get("data", {}) for c in committed.cells
                if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_secondary_contrasts_are_reported_without_a_verdict(tmp_path):
+    root = str(tmp_path / "runs")
+    for label, acc in (("base", 0.5), ("t1_n1", 0.3), ("t2_n2", 0.45), ("t3_n6", 0.5)):
+        for seed in cs.SEEDS:
+            _write_run(root, cs.ARM_BY_LABEL[label], seed, acc + 0.01 * seed)
+    res = cs.analyze(cs.load(root), n_boot=500)
+    tn = next(a for a in res["ablations"] if a["name"] == "e2_2_tn")
+    shallow, deep = tn["also"]
+    assert "T=1, n=1" in shallow["definition"] and shallow["effect"] == pytest.approx(20)
+    assert shallow["ci"][0] <= 20 <= shallow["ci"][1]
+    assert deep["effect"] is None  # T=4, n=6 has not run
+    assert "agrees" not in shallow
