@@ -608,7 +608,7 @@ def effects_figure(res: Mapping[str, Any]):
     done = [ab for ab in res["ablations"] if ab["effect"] is not None]
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(done) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(done) + 1.5))
     paper_labelled = False
     for i, ab in enumerate(done):
         lo, hi = ab["ci"]
@@ -624,8 +624,8 @@ def effects_figure(res: Mapping[str, Any]):
     ax.set_yticks(range(len(done)))
     ax.set_yticklabels([f"{ab['name']} ({ab['seeds']} seeds)" for ab in done])
     ax.set_xlabel("effect (accuracy points, 95% interval)")
-    ax.set_title("green: agrees with the paper's direction, red: disagrees, grey: "
-                 "inconclusive or pending", fontsize=9)
+    fig.suptitle("CPU study effects (95% intervals). Green: agrees with the paper's "
+                 "direction;\nred: disagrees; grey: inconclusive", fontsize=9)
     if paper_labelled:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
