@@ -233,19 +233,6 @@ def _bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidenc
     return (float(lo), float(hi))
 
 
-def _paired_t(d: np.ndarray, confidence: float) -> Tuple[float, float]:
-    """Student t interval of the mean of per-seed contrasts ``d``."""
-    from scipy import stats as sps
-
-    if len(d) < 2:
-        return (math.nan, math.nan)
-    m, sd = float(np.mean(d)), float(np.std(d, ddof=1))
-    if not sd > 0:
-        return (m, m)
-    half = float(sps.t.ppf(0.5 + confidence / 2, len(d) - 1)) * sd / math.sqrt(len(d))
-    return (m - half, m + half)
-
-
 def _paired_bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidence: float,
                       n_boot: int, seed: int) -> Tuple[float, float]:
     """Like :func:`_bootstrap`, but the seeds are resampled jointly for every arm (seed-matched
@@ -304,7 +291,9 @@ def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
         d = sum(w * acc for w, acc, _ in groups)
         effect = float(np.mean(d))
         b = _paired_bootstrap(groups, confidence, n_boot, seed)
-        t = _paired_t(d, confidence)
+        from analysis.stats import t_interval  # pandas: only when analysing
+
+        t = t_interval(d, confidence)
         paired = True
     else:
         groups = [(float(w), data[label][0], data[label][1]) for label, w in weights.items()]
@@ -318,12 +307,6 @@ def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
     hi = min(bound, max(highs)) if highs else math.nan
     return {"effect": effect, "ci": [lo, hi], "ci_bootstrap": list(b), "ci_t": list(t),
             "paired": paired, "seeds": common}
-
-
-def _wilson(k: float, n: float, confidence: float = 0.95) -> Tuple[float, float]:
-    from analysis.stats import wilson_interval
-
-    return wilson_interval(k, n, confidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +438,7 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
         acc = np.array([float(r["final"][METRIC]) for r in rs])
         n = np.array([int(r["final"].get("eval/count") or 0) for r in rs])
         k = float(np.sum(np.round(acc * n)))
-        lo, hi = _wilson(k, float(np.sum(n)), confidence)
+        lo, hi = _stats().wilson_interval(k, float(np.sum(n)), confidence)
         arms[arm.label] = {
             "label": arm.label, "description": arm.description, "gin_file": arm.gin_file,
             "seeds": [int(r["seed"]) for r in rs], "n_seeds": len(rs),
@@ -529,6 +512,13 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
                     "wall_hours": sum(walls) / 3600.0, "cpu_hours": cpu_s / 3600.0},
         "runs": [_public_run(r) for r in runs],
     }
+
+
+def _stats():
+    """analysis.stats, imported when needed (it imports pandas; the sweep does not)."""
+    from analysis import stats
+
+    return stats
 
 
 def _stable_seed(name: str) -> int:
