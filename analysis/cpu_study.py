@@ -216,32 +216,20 @@ def _welch(groups: Sequence[Tuple[float, np.ndarray]], confidence: float
 
 
 def _bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidence: float,
-               n_boot: int, seed: int) -> Tuple[float, float]:
+               n_boot: int, seed: int, paired: bool = False) -> Tuple[float, float]:
     """Hierarchical percentile bootstrap of ``sum w * mean(acc)``: seeds, then puzzles.
 
-    ``groups`` holds (weight, per-seed accuracies, per-seed puzzle counts).
+    ``groups`` holds (weight, per-seed accuracies, per-seed puzzle counts). ``paired``: the
+    arms are seed-matched (same seeds, same order), so the seeds are resampled jointly for every
+    arm (the same drawn seeds, then each arm's puzzles of those seeds); otherwise each arm's
+    seeds are resampled independently.
     """
     rng = np.random.default_rng(seed)
+    shared = (rng.integers(0, len(groups[0][1]), size=(n_boot, len(groups[0][1])))
+              if paired else None)
     total = np.zeros(n_boot)
     for w, acc, n in groups:
-        k = len(acc)
-        idx = rng.integers(0, k, size=(n_boot, k))
-        counts = n[idx].astype(np.int64)
-        draws = rng.binomial(counts, acc[idx]) / np.maximum(counts, 1)
-        total += w * draws.mean(axis=1)
-    lo, hi = np.quantile(total, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return (float(lo), float(hi))
-
-
-def _paired_bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidence: float,
-                      n_boot: int, seed: int) -> Tuple[float, float]:
-    """Like :func:`_bootstrap`, but the seeds are resampled jointly for every arm (seed-matched
-    arms): the same drawn seeds, then each arm's puzzles of those seeds."""
-    rng = np.random.default_rng(seed)
-    k = len(groups[0][1])
-    idx = rng.integers(0, k, size=(n_boot, k))
-    total = np.zeros(n_boot)
-    for w, acc, n in groups:
+        idx = shared if paired else rng.integers(0, len(acc), size=(n_boot, len(acc)))
         counts = n[idx].astype(np.int64)
         draws = rng.binomial(counts, acc[idx]) / np.maximum(counts, 1)
         total += w * draws.mean(axis=1)
@@ -290,7 +278,7 @@ def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
             groups.append((float(w), acc[pos], n[pos]))
         d = sum(w * acc for w, acc, _ in groups)
         effect = float(np.mean(d))
-        b = _paired_bootstrap(groups, confidence, n_boot, seed)
+        b = _bootstrap(groups, confidence, n_boot, seed, paired=True)
         from analysis.stats import t_interval  # pandas: only when analysing
 
         t = t_interval(d, confidence)
