@@ -279,9 +279,7 @@ def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
         d = sum(w * acc for w, acc, _ in groups)
         effect = float(np.mean(d))
         b = _bootstrap(groups, confidence, n_boot, seed, paired=True)
-        from analysis.stats import t_interval  # pandas: only when analysing
-
-        t = t_interval(d, confidence)
+        t = _stats().t_interval(d, confidence)
         paired = True
     else:
         groups = [(float(w), data[label][0], data[label][1]) for label, w in weights.items()]
