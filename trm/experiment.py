@@ -217,6 +217,30 @@ class DataShape:
     num_puzzle_identifiers: int = 1
 
 
+def dataset_shape(config: TrainConfig, macro: Callable[..., Any]) -> tuple:
+    """``(shape, source)``: the dataset's metadata when ``config.data_dir`` is built, else a
+    :class:`DataShape` from the task file's macros (``macro(name, default)`` reads one, e.g.
+    :func:`trm.gin_edge.query_macro`): the one way a dry run, a preflight or a cost estimate
+    sizes a model before the data exists.
+
+    Raises:
+        TrainingError: the data is not built and the task file declares no VOCAB_SIZE/SEQ_LEN.
+    """
+    from trm import data  # pylint: disable=import-outside-toplevel
+    try:
+        return data.load_metadata(resolve_data_path(config.data_dir, config.dataset_builder_args),
+                                  "train"), "dataset metadata"
+    except (OSError, ValueError, data.DataError):
+        pass
+    vocab, seq = macro("VOCAB_SIZE", None), macro("SEQ_LEN", None)
+    if vocab is None or seq is None:
+        raise TrainingError(
+            f"The dataset {config.data_dir!r} is not built yet and the task file does not "
+            "declare VOCAB_SIZE / SEQ_LEN; build the data first (docs/DATA.md).")
+    return (DataShape(int(vocab), int(seq), int(macro("NUM_PUZZLE_IDENTIFIERS", 1) or 1)),
+            "task macros (dataset not built yet)")
+
+
 def total_steps(config: TrainConfig, examples_per_epoch: int) -> int:
     """``train_steps`` when set (not None), else
     ``int(epochs * examples_per_epoch / global_batch_size)``."""

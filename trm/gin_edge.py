@@ -24,6 +24,7 @@ import difflib
 import functools
 import os
 import re
+import tokenize
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -222,11 +223,26 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
                 f"Binding {binding!r} sets the macro {match.group(1)} that no parsed gin file "
                 f"defines." + (f" Did you mean {', '.join(close)}?" if close else "") +
                 (f" Known macros: {', '.join(known)}." if known else ""))
-        _parse_one(lambda b=binding: gin.parse_config(b, skip_unknown=False),
-                   f"gin binding {binding!r}")
+        _parse_binding(binding)
     if finalize:
         gin.finalize()
     return resolved
+
+
+def _parse_binding(binding: str) -> None:
+    """Parses one ``--gin_param``; a value gin cannot read (``LR=abc``) gets a message that
+    shows how values are written."""
+    try:
+        _parse_one(lambda: gin.parse_config(binding, skip_unknown=False),
+                   f"gin binding {binding!r}")
+    except ConfigError as e:
+        if "=" in binding and "malformed node" in str(e):
+            name, value = (part.strip() for part in binding.split("=", 1))
+            raise ConfigError(
+                f"Binding {binding!r}: {value!r} is not a gin value. Write a number "
+                f"({name}=1e-4), a quoted string ({name}='{value}'), True/False/None, a list "
+                "([1, 2]) or a reference (@kind.name).") from e
+        raise
 
 
 def _parse_one(parse, what: str) -> None:
@@ -235,6 +251,9 @@ def _parse_one(parse, what: str) -> None:
         parse()
     except SyntaxError as e:
         raise ConfigError(f"Syntax error in {what}: {_syntax(e)}") from e
+    except tokenize.TokenError as e:  # e.g. an unclosed bracket
+        raise ConfigError(f"Syntax error in {what}: {e.args[0]} (an unclosed bracket or "
+                          "quote?)") from e
     except (ValueError, KeyError, ImportError, IOError) as e:
         raise ConfigError(f"Error in {what}: {e}") from e
 

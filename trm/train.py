@@ -9,8 +9,11 @@ Unknown configurables, parameters and macros are errors. Run-level knobs are the
 macros documented in ``gin/runs/base.gin`` (TRAIN_STEPS, EPOCHS, EVAL_EVERY, CHECKPOINT_EVERY,
 LOG_EVERY, SEED, GLOBAL_BATCH_SIZE, LR, ...).
 
-A workdir that already holds a checkpoint is resumed. ``--dry_run`` parses, builds the model,
-prints the resolved config and the parameter count, and exits.
+A workdir that already holds a checkpoint is resumed. ``--dry_run`` checks the run exactly as a
+start would (:mod:`trm.preflight`: every binding and value, the model, optimizers, schedule and
+EMA; with ``--workdir``, whether the start would be new, resume, completed or a config
+conflict), prints the resolved config and the parameter count, and exits (1 with the start's
+one-line error on a problem).
 
 On a TPU VM (``PJRT_DEVICE=TPU``) one process is started per local TPU device; with
 ``torchrun`` each process joins the torch.distributed group; otherwise one process runs.
@@ -37,7 +40,9 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("gin_bindings", [], "Alias of --gin_param (the dopamine / t5x "
                               "spelling); applied after the --gin_param bindings.")
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
-    flags.DEFINE_bool("dry_run", False, "Parse, build the model, print config and parameter count.")
+    flags.DEFINE_bool("dry_run", False, "Check the run exactly as a start would (bindings, values, "
+                      "model, optimizers; with --workdir: new/resume/completed/conflict), print "
+                      "the config and parameter count, start nothing; exit 1 on a problem.")
     flags.DEFINE_bool("allow_config_change", False,
                       "Resume a workdir whose saved config differs from this one.")
     flags.DEFINE_bool("list_experiments", False, "List the shipped gin files and exit.")
@@ -55,48 +60,23 @@ def define_flags() -> None:
                       "know it is dead, e.g. its VM was deleted; stale locks expire by themselves).")
 
 
-def _data_shape(cfg):
-    """The dataset's shape (metadata), or the task file's macros when it is not built yet."""
-    from trm import data, gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.experiment import DataShape, resolve_data_path  # pylint: disable=import-outside-toplevel
-    try:
-        return data.load_metadata(resolve_data_path(cfg.data_dir, cfg.dataset_builder_args),
-                                  "train"), "dataset metadata"
-    except Exception:  # noqa: BLE001 - a dry run works without the data
-        pass
-    shape = (gin_edge.query_macro("VOCAB_SIZE"), gin_edge.query_macro("SEQ_LEN"),
-             gin_edge.query_macro("NUM_PUZZLE_IDENTIFIERS", 1))
-    if None in shape:
-        raise app.UsageError(
-            f"The dataset {cfg.data_dir!r} is not built yet and the task file does not declare "
-            "VOCAB_SIZE / SEQ_LEN; build the data first (docs/DATA.md).")
-    return DataShape(*shape), "task macros (dataset not built yet)"
-
-
-def dry_run(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
-    """Parses and builds the model; returns a summary (also printed)."""
-    import torch  # pylint: disable=import-outside-toplevel
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.experiment import build_model  # pylint: disable=import-outside-toplevel
-    gin_edge.clear()
-    resolved = gin_edge.parse(gin_files, bindings)
-    cfg = gin_edge.build_train_config()
-    shape, source = _data_shape(cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, shape, forward_dtype="float32", init_from_reference=False)
-    summary = {"gin_files": resolved, "bindings": list(bindings), "num_params": model.num_params(),
-               "vocab_size": shape.vocab_size, "seq_len": shape.seq_len,
-               "num_puzzle_identifiers": shape.num_puzzle_identifiers,
-               "shape_source": source, "H_cycles": model.core.H_cycles,
-               "L_cycles": model.core.L_cycles, "hidden_size": model.hidden_size,
-               "num_layers": len(model.core.net.layers),
-               "mixer": type(model.core.net.layers[0].mixer).__name__,
-               "halting": repr(model.halting), "halt_max_steps": model.halt_max_steps,
-               "global_batch_size": cfg.global_batch_size, "lr": cfg.lr,
-               "ema": bool(cfg.use_ema and cfg.ema is not None)}
-    print(gin_edge.config_text())
+def dry_run(gin_files: Sequence[str], bindings: Sequence[str],
+            workdir: Optional[str] = None) -> dict:
+    """Checks the run exactly as a start would (:mod:`trm.preflight`: parse, validate, build
+    the model, optimizers, schedule and EMA) and, with ``workdir``, what a start would do with
+    it. Prints the resolved config and a summary; raises :class:`trm.preflight.PreflightError`
+    with the start's one-line message."""
+    from trm import preflight  # pylint: disable=import-outside-toplevel
+    found = preflight.check_config(gin_files, bindings)
+    summary = dict(found.summary)
+    if workdir:
+        summary["workdir_state"], summary["workdir_detail"] = preflight.workdir_state(
+            workdir, found.config_text)
+    print(found.config_text)
     print(json.dumps(summary, indent=2, default=str))
-    print(f"parameters: {model.num_params():,}")
+    print(f"parameters: {found.num_params:,}")
+    if workdir:
+        print(f"workdir {workdir}: {summary['workdir_state']} ({summary['workdir_detail']})")
     return summary
 
 
@@ -146,7 +126,14 @@ def main(argv: List[str]) -> None:
     bindings = list(FLAGS.gin_param) + list(FLAGS.gin_bindings)
     try:
         if FLAGS.dry_run:
-            dry_run(FLAGS.gin_file, bindings)
+            from trm.preflight import PreflightError  # pylint: disable=import-outside-toplevel
+            try:
+                summary = dry_run(FLAGS.gin_file, bindings, FLAGS.workdir)
+            except PreflightError as e:
+                sys.exit(f"trm.train: {e}")
+            if summary.get("workdir_state") in ("conflict", "invalid") and \
+                    not FLAGS.allow_config_change:
+                sys.exit(f"trm.train: {summary['workdir_detail']}")
             return
         if not FLAGS.gin_file:
             raise app.UsageError("Give at least one --gin_file (e.g. --gin_file=quickstart.gin).")
