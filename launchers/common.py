@@ -154,14 +154,53 @@ def path_inside(root: str, relative: str, setting: str) -> str:
 
 
 def trainer_args(
-    gin_files: Sequence[str], bindings: Sequence[str], workdir: str
+    gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
+    gin_search_paths: Sequence[str] = (),
 ) -> list[str]:
     """The flags of ``python -m trm.train`` for one run."""
     return (
         [f"--gin_file={f}" for f in gin_files]
         + [f"--gin_param={b}" for b in bindings]
+        + ([f"--gin_search_paths={','.join(gin_search_paths)}"] if gin_search_paths else [])
         + [f"--workdir={workdir}"]
     )
+
+
+def add_gin_arguments(parser, files: bool = True) -> None:
+    """The gin flags every trm tool spells the same way (see :mod:`trm.cli`): ``--gin_file``,
+    ``--gin_param`` / ``--gin_bindings`` and ``--gin_search_paths``; ``--gin.NAME=VALUE``
+    is read by :func:`parse_args`. :func:`gin_bindings` returns the bindings in order."""
+    if files:
+        parser.add_argument("--gin_file", action="append", default=[],
+                            help="gin file: a path or a name in the search paths / shipped "
+                                 "tree (repeatable)")
+    parser.add_argument("--gin_param", action="append", default=[],
+                        help="gin binding for every run, e.g. TRAIN_STEPS=40 (repeatable; "
+                             "also --gin.TRAIN_STEPS=40)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="alias of --gin_param, applied after it")
+    parser.add_argument("--gin_search_paths", type=lambda s: [p for p in s.split(",") if p],
+                        default=[], help="comma-separated folders searched for gin files "
+                                         "before the shipped tree")
+
+
+def parse_args(parser, argv: Sequence[str] | None):
+    """``parser.parse_args`` that also takes t5x-style ``--gin.NAME=VALUE`` bindings, as
+    ``--gin_bindings=NAME=VALUE`` in their place (so bindings keep the command line's order)."""
+    expanded = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith("--gin."):
+            name, sep, value = arg[len("--gin."):].partition("=")
+            if not sep or not name.strip():
+                parser.error(f"{arg!r} is not --gin.NAME=VALUE (e.g. --gin.TRAIN_STEPS=40)")
+            arg = f"--gin_bindings={name}={value}"
+        expanded.append(arg)
+    return parser.parse_args(expanded)
+
+
+def gin_bindings(args) -> list[str]:
+    """The bindings of :func:`add_gin_arguments`' flags, in the order they apply."""
+    return list(args.gin_param) + list(args.gin_bindings)
 
 
 def check_extra_bindings(extra: Sequence[str], swept: Iterable[str]) -> None:

@@ -1,11 +1,16 @@
-"""Run a sweep on this machine: ``python -m launchers.local --sweep=NAME --root=DIR``.
+"""Run a sweep on this machine: ``python -m launchers.local --sweep=NAME|FILE --root=DIR``.
 
 Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 --workdir=DIR/<run name>`` whose stdout and stderr go to ``DIR/<run name>/launcher.log``.
 
-* Runs whose ``run.json`` says ``"status": "completed"`` are skipped.
-* Other runs (new, interrupted, failed before) are started; the trainer resumes from the
-  workdir's last checkpoint by itself.
+* Before anything starts, every run is checked exactly as its start would check it
+  (:mod:`trm.preflight`, in one subprocess of ``--python``): a bad binding or value in any run
+  stops the sweep with one line per bad run and exit code 2, before any run starts.
+* A run is skipped as completed only when it finished *with the same config*: a 10-step smoke
+  run in the same folder is not the real run. A run whose workdir holds another config is an
+  error (use another ``--root``, or remove that run). Other runs (new, interrupted, failed
+  before) are started; the trainer resumes from the workdir's last checkpoint by itself.
+  With ``--no_preflight`` the same is decided from ``run.json`` and ``command.json``.
 * A failed run does not stop the sweep; failures are listed at the end and the exit code is 1.
 * ``--parallel=N`` runs N at a time; each gets ``OMP_NUM_THREADS = cores // N`` unless the
   environment already sets it.
@@ -17,14 +22,21 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 
 Flags::
 
-    --sweep=NAME        a sweep of launchers.named_sweeps (python -m launchers.sweep lists them)
+    --sweep=NAME|FILE   a registered sweep (python -m launchers.sweep lists them) or a sweep
+                        file (.json/.yaml, launchers.sweep_files)
+    --grid=MACRO=v1,v2  a command-line grid over --gin_file (repeatable; instead of --sweep)
+    --sweep_name=NAME   the command-line grid's name (default grid)
     --root=DIR          parent directory of the run workdirs
     --parallel=N        concurrent runs (default 1)
     --seeds=0,1         override the sweep's seeds
-    --gin_param=K=V     extra binding for every run (repeatable; not a swept macro)
+    --gin_file=F        with --grid: the base experiment; with --sweep: added to every run
+    --gin_param=K=V     extra binding for every run (repeatable; not a swept macro; also
+                        --gin_bindings=K=V and --gin.K=V)
+    --gin_search_paths  folders searched for gin files before the shipped tree
     --runs=GLOB         only runs whose name matches (fnmatch), e.g. '*_s0'
     --train_module=M    trainer module (default trm.train)
-    --dry_run           print the commands and which runs would be skipped
+    --preflight_module  preflight module (default trm.preflight); --no_preflight skips it
+    --dry_run           preflight, then print the commands and which runs would be skipped
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import json
 import os
 import signal
 import subprocess
@@ -40,7 +53,8 @@ import time
 from typing import Sequence, TextIO
 
 from launchers import common
-from launchers.named_sweeps import Run, get_sweep
+from launchers.named_sweeps import Run
+from launchers.sweep_files import command_line_sweep, resolve_sweep
 
 LAUNCHER_LOG = "launcher.log"
 
@@ -55,23 +69,69 @@ class Job:
 
 
 def plan(runs: Sequence[Run], root: str, python: str, train_module: str,
-         extra_bindings: Sequence[str] = ()) -> tuple[list[Job], list[Job]]:
-    """Splits ``runs`` into (to run, already completed). Pure apart from reading run.json.
+         extra_bindings: Sequence[str] = (), extra_files: Sequence[str] = (),
+         gin_search_paths: Sequence[str] = ()) -> list[Job]:
+    """The job of every run (pure).
 
     Raises:
       ValueError: a run name that is not a relative path-safe name (it would leave ``root``)
         or a ``train_module`` that is not a dotted module name.
     """
-    todo, done = [], []
     common.check_module(train_module, "--train_module")
+    jobs = []
     for run in runs:
         workdir = common.path_inside(root, run.name, "run name")
+        run = Run(run.name, list(run.gin_files) + list(extra_files),
+                  list(run.bindings) + list(extra_bindings))
         argv = [python, "-m", train_module] + common.trainer_args(
-            run.gin_files, list(run.bindings) + list(extra_bindings), workdir
-        )
-        job = Job(run, workdir, argv)
-        (done if common.is_completed(common.read_run_json(workdir)) else todo).append(job)
-    return todo, done
+            run.gin_files, run.bindings, workdir, gin_search_paths)
+        jobs.append(Job(run, workdir, argv))
+    return jobs
+
+
+def preflight(jobs: Sequence[Job], python: str, module: str,
+              gin_search_paths: Sequence[str] = ()) -> list[dict]:
+    """Every job checked as its start would check it (``python -m <module>``, one process,
+    the runs as JSON on stdin): one result per job, in order (see :mod:`trm.preflight`).
+
+    Raises:
+      RuntimeError: the preflight process itself failed (its last line says why).
+    """
+    common.check_module(module, "--preflight_module")
+    runs = [{"name": j.run.name, "gin_files": j.run.gin_files, "bindings": j.run.bindings,
+             "workdir": j.workdir} for j in jobs]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if gin_search_paths:
+        env["TRM_GIN_SEARCH_PATHS"] = os.pathsep.join(os.path.abspath(p)
+                                                      for p in gin_search_paths)
+    proc = subprocess.run([python, "-m", module], input=json.dumps(runs), text=True,
+                          capture_output=True, env=env, check=False)
+    results = []
+    for line in proc.stdout.splitlines():
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            continue
+    if len(results) != len(jobs):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the preflight (python -m {module}) failed with exit code "
+                           f"{proc.returncode}: {last}")
+    return results
+
+
+def completed_without_preflight(job: Job) -> bool:
+    """Without a preflight: finished (run.json) with the same gin files and bindings
+    (command.json)."""
+    if not common.is_completed(common.read_run_json(job.workdir)):
+        return False
+    try:
+        with open(os.path.join(job.workdir, "command.json")) as f:
+            command = json.load(f)
+    except (OSError, ValueError):
+        return False
+    files = [os.path.basename(f) for f in command.get("gin_files", [])]
+    return (files == [os.path.basename(f) for f in job.run.gin_files]
+            and list(command.get("gin_params", [])) == list(job.run.bindings))
 
 
 class Progress:
@@ -157,36 +217,90 @@ def execute(todo: Sequence[Job], total: int, parallel: int, out: TextIO) -> list
     return failed
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launchers.local",
                                      description="Run a sweep's runs on this machine.")
-    parser.add_argument("--sweep", required=True)
+    parser.add_argument("--sweep", help="a registered sweep's name or a sweep file")
+    parser.add_argument("--grid", action="append", default=[], metavar="MACRO=v1,v2",
+                        help="a command-line grid axis over --gin_file (repeatable)")
+    parser.add_argument("--sweep_name", default="grid", help="the --grid sweep's name")
     parser.add_argument("--root", required=True, help="parent directory of run workdirs")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
-    parser.add_argument("--gin_param", action="append", default=[],
-                        help="extra binding for every run (repeatable)")
+    common.add_gin_arguments(parser)
     parser.add_argument("--runs", help="only runs whose name matches this glob")
     parser.add_argument("--train_module", default=common.DEFAULT_TRAIN_MODULE)
+    parser.add_argument("--preflight_module", default="trm.preflight")
+    parser.add_argument("--no_preflight", action="store_true",
+                        help="skip the preflight (completed = run.json + command.json)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _sweep(args):
+    """The sweep of ``--sweep`` or ``--grid``, and the gin files to add to every run."""
+    if bool(args.sweep) == bool(args.grid):
+        raise ValueError("give either --sweep=NAME|FILE or --grid=MACRO=v1,v2 (with "
+                         "--gin_file=<base experiment>)")
+    seeds = common.parse_seeds(args.seeds)
+    if args.grid:
+        return command_line_sweep(args.gin_file, args.grid, args.sweep_name,
+                                  seeds or (0,)), seeds, []
+    return resolve_sweep(args.sweep), seeds, args.gin_file
+
+
+def _select(jobs: Sequence[Job], results: Sequence[dict], out: TextIO
+            ) -> tuple[list[Job], list[Job], list[str]]:
+    """(to run, completed, errors) from the preflight's results."""
+    todo, done, errors = [], [], []
+    for job, result in zip(jobs, results):
+        if not result.get("ok"):
+            errors.append(f"{job.run.name}: {result.get('error')}")
+        elif result.get("state") == "completed":
+            done.append(job)
+        elif result.get("state") == "conflict":
+            errors.append(f"{job.run.name}: {result.get('detail')}")
+        else:
+            todo.append(job)
+            if result.get("state") == "resume":
+                print(f"resume {job.run.name}: {result.get('detail')}", file=out)
+    return todo, done, errors
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = _parser()
+    args = common.parse_args(parser, argv)
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     try:
-        sweep = get_sweep(args.sweep)
-        runs = sweep.runs(common.parse_seeds(args.seeds))
-        common.check_extra_bindings(args.gin_param, sweep.swept_keys())
-    except (KeyError, ValueError) as e:
+        sweep, seeds, extra_files = _sweep(args)
+        runs = sweep.runs(seeds)
+        extra = common.gin_bindings(args)
+        common.check_extra_bindings(extra, sweep.swept_keys())
+        if args.runs:
+            runs = [r for r in runs if fnmatch.fnmatchcase(r.name, args.runs)]
+            if not runs:
+                raise ValueError(f"--runs={args.runs!r} matches none of the {sweep.name} runs "
+                                 "(`python -m launchers.sweep --sweep=... --list` shows them)")
+        jobs = plan(runs, args.root, args.python, args.train_module, extra, extra_files,
+                    args.gin_search_paths)
+        if args.no_preflight:
+            done = [j for j in jobs if completed_without_preflight(j)]
+            todo, errors = [j for j in jobs if j not in done], []
+        else:
+            todo, done, errors = _select(jobs, preflight(jobs, args.python,
+                                                         args.preflight_module,
+                                                         args.gin_search_paths), out)
+    except (KeyError, ValueError, RuntimeError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    if args.runs:
-        runs = [r for r in runs if fnmatch.fnmatchcase(r.name, args.runs)]
-    try:
-        todo, done = plan(runs, args.root, args.python, args.train_module, args.gin_param)
-    except ValueError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
+    if errors:
+        print(f"error: {len(errors)} of {len(jobs)} runs would not start; nothing was started:",
+              file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
         return 2
     for job in done:
         print(f"skip {job.run.name}: completed", file=out)

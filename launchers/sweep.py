@@ -4,9 +4,12 @@
     python -m launchers.sweep --sweep=e2_2_tn --list    # run names and bindings
     python -m launchers.sweep --sweep=e2_2_tn --list --seeds=0,1
     python -m launchers.sweep --sweep=e2_2_tn --list --json
+    python -m launchers.sweep --sweep=my_sweep.yaml --list  # a sweep file
+    python -m launchers.sweep --grid=LR=1e-4,3e-4 --gin_file=quickstart.gin --list
 
-Sweeps are defined in :mod:`launchers.named_sweeps`; run them with ``python -m launchers.local``
-or ``python -m launchers.tpu sweep``.
+Sweeps are registered in :mod:`launchers.named_sweeps` or written as sweep files / grids
+(:mod:`launchers.sweep_files`); run them with ``python -m launchers.local`` or
+``python -m launchers.tpu sweep``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 
 from launchers import common
 from launchers.named_sweeps import get_sweep, list_sweeps
+from launchers.sweep_files import command_line_sweep, resolve_sweep
 
 
 def format_runs(runs) -> str:
@@ -34,13 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launchers.sweep", description="List named sweeps and their runs."
     )
-    parser.add_argument("--sweep", help="sweep name (default: list all sweeps)")
+    parser.add_argument("--sweep", help="sweep name or sweep file (default: list all sweeps)")
+    parser.add_argument("--grid", action="append", default=[], metavar="MACRO=v1,v2",
+                        help="a command-line grid axis over --gin_file (repeatable)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="with --grid: the base experiment file")
     parser.add_argument("--list", action="store_true", help="print run names and bindings")
     parser.add_argument("--seeds", help="comma-separated seeds, overrides the sweep's seeds")
     parser.add_argument("--json", action="store_true", help="print runs as JSON")
     args = parser.parse_args(argv)
 
-    if not args.sweep:
+    if not args.sweep and not args.grid:
         rows = []
         for name in list_sweeps():
             sweep = get_sweep(name)
@@ -48,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(common.format_table(rows, ["sweep", "runs", "description"]))
         return 0
     try:
-        sweep = get_sweep(args.sweep)
-        runs = sweep.runs(common.parse_seeds(args.seeds))
+        seeds = common.parse_seeds(args.seeds)
+        sweep = (command_line_sweep(args.gin_file, args.grid, seeds=seeds or (0,))
+                 if args.grid else resolve_sweep(args.sweep))
+        runs = sweep.runs(seeds)
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2

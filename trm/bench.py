@@ -29,6 +29,7 @@ import torch
 from absl import app, flags
 
 from trm import gin_edge
+from trm.cli import gin_bindings
 from trm.experiment import DataShape, TrainConfig
 from trm.models import TRM
 from trm.runtime.device import device_peak_flops
@@ -40,8 +41,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines this command's absl flags, once, at run time (importing several trm entry
     points in one process must not define the same flag twice)."""
-    flags.DEFINE_multi_string("gin_file", [], "Gin file (name in the shipped tree, or a path).")
-    flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'model.trm.hidden_size=128'.")
+    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    define_gin_flags()
     flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")
     flags.DEFINE_integer("batch", 64, "Batch size (examples per step).")
     flags.DEFINE_integer("steps", 5, "Timed steps.")
@@ -79,9 +80,9 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
     Sudoku baseline (:data:`BASELINE`) with the default TrainConfig recipe.
     """
     shape = DataShape(FLAGS.vocab_size, FLAGS.seq_len, FLAGS.num_puzzle_identifiers)
-    if FLAGS.gin_file or FLAGS.gin_param:
+    if FLAGS.gin_file or gin_bindings():
         gin_edge.clear()
-        gin_edge.parse(FLAGS.gin_file, FLAGS.gin_param, finalize=False)
+        gin_edge.parse(FLAGS.gin_file, gin_bindings(), finalize=False)
         cfg = gin_edge.build_train_config()
         shape = DataShape(gin_edge.query_macro("VOCAB_SIZE", FLAGS.vocab_size),
                           gin_edge.query_macro("SEQ_LEN", FLAGS.seq_len),
@@ -173,7 +174,7 @@ def run_loop_benchmark() -> Dict[str, Any]:
         raise app.UsageError("--mode=loop needs --gin_file (an experiment with a dataset).")
     total = FLAGS.warmup + FLAGS.steps + 1
     gin_edge.clear()
-    gin_edge.parse(FLAGS.gin_file, list(FLAGS.gin_param) + [
+    gin_edge.parse(FLAGS.gin_file, gin_bindings() + [
         f"TRAIN_STEPS={total}", "EVAL_EVERY=0", "CHECKPOINT_EVERY=0"])
     cfg = gin_edge.build_train_config()
     stamps: Dict[int, float] = {}
@@ -241,7 +242,7 @@ def suite_markdown(rows: List[Dict[str, Any]]) -> str:
     lines = [f"### `python -m trm.bench --suite` on {name}, "
              f"{datetime.date.today().isoformat()}", "",
              f"torch {torch.__version__}, Python {platform.python_version()}, batch "
-             f"{FLAGS.batch}, bindings {list(FLAGS.gin_param) or 'none'}; command: "
+             f"{FLAGS.batch}, bindings {gin_bindings() or 'none'}; command: "
              f"`python -m trm.bench {' '.join(sys.argv[1:])}`", "",
              "| config | compile | dtype | ms/step | tokens/s | model TFLOP/s | MFU | peak | "
              "peak memory |", "|---|---|---|---|---|---|---|---|---|"]
@@ -263,6 +264,10 @@ def main(argv: List[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
+    try:
+        gin_edge.set_search_paths(FLAGS.gin_search_paths)
+    except gin_edge.ConfigError as e:
+        sys.exit(f"trm.bench: {e}")
     if FLAGS.suite:
         rows = run_suite()
         table = suite_markdown(rows)

@@ -88,10 +88,32 @@ def list_experiments() -> List[tuple]:
             for p in shipped_gin_files() if "experiments" in p.relative_to(root).parts[:1]]
 
 
+SEARCH_PATHS_ENV = "TRM_GIN_SEARCH_PATHS"
+
+
+def search_paths() -> List[str]:
+    """The ``--gin_search_paths`` folders, in order (kept in ``$TRM_GIN_SEARCH_PATHS``, so the
+    processes a run starts search the same folders)."""
+    return [p for p in os.environ.get(SEARCH_PATHS_ENV, "").split(os.pathsep) if p]
+
+
+def set_search_paths(paths: Sequence[str]) -> None:
+    """Folders searched (in order, before the shipped tree) for ``--gin_file`` names and for
+    ``include`` lines (``--gin_search_paths``)."""
+    missing = [p for p in paths if not os.path.isdir(p)]
+    if missing:
+        raise ConfigError(f"--gin_search_paths: {', '.join(missing)} is not a folder.")
+    os.environ[SEARCH_PATHS_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
+
+
 def resolve_gin_file(name: str) -> str:
-    """Absolute path of a gin file given as a path or as a file name in the shipped tree."""
+    """Absolute path of a gin file given as a path, as a name in a search path
+    (:func:`set_search_paths`), or as a file name in the shipped tree."""
     if os.path.isfile(name):
         return os.path.abspath(name)
+    for folder in search_paths():
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
     root = gin_root()
     candidate = root / name
     if candidate.is_file():
@@ -112,13 +134,19 @@ def resolve_gin_file(name: str) -> str:
         "List the shipped experiments with `python -m trm.train --list_experiments`.")
 
 
-def _add_search_path(root: str) -> None:
-    """Puts the shipped tree first on gin's include path (before the working directory), so
-    ``include 'runs/base.gin'`` finds the shipped file from any directory, quietly."""
+_ADDED_PREFIXES: List[str] = []
+
+
+def _set_include_paths(roots: Sequence[str]) -> None:
+    """Puts ``roots`` (the search paths, then the shipped tree) first on gin's include path,
+    before the working directory, so ``include 'runs/base.gin'`` finds the file from any
+    directory, quietly; folders this module added earlier and no longer wants are dropped."""
     prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
-    if root in prefixes:
-        prefixes.remove(root)
-    prefixes.insert(0, root)
+    for root in _ADDED_PREFIXES + list(roots):
+        while root in prefixes:
+            prefixes.remove(root)
+    prefixes[0:0] = list(roots)
+    _ADDED_PREFIXES[:] = list(roots)
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
@@ -209,7 +237,7 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
     for text in config_texts:
         _parse_one(lambda t=text: gin.parse_config(t, skip_unknown=False),
                    "a saved gin config")
-    _add_search_path(str(gin_root()))
+    _set_include_paths(search_paths() + [str(gin_root())])
     resolved = [resolve_gin_file(f) for f in gin_files]
     for path in resolved:
         _parse_one(lambda p=path: gin.parse_config_file(p, skip_unknown=False),

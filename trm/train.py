@@ -3,8 +3,9 @@ r"""Train a TRM experiment described by gin files.
     python -m trm.train --gin_file=e2_3_mlp.gin [--gin_file=...] [--gin_param='TRAIN_STEPS=40'] \
         --workdir=gs://bucket/runs/e2_3_mlp [--dry_run]
 
-``--gin_file`` takes a path or a file name of the shipped ``gin/`` tree (from any working
-directory); files are parsed in order, then every ``--gin_param`` in order (later wins).
+``--gin_file`` takes a path or a file name of ``--gin_search_paths`` or the shipped ``gin/``
+tree (from any working directory); files are parsed in order, then every ``--gin_param`` /
+``--gin_bindings`` / ``--gin.NAME=VALUE`` binding in order (later wins; :mod:`trm.cli`).
 Unknown configurables, parameters and macros are errors. Run-level knobs are the ALL_CAPS
 macros documented in ``gin/runs/base.gin`` (TRAIN_STEPS, EPOCHS, EVAL_EVERY, CHECKPOINT_EVERY,
 LOG_EVERY, SEED, GLOBAL_BATCH_SIZE, LR, ...).
@@ -35,10 +36,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines this command's absl flags, once, at run time (importing several trm entry
     points in one process must not define the same flag twice)."""
-    flags.DEFINE_multi_string("gin_file", [], "Gin file: a path or a file name in the shipped tree.")
-    flags.DEFINE_multi_string("gin_param", [], "Gin binding, e.g. 'TRAIN_STEPS=40'.")
-    flags.DEFINE_multi_string("gin_bindings", [], "Alias of --gin_param (the dopamine / t5x "
-                              "spelling); applied after the --gin_param bindings.")
+    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    define_gin_flags()
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
     flags.DEFINE_bool("dry_run", False, "Check the run exactly as a start would (bindings, values, "
                       "model, optimizers; with --workdir: new/resume/completed/conflict), print "
@@ -123,8 +122,10 @@ def main(argv: List[str]) -> None:
         for name, hypothesis in gin_edge.list_experiments():
             print(f"{name:<36} {hypothesis}")
         return
-    bindings = list(FLAGS.gin_param) + list(FLAGS.gin_bindings)
+    from trm.cli import gin_bindings  # pylint: disable=import-outside-toplevel
+    bindings = gin_bindings()
     try:
+        gin_edge.set_search_paths(FLAGS.gin_search_paths)
         if FLAGS.dry_run:
             from trm.preflight import PreflightError  # pylint: disable=import-outside-toplevel
             try:

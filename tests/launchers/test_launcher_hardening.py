@@ -552,6 +552,7 @@ def test_local_launcher_passes_hostile_bindings_intact(fake_trainer, tmp_path):
     hostile = hostile_values(m)
     root = tmp_path / f"runs$(touch {m}/root)"
     args = ["--sweep=cpu_e2_2_tn", "--seeds=0", "--runs=*t2_n2*", f"--root={root}",
+            "--no_preflight",  # the bindings are not gin; this checks they travel intact
             f"--train_module={fake_trainer}"] + [f"--gin_param=H{i}={h}" for i, h in
                                                   enumerate(hostile)]
     out = io.StringIO()
@@ -592,7 +593,7 @@ def test_local_rejects_hostile_train_module_and_bad_runs(tmp_path, capsys, monke
         def swept_keys(self):
             return {"SEED"}
 
-    monkeypatch.setattr(local, "get_sweep", lambda name: Evil())
+    monkeypatch.setattr(local, "resolve_sweep", lambda name: Evil())
     rc = local.main(["--sweep=evil", f"--root={tmp_path}", "--dry_run"])
     err = _one_line_error(capsys)
     assert rc == 2 and "run name 'evil/../../x'" in err

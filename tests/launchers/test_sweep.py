@@ -141,7 +141,7 @@ def test_cli_overview_json_and_errors(capsys):
     assert data[0] == {"name": "e3_1_width/h256_s0", "gin_files": ["e1_1_baseline.gin"],
                        "bindings": ["HIDDEN_SIZE=256", "SEED=0"]}
     assert sweep_cli.main(["--sweep=nope", "--list"]) == 2
-    assert "known sweeps" in capsys.readouterr().err
+    assert "Known sweeps" in capsys.readouterr().err
     assert sweep_cli.main(["--sweep=e2_2_tn", "--list", "--seeds=a"]) == 2
 
 

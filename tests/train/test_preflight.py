@@ -104,3 +104,28 @@ def test_module_reads_runs_on_stdin():
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(r["name"], r["ok"]) for r in lines] == [("good", True), ("bad", False)]
     assert preflight.main(io.StringIO("{}"), io.StringIO()) == 2
+
+
+def test_local_launcher_skips_only_the_same_finished_run(sudoku4, tmp_path, monkeypatch,
+                                                          capsys):
+    """launchers.local with the real trainer: a finished run is skipped; the same run name
+    asked for with a longer schedule (a smoke run in the study's folder) is refused with one
+    line before anything starts, not reported as done."""
+    from launchers import local
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TRM_DATA_ROOT", str(tmp_path))
+    tiny = [b for b in tiny_bindings(sudoku4) if not b.startswith(("TRAIN_STEPS", "HALT_MAX"))]
+    sweep = tmp_path / "smoke.json"
+    sweep.write_text(json.dumps({"gin_files": ["cpu_e1_1_baseline.gin"], "fixed": tiny,
+                                 "grid": {"HALT_MAX_STEPS": [2]}}))
+    args = [f"--sweep={sweep}", f"--root={tmp_path / 'runs'}"]
+    assert local.main(args + ["--gin_param=TRAIN_STEPS=2"]) == 0
+    run_json = json.loads((tmp_path / "runs" / "smoke" / "halt_max_steps2_s0" /
+                           "run.json").read_text())
+    assert run_json["status"] == "completed" and run_json["last_step"] == 2
+    capsys.readouterr()
+    assert local.main(args + ["--gin_param=TRAIN_STEPS=2"]) == 0
+    assert "skip smoke/halt_max_steps2_s0: completed" in capsys.readouterr().out
+    assert local.main(args + ["--gin_param=TRAIN_STEPS=4"]) == 2
+    err = capsys.readouterr().err
+    assert "smoke/halt_max_steps2_s0" in err and "another config" in err
