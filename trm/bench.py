@@ -49,7 +49,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup", 1, "Untimed steps first (compilation, allocator warm-up).")
     flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's choice).")
     flags.DEFINE_enum("device", "auto", ["auto", "xla", "cuda", "cpu"], "Device.")
-    flags.DEFINE_string("forward_dtype", "auto", "auto (bf16 on TPU/GPU, fp32 on CPU), float32, "
+    flags.DEFINE_string("forward_dtype", "auto", "auto (bf16 on TPU/GPU and bf16 CPUs, else fp32), float32, "
                         "bfloat16.")
     flags.DEFINE_integer("seq_len", 81, "Tokens per example (when the config does not set it).")
     flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does not set it).")
@@ -244,7 +244,7 @@ def suite_markdown(rows: List[Dict[str, Any]]) -> str:
              f"torch {torch.__version__}, Python {platform.python_version()}, batch "
              f"{FLAGS.batch}, bindings {gin_bindings() or 'none'}; command: "
              f"`python -m trm.bench {' '.join(sys.argv[1:])}`", "",
-             "| config | compile | dtype | ms/step | tokens/s | model TFLOP/s | MFU | peak | "
+             "| config | compile | dtype | ms/step | tokens/s | model FLOP/s | MFU | peak | "
              "peak memory |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -253,10 +253,21 @@ def suite_markdown(rows: List[Dict[str, Any]]) -> str:
             continue
         lines.append(
             f"| {r['label']} | {r['compile']} | {r['forward_dtype']} | {r['ms_per_step']:.1f} "
-            f"| {r['tokens_per_s']:,.0f} | {r['model_flops_per_s'] / 1e12:.2f} "
-            f"| {100 * r['mfu']:.1f}% | {r['peak_flops_per_s'] / 1e12:.0f}T "
+            f"| {r['tokens_per_s']:,.0f} | {format_flops(r['model_flops_per_s'])} "
+            f"| {100 * r['mfu']:.1f}% | {format_flops(r['peak_flops_per_s'])} "
             f"({r['peak_source']}) | {r['peak_mem_bytes'] / 2 ** 30:.2f} GiB |")
     return "\n".join(lines) + "\n"
+
+
+def format_flops(flops_per_s: float) -> str:
+    """A FLOP rate with the unit that keeps 3-4 significant digits: ``172.1 GFLOP/s``,
+    ``1.23 TFLOP/s``, ``989 TFLOP/s``."""
+    for scale, unit in ((1e15, "PFLOP/s"), (1e12, "TFLOP/s"), (1e9, "GFLOP/s"),
+                        (1e6, "MFLOP/s")):
+        if flops_per_s >= scale:
+            value = flops_per_s / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{flops_per_s:.3g} FLOP/s"
 
 
 def main(argv: List[str]) -> None:
@@ -293,10 +304,10 @@ def main(argv: List[str]) -> None:
     print(f"examples/s         {r['examples_per_s']:.2f}")
     print(f"peak memory        {r['peak_mem_bytes'] / 2 ** 30:.2f} GiB")
     print(f"tokens/s           {r['tokens_per_s']:,.0f}")
-    print(f"model FLOP/s       {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s "
+    print(f"model FLOP/s       {format_flops(r['model_flops_per_s'])} "
           f"(MFU {100 * r['mfu']:.1f}% of the {r['peak_source']} peak "
-          f"{r['peak_flops_per_s'] / 1e12:.1f} TFLOP/s)")
-    print(f"matmul FLOP/s      {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+          f"{format_flops(r['peak_flops_per_s'])})")
+    print(f"matmul FLOP/s      {format_flops(r['matmul_flops_per_s'])}")
     print(json.dumps(r))
 
 

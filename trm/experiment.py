@@ -180,7 +180,8 @@ def _check_value(field: str, macro: str, value: Any, kind: Any, low: float,
 
 def resolve_forward_dtype(config: TrainConfig, device: torch.device) -> Any:
     """The forward dtype of a run: ``config.forward_dtype``, or the device's default for
-    ``"auto"`` (bfloat16 on TPU/GPU, float32 on CPU)."""
+    ``"auto"`` (bfloat16 on TPU/GPU and on CPUs with native bf16, float32 on other CPUs; see
+    :func:`trm.runtime.default_forward_dtype`)."""
     from trm.runtime import default_forward_dtype  # pylint: disable=import-outside-toplevel
     return (default_forward_dtype(device) if config.forward_dtype == "auto"
             else config.forward_dtype)

@@ -74,3 +74,13 @@ def test_suite_covers_baseline_and_attention_with_and_without_compile(monkeypatc
     text = doc.read_text()
     assert text.count("| baseline (MLP) |") == 2 and "40.0%" in text
     assert "failed: RuntimeError: compile failed |" in text
+
+
+def test_flop_rates_print_with_a_unit_that_keeps_the_digits():
+    from trm.bench import format_flops
+    assert format_flops(29.3e9) == "29.3 GFLOP/s"
+    assert format_flops(172.1e9) == "172 GFLOP/s"
+    assert format_flops(0.17e12) == "170 GFLOP/s"  # a CPU peak is not "0T"
+    assert format_flops(1.234e12) == "1.23 TFLOP/s"
+    assert format_flops(989e12) == "989 TFLOP/s"
+    assert format_flops(2.5e6) == "2.5 MFLOP/s"
