@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import trm
+from trm import progress
 from trm.eval_loop import MetricSums, evaluate, headline, normalize_train_metrics, tag_results
 from trm.experiment import (DataShape, TrainConfig, TrainingError, build_model,  # noqa: F401
                             resolve_data_path, resolve_forward_dtype, total_steps)
@@ -111,7 +112,7 @@ class Trainer:
             if rt.is_main:
                 log.info("Dataset %s (building it if missing: %s)", path, cfg.dataset_builder)
                 try:
-                    data.ensure_dataset(path, cfg.dataset_builder,
+                    data.ensure_dataset(path, cfg.dataset_builder, show_progress=self.progress,
                                         **dict(cfg.dataset_builder_args))
                 except Exception as e:  # noqa: BLE001 - shared with the other processes
                     failure = f"{type(e).__name__}: {e}"
@@ -120,7 +121,8 @@ class Trainer:
                 raise TrainingError(f"Building the dataset {path} ({cfg.dataset_builder}) "
                                     f"failed on process 0: {failure}")
             if not rt.is_main:
-                data.ensure_dataset(path, cfg.dataset_builder, **dict(cfg.dataset_builder_args))
+                data.ensure_dataset(path, cfg.dataset_builder, show_progress=False,
+                                    **dict(cfg.dataset_builder_args))
         self.data_dir = resolve_data_path(cfg.data_dir, cfg.dataset_builder_args)
         self.test_data_dir = (resolve_data_path(cfg.test_data_dir, cfg.dataset_builder_args)
                               if cfg.test_data_dir else self.data_dir)
@@ -555,12 +557,15 @@ class Trainer:
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
                              process_index=rt.process_index, process_count=rt.process_count)
         out_dir = self.workdir.url(eval_dir(self.step))
-        if self.ema is not None:
-            with self.ema.averaged(self.model):
+        with progress.phase(f"eval step {self.step}", len(batches), unit="batches",
+                            enabled=self.progress and rt.is_main, leave=False) as bar:
+            if self.ema is not None:
+                with self.ema.averaged(self.model):
+                    results = evaluate(self.model, self.loss_head, batches, rt,
+                                       self.evaluators, out_dir, progress=bar.update)
+            else:
                 results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
-                                   out_dir)
-        else:
-            results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators, out_dir)
+                                   out_dir, progress=bar.update)
         tagged = tag_results(results)
         bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
         if bad:

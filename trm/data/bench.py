@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(ns.torch_threads)
+    from trm import progress
     from trm.data.inspect import iter_examples
     from trm.data.pipeline import TrainStream
 
@@ -49,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     stream.close()
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = list(iter_examples(ns.dir, ns.split))
+        rows = []
+        with progress.phase(f"converting {ns.dir} ({ns.split}) to .npy for the numpy loader",
+                            meta.total_examples, unit="examples") as bar:
+            for row in iter_examples(ns.dir, ns.split):
+                rows.append(row)
+                bar.update(len(rows))
         for name in ("inputs", "labels"):
             np.save(os.path.join(tmp, f"{name}.npy"),
                     np.stack([r[name] for r in rows]).astype(np.uint8))

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from trm import progress
 from trm.data import format as fmt
 from trm.data import fsutil
 from trm.data.format import DataError
@@ -252,13 +253,16 @@ def write_dataset(output_dir: str, *, builder: str, version: str, args: Mapping[
                 n_sh = min(num_shards, s.num_groups)
                 inputs_b = np.ascontiguousarray(s.inputs.astype(np_dt))
                 labels_b = np.ascontiguousarray(s.labels.astype(np_dt))
-                for k in range(n_sh):
-                    name = fmt.shard_name(set_name, k, n_sh)
-                    rel, rel_idx = f"{split}/{name}.tfrecord", f"{split}/{name}.index.npz"
-                    stats = _write_shard(os.path.join(local_root, rel),
-                                         os.path.join(local_root, rel_idx), s,
-                                         np.arange(k, s.num_groups, n_sh), inputs_b, labels_b)
-                    shards.append(dict(file=rel, index=rel_idx, set=set_name, **stats))
+                with progress.sub(f"writing {split}/{set_name}", n_sh, unit="shards") as bar:
+                    for k in range(n_sh):
+                        name = fmt.shard_name(set_name, k, n_sh)
+                        rel, rel_idx = f"{split}/{name}.tfrecord", f"{split}/{name}.index.npz"
+                        stats = _write_shard(os.path.join(local_root, rel),
+                                             os.path.join(local_root, rel_idx), s,
+                                             np.arange(k, s.num_groups, n_sh), inputs_b,
+                                             labels_b)
+                        shards.append(dict(file=rel, index=rel_idx, set=set_name, **stats))
+                        bar.update(k + 1)
             g = sum(v["groups"] for v in set_stats.values())
             p = sum(v["puzzles"] for v in set_stats.values())
             e = sum(v["examples"] for v in set_stats.values())

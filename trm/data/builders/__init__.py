@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+from trm import progress
 from trm.data.format import DataError
 
 _MISSING = object()
@@ -146,12 +147,14 @@ def get_builder(name: str) -> Builder:
 
 
 def build_dataset(builder: str, output_dir: str, *, overwrite: bool = False,
-                  **builder_args) -> str:
+                  show_progress: bool = True, **builder_args) -> str:
     """Builds a dataset at ``output_dir`` (local path or ``gs://``); returns ``output_dir``.
 
     If a committed dataset with the same builder and arguments exists there, nothing is
     built. If one with different arguments exists, raises :class:`DataError` unless
-    ``overwrite`` (then the new dataset replaces it atomically).
+    ``overwrite`` (then the new dataset replaces it atomically). ``show_progress``: report
+    the build's steps (generating, augmenting, writing shards) on stderr
+    (:mod:`trm.progress`: a bar on a terminal, a line every 30 s in a log).
     """
     from trm.data import writer
 
@@ -164,21 +167,24 @@ def build_dataset(builder: str, output_dir: str, *, overwrite: bool = False,
         return output_dir
     if existing is not None:
         writer.removable_data_dir(output_dir, existing)  # refuse before the (long) build
-    result = b.function()(dict(args, builder=builder))
-    meta = writer.write_dataset(output_dir, builder=builder, version=b.version, args=args,
-                                num_shards=args["num_shards"], overwrite=overwrite, **result)
+    with progress.phase(f"building {builder} dataset {output_dir}", enabled=show_progress):
+        result = b.function()(dict(args, builder=builder))
+        meta = writer.write_dataset(output_dir, builder=builder, version=b.version, args=args,
+                                    num_shards=args["num_shards"], overwrite=overwrite, **result)
     _check_same(output_dir, meta, builder, args, b.version)  # a concurrent writer may have won
     return output_dir
 
 
-def ensure_dataset(output_dir: str, builder: str, **builder_args) -> str:
+def ensure_dataset(output_dir: str, builder: str, show_progress: bool = True,
+                   **builder_args) -> str:
     """Builds the dataset unless a committed one with the same arguments exists; returns the path.
 
     Safe to call from several processes at once: each builds into its own temporary folder and
     the first to commit wins; the others use its result (builds are deterministic).
     Raises :class:`DataError` if the existing dataset was built with other arguments.
     """
-    return build_dataset(builder, output_dir, overwrite=False, **builder_args)
+    return build_dataset(builder, output_dir, overwrite=False, show_progress=show_progress,
+                         **builder_args)
 
 
 def _check_same(output_dir: str, meta: dict, builder: str, args: dict, version: str) -> None:

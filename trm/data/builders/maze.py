@@ -14,6 +14,7 @@ from collections import deque
 
 import numpy as np
 
+from trm import progress
 from trm.data.builders.sources import (find_overlaps, read_puzzle_csv, report_overlaps,
                                        resolve_source_file)
 from trm.data.format import BLANK_IDENTIFIER_NAME, DataError
@@ -237,18 +238,20 @@ def build_gen(args: dict) -> dict:
     budget = 1000 + 20 * (args["num_train"] + args["num_test"])
     for split, count in (("train", args["num_train"]), ("test", args["num_test"])):
         qs, ans = [], []
-        while len(qs) < count:
-            q, a = generate_maze(size, rng, min_len, args["loop_fraction"])
-            key = _canonical(q)
-            if key in seen:  # same maze as one already kept, up to a dihedral transform
-                budget -= 1
-                if budget < 0:
-                    raise DataError(f"maze_gen: found only {len(seen)} distinct {size}x{size} "
-                                    "mazes; ask for fewer")
-                continue
-            seen.add(key)
-            qs.append(q)
-            ans.append(a)
+        with progress.sub(f"generating {split} mazes", count, unit="mazes") as bar:
+            while len(qs) < count:
+                q, a = generate_maze(size, rng, min_len, args["loop_fraction"])
+                key = _canonical(q)
+                if key in seen:  # same maze as one already kept, up to a dihedral transform
+                    budget -= 1
+                    if budget < 0:
+                        raise DataError(f"maze_gen: found only {len(seen)} distinct "
+                                        f"{size}x{size} mazes; ask for fewer")
+                    continue
+                seen.add(key)
+                qs.append(q)
+                ans.append(a)
+                bar.update(len(qs))
         data[split] = (np.stack(qs), np.stack(ans))
     return _result(size, _set_arrays(*data["train"], args["aug"]),
                    _set_arrays(*data["test"], False))

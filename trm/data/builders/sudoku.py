@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from trm import progress
 from trm.data.builders.sources import (find_overlaps, read_puzzle_csv, report_overlaps,
                                        resolve_source_file)
 from trm.data.format import BLANK_IDENTIFIER_NAME, DataError
@@ -28,13 +29,15 @@ def _set_arrays(questions: np.ndarray, answers: np.ndarray, geom: Geometry, num_
     L = geom.N * geom.N
     inputs = np.empty((n * k, L), np.uint8)
     labels = np.empty((n * k, L), np.uint8)
-    for i in range(n):
-        inputs[i * k] = questions[i].reshape(-1) + 1
-        labels[i * k] = answers[i].reshape(-1) + 1
-        for a in range(1, k):
-            q, s = geom.augment(rng, questions[i], answers[i])
-            inputs[i * k + a] = q.reshape(-1) + 1
-            labels[i * k + a] = s.reshape(-1) + 1
+    with progress.sub("augmenting" if num_aug else "encoding", n, unit="puzzles") as bar:
+        for i in range(n):
+            inputs[i * k] = questions[i].reshape(-1) + 1
+            labels[i * k] = answers[i].reshape(-1) + 1
+            for a in range(1, k):
+                q, s = geom.augment(rng, questions[i], answers[i])
+                inputs[i * k + a] = q.reshape(-1) + 1
+                labels[i * k + a] = s.reshape(-1) + 1
+            bar.update(i + 1)
     return SetArrays(inputs=inputs, labels=labels,
                      puzzle_identifiers=np.zeros(n * k, np.int32),
                      puzzle_indices=np.arange(n * k + 1, dtype=np.int64),
@@ -242,20 +245,22 @@ def build_gen(args: dict) -> dict:
     budget = 1000 + 20 * (args["num_train"] + args["num_test"])
     for split, count in (("train", args["num_train"]), ("test", args["num_test"])):
         qs, ss = [], []
-        while len(qs) < count:
-            q, s = geom.generate(rng, blanks)
-            inv = geom.invariant(q)
-            if inv in seen:  # equal (or equivalent under augmentation) to a kept puzzle
-                budget -= 1
-                if budget < 0:
-                    raise DataError(
-                        f"sudoku_gen: found only {len(seen)} puzzles of box {args['box']} with "
-                        f"{blanks} blanks that are distinct up to augmentation; ask for fewer "
-                        "puzzles or more blanks")
-                continue
-            seen.add(inv)
-            qs.append(q)
-            ss.append(s)
+        with progress.sub(f"generating {split} puzzles", count, unit="puzzles") as bar:
+            while len(qs) < count:
+                q, s = geom.generate(rng, blanks)
+                inv = geom.invariant(q)
+                if inv in seen:  # equal (or equivalent under augmentation) to a kept puzzle
+                    budget -= 1
+                    if budget < 0:
+                        raise DataError(
+                            f"sudoku_gen: found only {len(seen)} puzzles of box {args['box']} "
+                            f"with {blanks} blanks that are distinct up to augmentation; ask "
+                            "for fewer puzzles or more blanks")
+                    continue
+                seen.add(inv)
+                qs.append(q)
+                ss.append(s)
+                bar.update(len(qs))
         splits[split] = (np.stack(qs), np.stack(ss))
     train = _set_arrays(*splits["train"], geom, args["num_aug"], rng)
     test = _set_arrays(*splits["test"], geom, 0, rng)
