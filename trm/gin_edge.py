@@ -286,11 +286,51 @@ def _parse_one(parse, what: str) -> None:
         raise ConfigError(f"Error in {what}: {e}") from e
 
 
+TRAIN_CONFIG_SELECTOR = "trm.TrainConfig"
+
+
 def build_train_config():
-    """The :class:`~trm.trainer.TrainConfig` described by the parsed gin config."""
+    """The :class:`~trm.experiment.TrainConfig` described by the parsed gin config, in plain
+    Python: every factory is the registered component itself with its bindings applied
+    (``functools.partial(TRM, hidden_size=512, mixer=partial(MLPMixer, ...), ...)``), every
+    macro replaced by its value, every ``@name()`` already called. Nothing in it reads gin
+    when called: the config builds the same model after :func:`clear`.
+    """
     register_configurables()
     from trm.experiment import TrainConfig  # pylint: disable=import-outside-toplevel
-    return gin.get_configurable(TrainConfig)()
+    bindings = gin.get_bindings(TRAIN_CONFIG_SELECTOR, resolve_references=False)
+    return TrainConfig(**{name: _plain_python(value, f"{TRAIN_CONFIG_SELECTOR}.{name}")
+                          for name, value in bindings.items()})
+
+
+def _plain_python(value, where: str, depth: int = 0):
+    """A gin binding value with every macro and reference resolved to plain Python."""
+    if depth > 50:
+        raise ConfigError(f"{where}: references nest too deeply (a reference cycle?)")
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.selector == "gin.macro":
+            name = value.scoped_selector.split("/")[0]
+            return _plain_python(gin.query_parameter(f"%{name}"), f"%{name}", depth + 1)
+        factory = _factory(value.selector, depth)
+        return factory() if value.evaluate else factory
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_python(v, where, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain_python(v, where, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _factory(selector: str, depth: int):
+    """``functools.partial`` of the component registered as ``selector`` (``kind.name``)
+    with its gin bindings, themselves resolved."""
+    kind, _, name = selector.rpartition(".")
+    if (kind, name) not in REGISTRY:
+        raise ConfigError(f"@{selector} is not a registered trm component (kind.name); "
+                          "`python -m trm.registry` lists them.")
+    bindings = gin.get_bindings(selector, resolve_references=False)
+    kwargs = {k: _plain_python(v, f"{selector}.{k}", depth + 1) for k, v in bindings.items()}
+    obj = REGISTRY.get(kind, name)
+    return functools.partial(obj, **kwargs) if kwargs else obj
 
 
 def query_macro(name: str, default=None):
