@@ -50,6 +50,8 @@ class MetricSums:
             return {}
         keys = sorted(values)
         stacked = torch.stack([values[k] for k in keys])
+        if runtime.distributed:  # collectives are 32-bit (float64 sums stay local)
+            stacked = stacked.to(torch.float32)
         runtime.all_reduce_sum_([stacked])
         values = stacked.cpu().tolist()
         return dict(zip(keys, values))
