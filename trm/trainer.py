@@ -371,13 +371,16 @@ class Trainer:
         # A SIGTERM starts the exit grace window of every run-state wait, even one blocked on
         # a storage outage (TRM_EXIT_GRACE_S; docs/RUN_STATE.md, "Storage outages").
         self.workdir.watch_stop(lambda: stopper.received is not None)
-        if rt.is_main:
+
+        def lock() -> None:
             try:
                 self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
                                           force=self.force_unlock)
             except OSError as e:
                 raise TrainingError(f"Cannot write to the workdir {self.workdir_path}: "
                                     f"{e.strerror or e}. Choose a writable --workdir.") from e
+        # Process 0's checks and writes go through rt.on_main: their failure ends every process.
+        rt.on_main(lock)
         try:
             self._prepare_data()
             self.build(self.train_meta, total_steps(cfg, self.train_meta.examples_per_epoch))
@@ -390,16 +393,16 @@ class Trainer:
                                           trust=self.trust_checkpoint)
             # Nothing is written until the state is known to fit: the config is compared (not
             # saved), the checkpoint restored into the model built from this config.
-            self._config_outcome = self._check_config() if rt.is_main else "none"
+            self._config_outcome = rt.on_main(self._check_config)
             restored = self.ckpt.restore("latest")
             self._resumed = restored is not None
             if restored is not None:
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
             self._start_step = self.step
-            if restored is not None and self.step >= self.total_steps and rt.is_main \
-                    and self.record.status == "completed":
-                if self.progress:
+            if restored is not None and self.step >= self.total_steps \
+                    and rt.on_main(lambda: self.record.status == "completed"):
+                if self.progress and rt.is_main:
                     print(f"{self.workdir_path}: this run is already completed (step "
                           f"{self.step} of {self.total_steps}); nothing to do.", flush=True)
                 return {"status": "completed", "step": self.step, "eval": {},
@@ -527,7 +530,8 @@ class Trainer:
         perf = {"examples_per_s": cfg.global_batch_size / step_time if step_time > 0 else 0.0,
                 "steps_per_s": 1.0 / step_time if step_time > 0 else 0.0,
                 "step_time_s": step_time}
-        if rt.is_main:
+
+        def write() -> None:
             self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, self.step)
             self.writer.scalars({f"perf/{k}": v for k, v in perf.items()}, self.step)
             if rt.is_xla and (_every(self.step, cfg.xla_metrics_every) or self.step <= steps):
@@ -546,6 +550,7 @@ class Trainer:
                       f"exact {metrics.get('exact_accuracy', math.nan):.3f}  "
                       f"lr {metrics['lr']:.2e}  {perf['steps_per_s']:.2f} steps/s  "
                       f"ETA {_fmt_s(eta)}", flush=True)
+        rt.on_main(write)
 
     def _evaluate(self) -> Dict[str, float]:
         from trm.data import EvalStream  # pylint: disable=import-outside-toplevel
@@ -566,7 +571,8 @@ class Trainer:
         if bad:
             raise TrainingError(self._diverged_message(
                 f"The evaluation at step {self.step} gave non-finite {', '.join(bad)}"))
-        if rt.is_main:
+
+        def record() -> None:
             self.writer.scalars(tagged, self.step)
             self.writer.flush()
             self.best = self.record.evaluation(self.step, tagged)
@@ -576,6 +582,7 @@ class Trainer:
                       f"{'n/a' if head is None else f'{head:.4f}'}  "
                       + "  ".join(f"{k}={v:.4f}" for k, v in sorted(tagged.items())
                                   if k.startswith("ARC/")), flush=True)
+        rt.on_main(record)
         self._last_eval, self._eval_step = tagged, self.step
         return tagged
 
@@ -589,12 +596,14 @@ class Trainer:
         self._check_finite()
         self._verify_state()
         state = self._train_state()  # a collective: every process takes part
-        if self.runtime.is_main:
+
+        def save() -> None:
             fresh = self._eval_step == self.step
             try:
                 self.ckpt.save(self.step, state, metrics=self._last_eval if fresh else None)
             except (OSError, CheckpointError) as e:
                 raise self._storage_error(e, f"saving the checkpoint of step {self.step}") from e
+        self.runtime.on_main(save)
 
     def _verify_state(self) -> None:
         """Commits only sound states (see :func:`trm.run.guards.state_is_sound`)."""
@@ -640,10 +649,11 @@ class Trainer:
         """Records the run's start, after its first step succeeded: config.gin (replacing a
         changed one only now, after the checkpoint was found compatible), command.json,
         hparams.json, run.json, the operative config and the TensorBoard writer."""
-        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         self._started = True
-        if not self.runtime.is_main:
-            return
+        self.runtime.on_main(self._record_start)
+
+    def _record_start(self) -> None:
+        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         resumed = self._resumed
         start_step = self._start_step
         if self.config_text:
@@ -679,7 +689,8 @@ class Trainer:
         rt = self.runtime
         if not self._started:
             self._start_run()
-        if rt.is_main:
+
+        def finish() -> None:
             try:
                 self.ckpt.wait()
             except (OSError, CheckpointError) as e:
@@ -689,6 +700,7 @@ class Trainer:
             self._write_xla_report()
             if self.progress:
                 self._print_summary(status)
+        rt.on_main(finish)
         return {"status": status, "step": self.step, "eval": self._last_eval, "best": self.best}
 
     def _write_xla_report(self) -> None:

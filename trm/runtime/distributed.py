@@ -164,6 +164,29 @@ class Runtime:
         gathered = self.all_gather(padded.to(self.device)).cpu().view(len(sizes), -1)
         return [pickle.loads(gathered[i, :n].numpy().tobytes()) for i, n in enumerate(sizes)]
 
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Runs ``fn`` on process 0 only and shares its outcome with every process: its
+        result (picklable) is returned everywhere; if it raised, every process raises the same
+        error (same class and message). So a failure of process 0 alone -- a held lock, a
+        config mismatch, a storage error -- ends all processes at once instead of leaving the
+        others waiting in their next collective. A collective: every process must call it."""
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+                failure = e
+        if failure is not None:
+            if self.distributed:
+                self.gather_objects((None, _portable(failure)))
+            raise failure
+        if not self.distributed:
+            return result
+        result, shared = self.gather_objects((result, None))[0]
+        if shared is not None:
+            raise shared
+        return result
+
     def barrier(self) -> None:
         if not self.distributed:
             return
@@ -179,6 +202,20 @@ class Runtime:
             import torch.distributed as dist  # pylint: disable=import-outside-toplevel
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _portable(e: Optional[Exception]) -> Optional[Exception]:
+    """``e`` if it survives pickling (same class and message elsewhere), else a RuntimeError
+    carrying its class name and message."""
+    if e is None:
+        return None
+    try:
+        copy = pickle.loads(pickle.dumps(e))
+        if type(copy) is type(e) and str(copy) == str(e):
+            return e
+    except Exception:  # noqa: BLE001 - an unpicklable error travels as its text
+        pass
+    return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def _map_tensors(item: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
