@@ -380,7 +380,11 @@ class Trainer:
                 raise TrainingError(f"Cannot write to the workdir {self.workdir_path}: "
                                     f"{e.strerror or e}. Choose a writable --workdir.") from e
         # Process 0's checks and writes go through rt.on_main: their failure ends every process.
-        rt.on_main(lock)
+        try:
+            rt.on_main(lock)
+        except BaseException:
+            stopper.uninstall()
+            raise
         try:
             self._prepare_data()
             self.build(self.train_meta, total_steps(cfg, self.train_meta.examples_per_epoch))
