@@ -107,7 +107,9 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           force_unlock: bool = False, trust_checkpoint: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm.runtime.device import init_xla_compile_cache  # pylint: disable=import-outside-toplevel
     from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    init_xla_compile_cache()  # before the first XLA computation ($TRM_XLA_CACHE_DIR)
     gin_edge.clear()
     resolved = gin_edge.parse(gin_files, bindings)
     cfg = gin_edge.build_train_config()

@@ -201,14 +201,15 @@ class Trainer:
         use_ema = cfg.use_ema and cfg.ema is not None and not cfg.freeze_weights
         self.ema = cfg.ema(self.model) if use_ema else None
         self.step, self.carries, self.best = 0, None, None
-        self._step_t = torch.zeros((), dtype=torch.int64, device=rt.device)
+        # int32 on the device (TPUs emulate int64); the halting key wraps modulo 2**32
+        self._step_t = torch.zeros((), dtype=torch.int32, device=rt.device)
         self._counter_rng = cfg.halting_rng == "counter" or (cfg.halting_rng == "auto"
                                                              and rt.is_xla)
         # per micro-batch constants of the exploration key: seed, process and slot
         self._rng_salt = [(cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003
                           for i in range(cfg.grad_accum_steps)]
         self._lr_tables = None
-        self._nonfinite_step = torch.zeros((), dtype=torch.int64, device=rt.device)
+        self._nonfinite_step = torch.zeros((), dtype=torch.int32, device=rt.device)
 
     # -- state -----------------------------------------------------------------------------
     def _train_state(self) -> Dict[str, Any]:

@@ -168,9 +168,12 @@ def xla_metrics() -> Dict[str, float]:
         return {}
     out = {}
     compile_data = met.metric_data("CompileTime")
-    if compile_data:
-        out["xla/compile_count"] = float(compile_data[0])
-        out["xla/compile_time_s"] = float(compile_data[1]) / 1e9
+    out["xla/compile_count"] = float(compile_data[0]) if compile_data else 0.0
+    out["xla/compile_time_s"] = float(compile_data[1]) / 1e9 if compile_data else 0.0
+    # graphs loaded from the persistent compile cache instead of compiled
+    for name in ("PersistentCacheHit", "PersistentCacheMiss",
+                 "PersistentCacheDeserializeFailure"):
+        out[f"xla/{name}"] = float(met.counter_value(name) or 0)
     for name in ("TransferToDeviceTime", "TransferFromDeviceTime", "ExecuteTime"):
         d = met.metric_data(name)
         if d:
