@@ -1,6 +1,7 @@
-"""``python tests/train/collective_spy.py OUT_DIR <trm.train flags>``: runs ``trm.train`` with
-every torch.distributed collective recording the dtypes it carries (written to
-OUT_DIR/rank<RANK>.json at exit). Object collectives are recorded too: they send int64 sizes internally."""
+"""``python tests/train/collective_spy.py OUT_DIR <trm.train flags>``: runs ``trm.train``
+with every torch.distributed collective recording the dtypes it carries (written to
+OUT_DIR/rank<RANK>.json at exit). Object collectives are recorded too: they send int64
+sizes internally."""
 
 import atexit
 import json
