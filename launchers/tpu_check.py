@@ -159,7 +159,7 @@ class Preflight:
         (ok, detail), proc = self._smoke("smoke_all")
         if not ok:
             return ok, detail
-        rates = re.findall(r"([0-9.]+) steps/s", proc.stdout)
+        rates = re.findall(r"([0-9.]+) steps/s", proc.stdout)  # the last log window's rate
         batch = 64
         for b in self.bindings:
             if b.startswith("GLOBAL_BATCH_SIZE="):
@@ -179,7 +179,8 @@ class Preflight:
         hits, misses = counts.get("PersistentCacheHit", 0), counts.get("PersistentCacheMiss", 0)
         unloadable = counts.get("PersistentCacheDeserializeFailure", 0)
         if misses or not (hits or unloadable):
-            return False, f"{misses} new graph(s) compiled, {hits} loaded from the cache"
+            return False, (f"{misses} new graph(s) compiled, {hits + unloadable} found in the "
+                           "cache")
         if unloadable:  # XLA:CPU's PJRT client cannot load executables; TPU's can
             return not hits and os.environ.get("PJRT_DEVICE", "").upper() != "TPU", (
                 f"all {unloadable} graphs found in the cache; this backend cannot load them")

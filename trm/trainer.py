@@ -206,7 +206,10 @@ class Trainer:
         self._counter_rng = cfg.halting_rng == "counter" or (cfg.halting_rng == "auto"
                                                              and rt.is_xla)
         # per micro-batch constants of the exploration key: seed, process and slot
-        self._rng_salt = [(cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003
+        # (device scalars, not Python numbers: a seed of 0 would otherwise be a constant of
+        # the graph, and another seed a different graph, missing the compile cache)
+        self._rng_salt = [torch.tensor((cfg.seed * 7919 + rt.process_index * 131 + i)
+                                       % 1_000_003, dtype=torch.int32, device=rt.device)
                           for i in range(cfg.grad_accum_steps)]
         self._lr_tables = None
         self._nonfinite_step = torch.zeros((), dtype=torch.int32, device=rt.device)
