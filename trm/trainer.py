@@ -202,15 +202,14 @@ class Trainer:
         self.ema = cfg.ema(self.model) if use_ema else None
         self.step, self.carries, self.best = 0, None, None
         # int32 on the device (TPUs emulate int64); the halting key wraps modulo 2**32
-        self._step_t = torch.zeros((), dtype=torch.int32, device=rt.device)
+        self._step_t = _device_int(0, rt.device)
         self._counter_rng = cfg.halting_rng == "counter" or (cfg.halting_rng == "auto"
                                                              and rt.is_xla)
         # per micro-batch constants of the exploration key: seed, process and slot
-        # (device scalars, not Python numbers: a seed of 0 would otherwise be a constant of
-        # the graph, and another seed a different graph, missing the compile cache)
-        self._rng_salt = [torch.tensor((cfg.seed * 7919 + rt.process_index * 131 + i)
-                                       % 1_000_003, dtype=torch.int32, device=rt.device)
-                          for i in range(cfg.grad_accum_steps)]
+        # (device inputs, not Python numbers: a 0 would be a constant of the graph, so seed 0
+        # and other seeds would compile different graphs and miss the compile cache)
+        self._rng_salt = [_device_int((cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003,
+                                      rt.device) for i in range(cfg.grad_accum_steps)]
         self._lr_tables = None
         self._nonfinite_step = torch.zeros((), dtype=torch.int32, device=rt.device)
 
@@ -277,7 +276,7 @@ class Trainer:
             Carry.from_state_dict({k: v.to(rt.device) for k, v in c.items()}) for c in saved]
         restore_rng_state(mine["rng"], rt.device)
         self.step = int(state["step"])
-        self._step_t.fill_(self.step)
+        self._step_t = _device_int(self.step, rt.device)
         self.best = state.get("best")
 
     # -- the step ----------------------------------------------------------------------------
@@ -735,6 +734,13 @@ class Trainer:
         if status == "preempted":
             lines.append("  the same command resumes it")
         print("\n".join(lines), flush=True)
+
+
+def _device_int(value: int, device: torch.device) -> torch.Tensor:
+    """An int32 device scalar moved from the host as a one-element vector: a graph input, never
+    a constant (torch_xla turns a 0 or 1 scalar into one), so a fresh and a resumed run, or two
+    seeds, trace the same graphs and share the compile cache."""
+    return torch.tensor([value], dtype=torch.int32).to(device).reshape(())
 
 
 def _md_code(text: str) -> str:
