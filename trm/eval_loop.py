@@ -50,6 +50,8 @@ class MetricSums:
             return {}
         keys = sorted(values)
         stacked = torch.stack([values[k] for k in keys])
+        if runtime.distributed:  # collectives are 32-bit (float64 sums stay local)
+            stacked = stacked.to(torch.float32)
         runtime.all_reduce_sum_([stacked])
         values = stacked.cpu().tolist()
         return dict(zip(keys, values))
@@ -108,6 +110,9 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
             carry = model.initial_carry(batch)
             for _ in range(model.eval_halt_max_steps):
                 carry, outputs = model(carry, batch)
+                # one graph per ACT step (compiled once, reused for every step) instead of
+                # one with all steps unrolled: about half the compile time (docs/BENCHMARKS.md)
+                runtime.mark_step()
             _, metrics, preds = loss_head(carry, outputs)
             per_set.setdefault(set_name, MetricSums(runtime.device)).add(metrics)
             if evaluators:

@@ -34,37 +34,63 @@ import torch
 _MASK32 = 0xFFFFFFFF
 
 
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """The murmur3 32-bit finaliser on int64 tensors holding values in [0, 2**32).
+def _s32(c: int) -> int:
+    """The int32 holding the 32 bits of ``c`` (two's complement)."""
+    c &= _MASK32
+    return c - (1 << 32) if c >= 1 << 31 else c
 
-    Products may wrap past 2**63; the mask keeps their low 32 bits, which wrapping int64
-    arithmetic computes exactly."""
-    h = h ^ (h >> 16)
-    h = (h * 0x85EBCA6B) & _MASK32
-    h = h ^ (h >> 13)
-    h = (h * 0xC2B2AE35) & _MASK32
-    return h ^ (h >> 16)
+
+def _shr(h: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of the 32 bits held by an int32 tensor. Only non-negative values are
+    shifted (torch_xla rounds a negative ``>>`` towards zero); the sign bit is added back."""
+    return ((h & 0x7FFFFFFF) >> k) + _negative(h).to(torch.int32) * (1 << (31 - k))
+
+
+def _negative(h: torch.Tensor) -> torch.Tensor:
+    """``h < 0`` against an int32 zero (a Python 0 makes torch_xla compare in int64)."""
+    return h < h.new_zeros(())
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """The murmur3 32-bit finaliser on int32 tensors (products wrap modulo 2**32, as on XLA)."""
+    h = h ^ _shr(h, 16)
+    h = h * _s32(0x85EBCA6B)
+    h = h ^ _shr(h, 13)
+    h = h * _s32(0xC2B2AE35)
+    return h ^ _shr(h, 16)
+
+
+def _bits32(key: torch.Tensor, n: int, stream: int) -> torch.Tensor:
+    """The ``n`` random 32-bit words of (key, stream) as int32, computed with 32-bit ops only
+    (no int64 on the device: TPUs emulate it)."""
+    k = key.reshape(())
+    if k.dtype != torch.int32:  # e.g. a host int64 key: its low 32 bits
+        k = (k.to(torch.int64) & _MASK32).to(torch.int32)
+    k = _fmix32(k * _s32(0x9E3779B1) + _s32(stream * 0x632BE5AB + 0x5BD1E995))
+    rows = torch.arange(n, device=key.device, dtype=torch.int32)
+    return _fmix32(_fmix32(rows * _s32(0x7FEB352D) + k) ^ k)
 
 
 def counter_bits(key: torch.Tensor, n: int, stream: int) -> torch.Tensor:
     """``n`` pseudo-random 32-bit values (int64 in [0, 2**32)) for ``key`` (an integer tensor
-    of any shape with one element) and ``stream``; a pure function of its arguments."""
-    k = key.reshape(()).to(torch.int64) & _MASK32
-    k = _fmix32((k * 0x9E3779B1 + (stream * 0x632BE5AB + 0x5BD1E995)) & _MASK32)
-    rows = torch.arange(n, device=key.device, dtype=torch.int64)
-    return _fmix32(_fmix32((rows * 0x7FEB352D + k) & _MASK32) ^ k)
+    of any shape with one element; only its low 32 bits count) and ``stream``; a pure function
+    of its arguments. The draws below use the int32 words directly."""
+    return _bits32(key, n, stream).to(torch.int64) & _MASK32
 
 
 def counter_uniform(key: torch.Tensor, n: int, stream: int) -> torch.Tensor:
     """``n`` float32 uniforms in [0, 1) (24 random bits each) from :func:`counter_bits`."""
-    return (counter_bits(key, n, stream) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    return _shr(_bits32(key, n, stream), 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def counter_randint(key: torch.Tensor, n: int, stream: int, low: int, high: int
                     ) -> torch.Tensor:
-    """``n`` int64 integers uniform in [low, high) (modulo bias below 2**-20 for ranges under
-    4096) from :func:`counter_bits`."""
-    return low + counter_bits(key, n, stream) % (high - low)
+    """``n`` int32 integers uniform in [low, high) (modulo bias below 2**-20 for ranges under
+    4096): the unsigned 32-bit word modulo the range, in int32 arithmetic."""
+    span = high - low
+    h = _bits32(key, n, stream)
+    r = torch.remainder(h, span)  # for a negative int32 word, add 2**32 mod span
+    return low + torch.where(_negative(h), torch.remainder(r + (1 << 32) % span, span), r)
 
 from trm.registry import register
 

@@ -16,8 +16,10 @@ EMA; with ``--workdir``, whether the start would be new, resume, completed or a 
 conflict), prints the resolved config and the parameter count, and exits (1 with the start's
 one-line error on a problem).
 
-On a TPU VM (``PJRT_DEVICE=TPU``) one process is started per local TPU device; with
-``torchrun`` each process joins the torch.distributed group; otherwise one process runs.
+With PyTorch/XLA (``PJRT_DEVICE=TPU`` on a TPU VM, ``CPU`` for XLA:CPU) ``torch_xla.launch``
+starts one process per local TPU device (one on XLA:CPU; ``--num_devices=1`` runs in this
+process instead); with ``torchrun`` each process joins the torch.distributed group; otherwise
+one process runs.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           force_unlock: bool = False, trust_checkpoint: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm.runtime.device import init_xla_compile_cache  # pylint: disable=import-outside-toplevel
     from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    init_xla_compile_cache()  # before the first XLA computation ($TRM_XLA_CACHE_DIR)
     gin_edge.clear()
     resolved = gin_edge.parse(gin_files, bindings)
     cfg = gin_edge.build_train_config()
@@ -110,6 +114,7 @@ def single_tpu_device_env(env) -> None:
 
 def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force,  # noqa: ARG001
                  trust):
+    logging.getLogger("trm").setLevel(logging.INFO)  # a spawned process: set it again
     train(gin_files, bindings, workdir, allow, progress, argv, force, trust)
 
 
@@ -145,12 +150,18 @@ def main(argv: List[str]) -> None:
                                  "unset to use every local device.")
         if FLAGS.num_devices == 1 and os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
             single_tpu_device_env(os.environ)
-        if os.environ.get("PJRT_DEVICE", "").upper() == "TPU" and FLAGS.num_devices != 1:
-            import torch_xla  # pylint: disable=import-outside-toplevel
-            torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
-                                                 FLAGS.workdir, FLAGS.allow_config_change,
-                                                 FLAGS.progress, list(sys.argv),
-                                                 FLAGS.force_unlock, FLAGS.trust_checkpoint))
+        from trm.runtime import is_xla_available  # pylint: disable=import-outside-toplevel
+        if FLAGS.num_devices != 1 and is_xla_available():
+            # One process per local device (TPU), or one child on XLA:CPU (the same path);
+            # training runs in a worker thread there, so signals are forwarded (SIGTERM /
+            # SIGINT: checkpoint and stop; SIGUSR1: metrics report).
+            from trm.runtime.signals import forwarded_signals  # pylint: disable=import-outside-toplevel
+            with forwarded_signals():
+                import torch_xla  # pylint: disable=import-outside-toplevel
+                torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
+                                                     FLAGS.workdir, FLAGS.allow_config_change,
+                                                     FLAGS.progress, list(sys.argv),
+                                                     FLAGS.force_unlock, FLAGS.trust_checkpoint))
             return
         result = train(FLAGS.gin_file, bindings, FLAGS.workdir, FLAGS.allow_config_change,
                        FLAGS.progress, list(sys.argv), FLAGS.force_unlock,

@@ -203,14 +203,17 @@ class Trainer:
         use_ema = cfg.use_ema and cfg.ema is not None and not cfg.freeze_weights
         self.ema = cfg.ema(self.model) if use_ema else None
         self.step, self.carries, self.best = 0, None, None
-        self._step_t = torch.zeros((), dtype=torch.int64, device=rt.device)
+        # int32 on the device (TPUs emulate int64); the halting key wraps modulo 2**32
+        self._step_t = _device_int(0, rt.device)
         self._counter_rng = cfg.halting_rng == "counter" or (cfg.halting_rng == "auto"
                                                              and rt.is_xla)
         # per micro-batch constants of the exploration key: seed, process and slot
-        self._rng_salt = [(cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003
-                          for i in range(cfg.grad_accum_steps)]
+        # (device inputs, not Python numbers: a 0 would be a constant of the graph, so seed 0
+        # and other seeds would compile different graphs and miss the compile cache)
+        self._rng_salt = [_device_int((cfg.seed * 7919 + rt.process_index * 131 + i) % 1_000_003,
+                                      rt.device) for i in range(cfg.grad_accum_steps)]
         self._lr_tables = None
-        self._nonfinite_step = torch.zeros((), dtype=torch.int64, device=rt.device)
+        self._nonfinite_step = torch.zeros((), dtype=torch.int32, device=rt.device)
 
     # -- state -----------------------------------------------------------------------------
     def _train_state(self) -> Dict[str, Any]:
@@ -275,7 +278,7 @@ class Trainer:
             Carry.from_state_dict({k: v.to(rt.device) for k, v in c.items()}) for c in saved]
         restore_rng_state(mine["rng"], rt.device)
         self.step = int(state["step"])
-        self._step_t.fill_(self.step)
+        self._step_t = _device_int(self.step, rt.device)
         self.best = state.get("best")
 
     # -- the step ----------------------------------------------------------------------------
@@ -373,13 +376,20 @@ class Trainer:
         # A SIGTERM starts the exit grace window of every run-state wait, even one blocked on
         # a storage outage (TRM_EXIT_GRACE_S; docs/RUN_STATE.md, "Storage outages").
         self.workdir.watch_stop(lambda: stopper.received is not None)
-        if rt.is_main:
+
+        def lock() -> None:
             try:
                 self.workdir.acquire_lock({"host": socket.gethostname(), "pid": os.getpid()},
                                           force=self.force_unlock)
             except OSError as e:
                 raise TrainingError(f"Cannot write to the workdir {self.workdir_path}: "
                                     f"{e.strerror or e}. Choose a writable --workdir.") from e
+        # Process 0's checks and writes go through rt.on_main: their failure ends every process.
+        try:
+            rt.on_main(lock)
+        except BaseException:
+            stopper.uninstall()
+            raise
         try:
             self._prepare_data()
             self.build(self.train_meta, total_steps(cfg, self.train_meta.examples_per_epoch))
@@ -392,16 +402,16 @@ class Trainer:
                                           trust=self.trust_checkpoint)
             # Nothing is written until the state is known to fit: the config is compared (not
             # saved), the checkpoint restored into the model built from this config.
-            self._config_outcome = self._check_config() if rt.is_main else "none"
+            self._config_outcome = rt.on_main(self._check_config)
             restored = self.ckpt.restore("latest")
             self._resumed = restored is not None
             if restored is not None:
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
             self._start_step = self.step
-            if restored is not None and self.step >= self.total_steps and rt.is_main \
-                    and self.record.status == "completed":
-                if self.progress:
+            if restored is not None and self.step >= self.total_steps \
+                    and rt.on_main(lambda: self.record.status == "completed"):
+                if self.progress and rt.is_main:
                     print(f"{self.workdir_path}: this run is already completed (step "
                           f"{self.step} of {self.total_steps}); nothing to do.", flush=True)
                 return {"status": "completed", "step": self.step, "eval": {},
@@ -529,7 +539,8 @@ class Trainer:
         perf = {"examples_per_s": cfg.global_batch_size / step_time if step_time > 0 else 0.0,
                 "steps_per_s": 1.0 / step_time if step_time > 0 else 0.0,
                 "step_time_s": step_time}
-        if rt.is_main:
+
+        def write() -> None:
             self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, self.step)
             self.writer.scalars({f"perf/{k}": v for k, v in perf.items()}, self.step)
             if rt.is_xla and (_every(self.step, cfg.xla_metrics_every) or self.step <= steps):
@@ -548,6 +559,7 @@ class Trainer:
                       f"exact {metrics.get('exact_accuracy', math.nan):.3f}  "
                       f"lr {metrics['lr']:.2e}  {perf['steps_per_s']:.2f} steps/s  "
                       f"ETA {_fmt_s(eta)}", flush=True)
+        rt.on_main(write)
 
     def _evaluate(self) -> Dict[str, float]:
         from trm.data import EvalStream  # pylint: disable=import-outside-toplevel
@@ -571,7 +583,8 @@ class Trainer:
         if bad:
             raise TrainingError(self._diverged_message(
                 f"The evaluation at step {self.step} gave non-finite {', '.join(bad)}"))
-        if rt.is_main:
+
+        def record() -> None:
             self.writer.scalars(tagged, self.step)
             self.writer.flush()
             self.best = self.record.evaluation(self.step, tagged)
@@ -581,6 +594,7 @@ class Trainer:
                       f"{'n/a' if head is None else f'{head:.4f}'}  "
                       + "  ".join(f"{k}={v:.4f}" for k, v in sorted(tagged.items())
                                   if k.startswith("ARC/")), flush=True)
+        rt.on_main(record)
         self._last_eval, self._eval_step = tagged, self.step
         return tagged
 
@@ -594,12 +608,14 @@ class Trainer:
         self._check_finite()
         self._verify_state()
         state = self._train_state()  # a collective: every process takes part
-        if self.runtime.is_main:
+
+        def save() -> None:
             fresh = self._eval_step == self.step
             try:
                 self.ckpt.save(self.step, state, metrics=self._last_eval if fresh else None)
             except (OSError, CheckpointError) as e:
                 raise self._storage_error(e, f"saving the checkpoint of step {self.step}") from e
+        self.runtime.on_main(save)
 
     def _verify_state(self) -> None:
         """Commits only sound states (see :func:`trm.run.guards.state_is_sound`)."""
@@ -645,10 +661,11 @@ class Trainer:
         """Records the run's start, after its first step succeeded: config.gin (replacing a
         changed one only now, after the checkpoint was found compatible), command.json,
         hparams.json, run.json, the operative config and the TensorBoard writer."""
-        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         self._started = True
-        if not self.runtime.is_main:
-            return
+        self.runtime.on_main(self._record_start)
+
+    def _record_start(self) -> None:
+        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         resumed = self._resumed
         start_step = self._start_step
         if self.config_text:
@@ -684,7 +701,8 @@ class Trainer:
         rt = self.runtime
         if not self._started:
             self._start_run()
-        if rt.is_main:
+
+        def finish() -> None:
             try:
                 self.ckpt.wait()
             except (OSError, CheckpointError) as e:
@@ -694,6 +712,7 @@ class Trainer:
             self._write_xla_report()
             if self.progress:
                 self._print_summary(status)
+        rt.on_main(finish)
         return {"status": status, "step": self.step, "eval": self._last_eval, "best": self.best}
 
     def _write_xla_report(self) -> None:
@@ -720,6 +739,13 @@ class Trainer:
         if status == "preempted":
             lines.append("  the same command resumes it")
         print("\n".join(lines), flush=True)
+
+
+def _device_int(value: int, device: torch.device) -> torch.Tensor:
+    """An int32 device scalar moved from the host as a one-element vector: a graph input, never
+    a constant (torch_xla turns a 0 or 1 scalar into one), so a fresh and a resumed run, or two
+    seeds, trace the same graphs and share the compile cache."""
+    return torch.tensor([value], dtype=torch.int32).to(device).reshape(())
 
 
 def _md_code(text: str) -> str:

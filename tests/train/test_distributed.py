@@ -78,3 +78,40 @@ def test_failed_dataset_build_on_rank0_ends_every_rank_with_its_error(tmp_path):
              if "failed on process 0" in ln and "trm.train:" in ln]
     assert len(lines) == 2, (r.stdout + r.stderr)[-4000:]  # both ranks, the same message
     assert lines[0].split("trm.train:", 1)[1] == lines[1].split("trm.train:", 1)[1]
+
+
+def test_a_64_bit_tensor_never_enters_a_collective():
+    from trm.runtime.distributed import CollectiveDtypeError, Runtime
+    rt = Runtime(torch.device("cpu"), 0, 2, "gloo")  # the guard runs before any process group
+    for bad in (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.float64)):
+        with pytest.raises(CollectiveDtypeError, match="32-bit"):
+            rt.all_reduce_sum_([torch.zeros(2), bad])
+        with pytest.raises(CollectiveDtypeError, match="32-bit"):
+            rt.all_gather(bad)
+
+
+@pytest.mark.slow
+def test_training_checkpoints_and_eval_send_only_32_bit_collectives(sudoku4, tmp_path):
+    """Two gloo processes train (SignSGD puzzle table, gradient all-reduce, metric sums),
+    evaluate and checkpoint (gather_objects) with every torch.distributed collective spied on:
+    all of them carry 32-bit (or smaller) tensors, none is an object collective (int64 sizes),
+    so the same calls work as xm collectives on TPU."""
+    from ranks import finish, start_ranks, train_args
+    bindings = tiny_bindings(sudoku4, steps=6, extra=[
+        "GLOBAL_BATCH_SIZE=16", "EVAL_BATCH_SIZE=16", "LOG_EVERY=3", "EVAL_EVERY=6",
+        "CHECKPOINT_EVERY=3"])
+    spy = os.path.join(REPO, "tests", "train", "collective_spy.py")
+    procs = start_ranks(train_args(str(tmp_path / "run"), bindings),
+                        entry=[sys.executable, spy, str(tmp_path)])
+    for rc, _, err in finish(procs, timeout=600):
+        assert rc == 0, err[-3000:]
+    import json
+    for rank in (0, 1):
+        seen = json.load(open(tmp_path / f"rank{rank}.json"))
+        ops = {(c["op"], d) for c in seen for d in c["dtypes"]}
+        assert not {o for o in ops if o[1] in ("torch.int64", "torch.float64", "object")}, ops
+        # the paths this test is about were taken: gradients and metric sums, the puzzle
+        # table's ids and rows, gather_objects' sizes and payload
+        assert {("all_reduce", "torch.float32"), ("all_gather_into_tensor", "torch.int32"),
+                ("all_gather_into_tensor", "torch.float32"),
+                ("all_gather_into_tensor", "torch.uint8")} <= ops, ops

@@ -25,8 +25,10 @@ GatherFn = Callable[[torch.Tensor], torch.Tensor]
 def _default_gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenates ``t`` from every process of the default torch.distributed group."""
     import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+    from trm.runtime.distributed import check_collective_dtypes  # pylint: disable=import-outside-toplevel
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
+    check_collective_dtypes([t], "SignSGD's gather")
     out = torch.empty((dist.get_world_size() * t.shape[0],) + tuple(t.shape[1:]),
                       dtype=t.dtype, device=t.device)
     dist.all_gather_into_tensor(out, t.contiguous())
@@ -65,7 +67,8 @@ class SignSGD(torch.optim.Optimizer):
             return None
         grad, ids = local
         grad = self.gather_fn(grad)
-        ids = self.gather_fn(ids.to(torch.int64))
+        # the ids travel as int32 (TPU collectives are 32-bit); index_copy_ wants int64
+        ids = self.gather_fn(ids.to(torch.int32)).to(torch.int64)
         same = (ids.unsqueeze(0) == ids.unsqueeze(1)).to(grad.dtype)
         summed = same @ grad
         group = self.param_groups[0]

@@ -67,6 +67,35 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+DEFAULT_XLA_CACHE_DIR = "~/.cache/trm/xla_cache"
+
+
+def init_xla_compile_cache(path: Optional[str] = None) -> Optional[str]:
+    """Turns on torch_xla's persistent compile cache, so a resumed run or the next run of the
+    same shapes (another seed, another workdir) loads its graphs instead of compiling them.
+
+    ``path``: a local folder; default ``$TRM_XLA_CACHE_DIR``, else ``~/.cache/trm/xla_cache``;
+    an empty string turns the cache off. Each process of a host gets its own subfolder (one
+    writer per folder). Must run before the process's first XLA computation. Returns the folder,
+    or None (no XLA, cache off, or computations already ran)."""
+    if path is None:
+        path = os.environ.get("TRM_XLA_CACHE_DIR", DEFAULT_XLA_CACHE_DIR)
+    if not path or not is_xla_available():
+        return None
+    if "://" in path:
+        raise DeviceError(f"The XLA compile cache must be a local folder, not {path!r}: set "
+                          "TRM_XLA_CACHE_DIR to a path on the VM's disk.")
+    import torch_xla  # pylint: disable=import-outside-toplevel
+    import torch_xla.runtime as xr  # pylint: disable=import-outside-toplevel
+    if torch_xla._XLAC._xla_computation_cache_is_initialized():  # pylint: disable=protected-access
+        return None
+    folder = os.path.join(os.path.expanduser(path),
+                          f"process_{os.environ.get('PJRT_LOCAL_PROCESS_RANK', '0')}")
+    os.makedirs(folder, exist_ok=True)
+    xr.initialize_cache(folder, readonly=False)
+    return folder
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX-BF16 on x86, BF16 on
     Arm). ``$TRM_CPU_BF16=1`` / ``0`` overrides the detection."""

@@ -11,7 +11,9 @@
 * Otherwise a single process.
 
 The :class:`Runtime` methods are the only collectives the trainer uses, so the loop is one code
-path for all three.
+path for all three. Every tensor they send is 32-bit or smaller (:func:`check_collective_dtypes`):
+on TPU, torch_xla's all-gather is a padded all-reduce, and XLA's 64-bit rewrite for TPU does not
+support all-reduce (pytorch/xla#1952), so an int64 or float64 collective fails there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,24 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import torch
 
 from trm.runtime.device import is_xla_available, select_device, tune_cpu_allocator
+
+_WIDE_DTYPES = (torch.int64, torch.float64, torch.complex128, torch.uint64)
+
+
+class CollectiveDtypeError(TypeError):
+    """A 64-bit tensor was about to enter a collective (unsupported on TPU)."""
+
+
+def check_collective_dtypes(tensors: Iterable[torch.Tensor], what: str) -> None:
+    """Raises :class:`CollectiveDtypeError` if one of ``tensors`` is 64-bit: every collective
+    of a :class:`Runtime` goes through this check, on every backend, so the gloo tests catch
+    what would fail on TPU."""
+    wide = sorted({str(t.dtype) for t in tensors if t.dtype in _WIDE_DTYPES})
+    if wide:
+        raise CollectiveDtypeError(
+            f"{what} got a {', '.join(wide)} tensor: collectives must be 32-bit or smaller (TPU "
+            "cannot all-reduce 64-bit values); convert it (e.g. .to(torch.int32) / "
+            ".to(torch.float32)) before the collective.")
 
 
 @dataclasses.dataclass
@@ -97,6 +117,7 @@ class Runtime:
         """Sums each tensor over all processes, in place (one flat buffer per dtype)."""
         if not self.distributed or not tensors:
             return
+        check_collective_dtypes(tensors, "all_reduce_sum_")
         if self.backend == "xla":
             import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
             xm.all_reduce(xm.REDUCE_SUM, tensors)
@@ -118,6 +139,7 @@ class Runtime:
         """Concatenates ``t`` from all processes along dim 0 (process order)."""
         if not self.distributed:
             return t
+        check_collective_dtypes([t], "all_gather")
         if self.backend == "xla":
             import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
             return xm.all_gather(t, dim=0)
@@ -128,21 +150,42 @@ class Runtime:
         return out
 
     def gather_objects(self, obj: Any) -> List[Any]:
-        """Every process's ``obj`` (a picklable Python object), in process order, on all."""
+        """Every process's ``obj`` (a picklable Python object), in process order, on all.
+
+        The pickles travel as uint8 tensors with int32 sizes through :meth:`all_gather` on
+        every backend (torch.distributed's object collectives send int64 sizes)."""
         if not self.distributed:
             return [obj]
-        if self.backend == "xla":
-            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-            size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
-            sizes = self.all_gather(size).cpu().tolist()
-            padded = torch.zeros(max(sizes), dtype=torch.uint8)
-            padded[: data.numel()] = data
-            gathered = self.all_gather(padded.to(self.device)).cpu().view(len(sizes), -1)
-            return [pickle.loads(gathered[i, :n].numpy().tobytes()) for i, n in enumerate(sizes)]
-        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
-        out: List[Any] = [None] * self.process_count
-        dist.all_gather_object(out, obj)
-        return out
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        size = torch.tensor([data.numel()], dtype=torch.int32, device=self.device)
+        sizes = self.all_gather(size).cpu().tolist()
+        padded = torch.zeros(max(sizes), dtype=torch.uint8)
+        padded[: data.numel()] = data
+        gathered = self.all_gather(padded.to(self.device)).cpu().view(len(sizes), -1)
+        return [pickle.loads(gathered[i, :n].numpy().tobytes()) for i, n in enumerate(sizes)]
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Runs ``fn`` on process 0 only and shares its outcome with every process: its
+        result (picklable) is returned everywhere; if it raised, every process raises the same
+        error (same class and message). So a failure of process 0 alone -- a held lock, a
+        config mismatch, a storage error -- ends all processes at once instead of leaving the
+        others waiting in their next collective. A collective: every process must call it."""
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+                failure = e
+        if failure is not None:
+            if self.distributed:
+                self.gather_objects((None, _portable(failure)))
+            raise failure
+        if not self.distributed:
+            return result
+        result, shared = self.gather_objects((result, None))[0]
+        if shared is not None:
+            raise shared
+        return result
 
     def barrier(self) -> None:
         if not self.distributed:
@@ -159,6 +202,20 @@ class Runtime:
             import torch.distributed as dist  # pylint: disable=import-outside-toplevel
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _portable(e: Optional[Exception]) -> Optional[Exception]:
+    """``e`` if it survives pickling (same class and message elsewhere), else a RuntimeError
+    carrying its class name and message."""
+    if e is None:
+        return None
+    try:
+        copy = pickle.loads(pickle.dumps(e))
+        if type(copy) is type(e) and str(copy) == str(e):
+            return e
+    except Exception:  # noqa: BLE001 - an unpicklable error travels as its text
+        pass
+    return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def _map_tensors(item: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

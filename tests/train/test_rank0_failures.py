@@ -1,0 +1,89 @@
+"""Failures that only process 0 sees (its lock, its config check, its writes) end every process
+of a multi-process run quickly with the same one-line error (issue #20 item 3): two real
+``trm.train`` processes in a gloo group, started without torchrun (whose agent would end the
+other rank and hide a rank left waiting in a collective, as nothing does on a TPU pod)."""
+
+import contextlib
+import os
+import subprocess
+import time
+
+import pytest
+
+from ranks import finish, start_ranks, train_args
+from train_helpers import tiny_bindings
+from trm.train import train
+
+GIN = "cpu_e1_1_baseline.gin"
+BOUND_S = 240  # far below the process group's 30-minute timeout: nobody waits for it
+
+
+def _both_end_alike(procs, *needles):
+    t0 = time.time()
+    results = finish(procs, timeout=BOUND_S)
+    lasts = []
+    for rc, out, err in results:
+        assert rc != 0, out[-2000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert "trm.train: " in err, err[-3000:]
+        # the error (a config mismatch adds the differing lines below its first line)
+        lasts.append(err[err.rindex("trm.train: "):].strip())
+    assert lasts[0] == lasts[1], lasts
+    for needle in needles:
+        assert needle in lasts[0], (needle, lasts[0])
+    assert time.time() - t0 < BOUND_S
+    return lasts[0]
+
+
+def _bindings(sudoku4, steps=4, extra=()):
+    return tiny_bindings(sudoku4, steps=steps, extra=["GLOBAL_BATCH_SIZE=16",
+                                                      "EVAL_BATCH_SIZE=16", *extra])
+
+
+@pytest.mark.slow
+def test_lock_held_by_another_run(sudoku4, tmp_path):
+    from trm.run.workdir import Workdir
+    wd = str(tmp_path / "run")
+    holder = Workdir(wd)
+    holder.acquire_lock({"who": "the test"}, background=False)  # a live owner on this host
+    try:
+        _both_end_alike(start_ranks(train_args(wd, _bindings(sudoku4))), "is in use")
+    finally:
+        holder.release_lock()
+
+
+@pytest.mark.slow
+def test_config_mismatch_at_resume(sudoku4, tmp_path):
+    wd = str(tmp_path / "run")
+    train([GIN], _bindings(sudoku4, steps=2), wd, progress=False)
+    procs = start_ranks(train_args(wd, _bindings(sudoku4, extra=["LR=5e-3"])))
+    _both_end_alike(procs, "another configuration")
+
+
+@pytest.mark.slow
+def test_storage_error_at_start(sudoku4, tmp_path):
+    (tmp_path / "plain_file").write_text("not a folder")
+    wd = str(tmp_path / "plain_file" / "run")  # process 0 cannot create its lock there
+    _both_end_alike(start_ranks(train_args(wd, _bindings(sudoku4))), "Cannot write")
+
+
+@contextlib.contextmanager
+def _small_tmpfs(target, size):
+    os.makedirs(target, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", target],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+@pytest.mark.slow
+def test_storage_error_while_saving(sudoku4, tmp_path):
+    with _small_tmpfs(str(tmp_path / "small"), "320k") as small:
+        wd = os.path.join(small, "run")
+        procs = start_ranks(train_args(wd, _bindings(sudoku4, steps=8, extra=[
+            "CHECKPOINT_EVERY=1", "KEEP_CHECKPOINTS=0"])))
+        _both_end_alike(procs, "no space left on the device")
