@@ -70,6 +70,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     from trm.optim import EMA  # pylint: disable=import-outside-toplevel
     from trm.run.checkpoints import (CheckpointError, CheckpointManager,  # pylint: disable=import-outside-toplevel
                                      export_state_dict)
+    from trm.run.guards import check_train_state  # pylint: disable=import-outside-toplevel
     from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
     from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
     from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
@@ -94,7 +95,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if which not in ("latest", "best") and not isinstance(which, int):
         raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
     try:
-        restored = mgr.restore(which)
+        restored = mgr.restore(which, check=check_train_state)
     except CheckpointError as e:
         raise EvalError(str(e)) from e
     if restored is None:

@@ -37,7 +37,8 @@ from trm.experiment import (DataShape, TrainConfig, TrainingError, build_model, 
                             resolve_data_path, resolve_forward_dtype, total_steps)
 from trm.models import Carry
 from trm.run.checkpoints import CheckpointError
-from trm.run.guards import check_compatible, open_workdir, state_is_sound, storage_error
+from trm.run.guards import (check_compatible, check_train_state, open_workdir, state_is_sound,
+                            storage_error)
 from trm.runtime import Runtime, init_runtime
 from trm.runtime.signals import StopSignal, xla_metrics, xla_metrics_report
 
@@ -391,7 +392,7 @@ class Trainer:
             # Nothing is written until the state is known to fit: the config is compared (not
             # saved), the checkpoint restored into the model built from this config.
             self._config_outcome = self._check_config() if rt.is_main else "none"
-            restored = self.ckpt.restore("latest")
+            restored = self.ckpt.restore("latest", check=check_train_state)
             self._resumed = restored is not None
             if restored is not None:
                 self._load_state(restored[1])
