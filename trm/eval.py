@@ -3,7 +3,9 @@ r"""Evaluate a saved run (optionally with changed settings, e.g. another test-ti
     python -m trm.eval --workdir=DIR [--checkpoint=latest|best|STEP] [--weights=ema|raw] \
         [--gin_param='EVAL_HALT_MAX_STEPS=32'] [--output_json=FILE] [--export_state_dict=FILE]
 
-The run's saved ``config.gin`` is parsed, then the ``--gin_param`` bindings; the model is built,
+The run's saved ``config.gin`` is read as data (trm configurables and literal values only; an
+``import``, ``include`` or unknown configurable is refused, see docs/RUN_STATE.md, "Trust
+boundaries"), then the ``--gin_param`` bindings are parsed; the model is built,
 the checkpoint's weights loaded (the EMA weights by default when the run kept an EMA), and the
 test split evaluated exactly once per example. Metrics are printed, written as JSON
 (``--output_json``, default ``WORKDIR/eval/cli_step_<step>[_<tag>].json``) and to TensorBoard
@@ -85,7 +87,8 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if config_text is None:
         raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
     gin_edge.clear()
-    gin_edge.parse([], bindings or [], config_texts=[config_text])
+    gin_edge.parse_saved_config(config_text, wd.url("config.gin"))  # data: runs no code
+    gin_edge.parse([], bindings or [])
     cfg = gin_edge.build_train_config()
     rt = init_runtime(cfg.device)
 

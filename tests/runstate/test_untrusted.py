@@ -157,3 +157,92 @@ def test_a_commit_with_a_malformed_file_list_is_skipped(tmp_path):
     mgr = CheckpointManager(str(run), async_save=False)
     assert _bounded(lambda: mgr.restore())[0] == 1
     assert mgr.steps() == [1]
+
+
+# -- a saved config.gin is data: reading it runs no code ------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _attack(marker):
+    """With plain gin parsing, this config runs ``touch MARKER`` when the config is built."""
+    return ("from __gin__ import dynamic_registration\nimport os\nimport trm.experiment\n"
+            f"os.system.command = 'touch {marker}'\n"
+            "trm.experiment.TrainConfig.seed = @os.system()\n")
+
+
+def _config_variants(tmp_path, marker):
+    module = tmp_path / "mods" / "evil_mod.py"
+    module.parent.mkdir()
+    module.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "inc.gin").write_text("import evil_mod\n")
+    return {
+        "dynamic_registration": (_attack(marker), "imports a module"),
+        "import": ("import evil_mod\nTrainConfig.seed = 1\n", "`import evil_mod` imports"),
+        "include": (f"include '{tmp_path / 'inc.gin'}'\n", "reads another file"),
+        "unknown_reference": ("SEED = @os.system()\nTrainConfig.seed = %SEED\n",
+                              "@os.system is not a trm configurable"),
+        "unknown_configurable": ("os.system.command = 'x'\n", "'os.system' is not a trm"),
+        "unclosed_bracket": ("TrainConfig.seed = (1,\n", "Syntax error in"),
+    }
+
+
+@pytest.mark.parametrize("variant", ["dynamic_registration", "import", "include",
+                                     "unknown_reference", "unknown_configurable",
+                                     "unclosed_bracket"])
+def test_eval_reads_a_saved_config_as_data(tmp_path, monkeypatch, variant):
+    from trm.eval import evaluate_run
+    from trm.gin_edge import ConfigError
+    marker = tmp_path / "PWNED"
+    text, needle = _config_variants(tmp_path, marker)[variant]
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.gin").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        evaluate_run(str(run))
+    assert needle in str(e.value) and str(run / "config.gin") in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+    import sys
+    assert "evil_mod" not in sys.modules
+
+
+def test_eval_cli_refuses_config_code_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.gin").write_text(_attack(marker))
+    proc = subprocess.run([sys.executable, "-m", "trm.eval", f"--workdir={run}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("trm.eval: ") and "line 1: `from __gin__ import" in last
+    assert not marker.exists()
+
+
+def test_eval_reads_a_saved_config_on_gs_as_data(gcs_bucket, tmp_path):
+    import fsspec
+    from trm.eval import evaluate_run
+    from trm.gin_edge import ConfigError
+    marker = tmp_path / "PWNED"
+    url = f"{gcs_bucket}/runs/shared"
+    fs = fsspec.filesystem("gs", token="anon")
+    with fs.open(f"{url}/config.gin", "wb") as f:
+        f.write(_attack(marker).encode())
+    fs.invalidate_cache()
+    with pytest.raises(ConfigError, match=r"gs://.*/runs/shared/config.gin, line 1: "):
+        evaluate_run(url)
+    assert not marker.exists()
+
+
+def test_an_unclosed_bracket_in_a_gin_file_is_one_line(tmp_path):
+    from trm import gin_edge
+    bad = tmp_path / "bad.gin"
+    bad.write_text("TRAIN_STEPS = (1,\n")
+    with pytest.raises(gin_edge.ConfigError, match=r"Syntax error in gin file .*bad.gin: EOF"):
+        gin_edge.parse([str(bad)], [], finalize=False)
+    with pytest.raises(gin_edge.ConfigError, match=r"Syntax error in gin binding"):
+        gin_edge.parse([], ["TRAIN_STEPS = [1"], finalize=False)
