@@ -245,4 +245,4 @@ def test_an_unclosed_bracket_in_a_gin_file_is_one_line(tmp_path):
     with pytest.raises(gin_edge.ConfigError, match=r"Syntax error in gin file .*bad.gin: EOF"):
         gin_edge.parse([str(bad)], [], finalize=False)
     with pytest.raises(gin_edge.ConfigError, match=r"Syntax error in gin binding"):
-        gin_edge.parse([], ["TRAIN_STEPS = [1"], finalize=False)
+        gin_edge.parse([], ["TrainConfig.seed = [1"], finalize=False)
