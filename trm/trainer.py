@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 import trm
-from trm.eval_loop import MetricSums, evaluate, headline, normalize_train_metrics, tag_results
+from trm.eval_loop import (EvalInterrupted, MetricSums, evaluate, headline,
+                           normalize_train_metrics, tag_results)
 from trm.experiment import (DataShape, TrainConfig, TrainingError, build_model,  # noqa: F401
                             resolve_data_path, resolve_forward_dtype, total_steps)
 from trm.models import Carry
@@ -95,6 +96,7 @@ class Trainer:
         self.test_meta = None
         self._last_eval: Dict[str, float] = {}
         self._eval_step: Optional[int] = None
+        self._stopper: Optional[StopSignal] = None
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -369,6 +371,7 @@ class Trainer:
         self._started = False
         stopper = StopSignal()
         stopper.install()  # from the start: a preemption during start-up stops after step 1
+        self._stopper = stopper
         # A SIGTERM starts the exit grace window of every run-state wait, even one blocked on
         # a storage outage (TRM_EXIT_GRACE_S; docs/RUN_STATE.md, "Storage outages").
         self.workdir.watch_stop(lambda: stopper.received is not None)
@@ -446,6 +449,8 @@ class Trainer:
         t_log, step_log = time.perf_counter(), self.step
         t_start, step_start = t_log, self.step
         self._side_s = 0.0   # evaluation and checkpoint time inside the current log window
+        if self.step >= self.total_steps and self.test_meta is not None:
+            return self._evaluate_final_again()
         while self.step < self.total_steps:
             batch = next(it)
             metrics = self.train_step(batch)
@@ -474,7 +479,8 @@ class Trainer:
                 stop = False  # decide together at the next check
             last = self.step == self.total_steps
             if self.test_meta is not None and (_every(self.step, cfg.eval_every) or last):
-                self._timed(self._evaluate, "perf/eval_time_s")
+                if self._timed(self._evaluate, "perf/eval_time_s") is None:
+                    stop = True  # a stop request ended the evaluation: save, then stop
             if stop or last or _every(self.step, cfg.checkpoint_every):
                 self._timed(self._save, "perf/checkpoint_time_s")
             if stopper.report_requested and rt.is_main:
@@ -489,14 +495,37 @@ class Trainer:
         return "completed"
 
     # -- pieces of the loop ----------------------------------------------------------------
-    def _timed(self, fn: Callable[[], Any], tag: str) -> None:
-        """Runs ``fn``; its time is logged as ``tag`` and kept out of the training rates."""
+    def _timed(self, fn: Callable[[], Any], tag: str) -> Any:
+        """Runs ``fn`` and returns its result; its time is logged as ``tag`` and kept out of
+        the training rates."""
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         elapsed = time.perf_counter() - t0
         self._side_s += elapsed
         if self.writer is not None:
             self.writer.scalar(tag, elapsed, self.step)
+        return result
+
+    def _evaluate_final_again(self) -> str:
+        """A run resumed at its last step was stopped during its final evaluation (a stop ends
+        an evaluation, see :meth:`_stop_requested`): evaluates again and records the metrics
+        with the last checkpoint."""
+        if not self._started:
+            self._start_run()
+        if self._timed(self._evaluate, "perf/eval_time_s") is None:
+            return "preempted"
+        self._timed(self._save, "perf/checkpoint_time_s")
+        return "completed"
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop request (SIGTERM/SIGINT) ends the evaluation in progress; decided
+        together by all processes (one scalar per evaluation batch), like the loop's check."""
+        stop = self._stopper is not None and self._stopper.received is not None
+        if self.runtime.distributed:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.runtime.device)
+            self.runtime.all_reduce_sum_([flag])
+            stop = bool(flag.item() > 0)
+        return stop
 
     def _check_finite(self, raw: Optional[Dict[str, float]] = None) -> None:
         """Raises if a step since the start had a non-finite loss or gradient norm. ``raw``:
@@ -548,7 +577,8 @@ class Trainer:
                       f"lr {metrics['lr']:.2e}  {perf['steps_per_s']:.2f} steps/s  "
                       f"ETA {_fmt_s(eta)}", flush=True)
 
-    def _evaluate(self) -> Dict[str, float]:
+    def _evaluate(self) -> Optional[Dict[str, float]]:
+        """Evaluates the current weights (EMA if kept); None if a stop request ended it."""
         from trm.data import EvalStream  # pylint: disable=import-outside-toplevel
         from trm.run.record import eval_dir  # pylint: disable=import-outside-toplevel
         cfg, rt = self.cfg, self.runtime
@@ -556,12 +586,18 @@ class Trainer:
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
                              process_index=rt.process_index, process_count=rt.process_count)
         out_dir = self.workdir.url(eval_dir(self.step))
-        if self.ema is not None:
-            with self.ema.averaged(self.model):
+        try:
+            if self.ema is not None:
+                with self.ema.averaged(self.model):
+                    results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
+                                       out_dir, should_stop=self._stop_requested)
+            else:
                 results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
-                                   out_dir)
-        else:
-            results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators, out_dir)
+                                   out_dir, should_stop=self._stop_requested)
+        except EvalInterrupted as e:
+            log.warning("The evaluation at step %d was stopped after %d batches by a stop "
+                        "request; the checkpoint is saved without its metrics.", self.step, e.batches)
+            return None
         tagged = tag_results(results)
         bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
         if bad:

@@ -267,3 +267,45 @@ def test_test_split_of_another_task_is_one_line(sudoku4, tmp_path):
         f"trm.TrainConfig.test_data_dir='{other}'"])
     _one_line_error(proc, "seq_len", "different tasks")
     assert not (tmp_path / "run").exists() or os.listdir(tmp_path / "run") == []
+
+
+# -- issue #21: a stop during a long evaluation saves the last good state ----------------------------
+def test_sigterm_during_a_long_evaluation_saves_and_records_preempted(sudoku4, tmp_path):
+    import signal
+    import time
+    wd = str(tmp_path / "run")
+    # 48 test puzzles one per batch, 400 ACT steps each: the evaluation alone takes many times
+    # the 2 s exit grace window
+    slow_eval = tiny_bindings(sudoku4, steps=4, extra=["EVAL_BATCH_SIZE=1",
+                                                       "EVAL_HALT_MAX_STEPS=400"])
+    args = [sys.executable, "-m", "trm.train", f"--gin_file={GIN}", f"--workdir={wd}",
+            *[f"--gin_param={b}" for b in slow_eval]]
+    child = subprocess.Popen(args, cwd=REPO, env=dict(_env(), TRM_EXIT_GRACE_S="2"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:                      # the last step's log line: eval next
+            if line.startswith("step 4/4"):
+                break
+        time.sleep(3.0)                                # well inside the evaluation
+        child.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = child.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err[-3000:]
+    assert took < 10, took
+    assert "The evaluation at step 4 was stopped" in err, err[-3000:]
+    assert "Traceback" not in err
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "preempted" and run["last_step"] == 4
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
+    from trm.run.checkpoints import CheckpointManager
+    assert CheckpointManager(wd, async_save=False).steps() == [4]
+    # the same command (here with a quicker evaluation) evaluates the last step and completes
+    quick = tiny_bindings(sudoku4, steps=4, extra=["EVAL_BATCH_SIZE=16"])
+    result = train([GIN], quick, wd, progress=False, allow_config_change=True)
+    assert result["status"] == "completed" and result["eval"]["eval/count"] == 48
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["last_eval_step"] == 4

@@ -174,6 +174,7 @@ class ExitDeadline:
         self.grace_s: Optional[float] = None
         self.started = threading.Event()
         self._watch: Optional[Callable[[], bool]] = None
+        self._watcher: Optional[int] = None
 
     def start(self, grace_s: Optional[float] = None) -> float:
         """Starts the grace window (once; a later call never extends it); returns the deadline."""
@@ -185,11 +186,20 @@ class ExitDeadline:
         return self.at
 
     def watch(self, stop_requested: Optional[Callable[[], bool]]) -> None:
+        """Polls ``stop_requested`` in the waits of the calling thread (the one that acts on a
+        stop, e.g. the training loop)."""
         self._watch = stop_requested
+        self._watcher = threading.get_ident()
 
     def poll(self) -> None:
-        """Starts the window if the watched condition (a stop request) has become true."""
-        if self.at is None and self._watch is not None:
+        """Starts the window if the watched condition (a stop request) has become true.
+
+        Only in the thread that set the watch: the window is for that thread's waits on
+        storage. A background thread (the lock heartbeat, a background writer) touching storage
+        must not start it while that thread is still busy elsewhere -- e.g. finishing a long
+        evaluation before it saves -- or the final save would find the window already over."""
+        if self.at is None and self._watch is not None and \
+                threading.get_ident() == self._watcher:
             try:
                 if self._watch():
                     self.start()
