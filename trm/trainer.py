@@ -97,6 +97,7 @@ class Trainer:
         self._last_eval: Dict[str, float] = {}
         self._eval_step: Optional[int] = None
         self._stopper: Optional[StopSignal] = None
+        self._ema_change: Optional[Dict[str, Any]] = None   # an EMA change applied at resume
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -256,8 +257,7 @@ class Trainer:
                                  "FREEZE_WEIGHTS changed)")
             for opt, s in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(s)
-            if self.ema is not None and state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
+            self._resume_ema(state.get("ema"), int(state["step"]))
             self.stream.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise TrainingError(
@@ -278,6 +278,29 @@ class Trainer:
         self.step = int(state["step"])
         self._step_t.fill_(self.step)
         self.best = state.get("best")
+
+    def _resume_ema(self, saved: Optional[Dict[str, Any]], step: int) -> None:
+        """Restores the EMA, applying a change of it at resume (allowed with
+        --allow_config_change) correctly: the rate always comes from this config; an EMA
+        switched on starts from the restored weights (not the initial ones); one switched off
+        is dropped. A change is logged and recorded in run.json (``ema_changes``)."""
+        change = None
+        if self.ema is None:
+            if saved is not None:
+                change = "switched off: the saved EMA weights are dropped"
+        elif saved is None:
+            self.ema = self.cfg.ema(self.model)   # the shadow of the restored weights
+            change = (f"switched on (rate {self.ema.rate}): the EMA starts from the restored "
+                      "weights")
+        else:
+            rate = self.ema.rate
+            self.ema.load_state_dict(saved)
+            self.ema.rate = rate
+            if float(saved["rate"]) != rate:
+                change = f"rate {float(saved['rate'])} -> {rate}"
+        self._ema_change = None if change is None else {"step": step, "change": change}
+        if change is not None:
+            log.warning("EMA changed at resume (step %d): %s.", step, change)
 
     # -- the step ----------------------------------------------------------------------------
     def lr_at(self, step: int, base_lr: float) -> float:
@@ -701,6 +724,10 @@ class Trainer:
                       global_batch_size=self.cfg.global_batch_size, data_dir=data_dir,
                       forward_dtype=str(self.model.forward_dtype).replace("torch.", ""),
                       torch_threads=torch.get_num_threads())
+        if self._ema_change is not None:
+            previous = self.record.read().get("ema_changes")
+            fields["ema_changes"] = (previous if isinstance(previous, list) else []) + [
+                self._ema_change]
         self.record.start(resumed=resumed, step=start_step, fields=fields,
                           command=self.command, hparams=self.hparams, best=self.best)
         if self.progress:

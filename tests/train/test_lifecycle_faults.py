@@ -309,3 +309,33 @@ def test_sigterm_during_a_long_evaluation_saves_and_records_preempted(sudoku4, t
     assert result["status"] == "completed" and result["eval"]["eval/count"] == 48
     run = json.load(open(os.path.join(wd, "run.json")))
     assert run["status"] == "completed" and run["last_eval_step"] == 4
+
+
+# -- issue #21: an EMA changed at resume is applied, not silently wrong -----------------------------
+def _ckpt(wd, step):
+    from trm.run.checkpoints import CheckpointManager
+    return CheckpointManager(wd, async_save=False).restore(step)[1]
+
+
+@pytest.mark.parametrize("before,after", [
+    (["EMA_RATE=0.9"], ["EMA_RATE=0.5"]),             # a new rate
+    (["EMA=False"], ["EMA=True", "EMA_RATE=0.5"]),    # switched on
+])
+def test_an_ema_changed_at_resume_is_applied_and_recorded(sudoku4, tmp_path, before, after):
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=1", *before]), wd,
+          progress=False)
+    s4 = _ckpt(wd, 4)
+    train([GIN], tiny_bindings(sudoku4, steps=5, extra=["CHECKPOINT_EVERY=1", *after]), wd,
+          progress=False, allow_config_change=True)
+    s5 = _ckpt(wd, 5)
+    assert s5["ema"]["rate"] == 0.5
+    # one EMA step at the new rate from the saved shadow, or from the restored weights when
+    # the EMA was off (never from the random initial weights)
+    base = s4["ema"]["shadow"] if s4["ema"] is not None else s4["model"]
+    for name, value in s5["ema"]["shadow"].items():
+        expected = 0.5 * base[name] + 0.5 * s5["model"][name]
+        assert torch.allclose(value, expected, atol=1e-6), name
+    changes = json.load(open(os.path.join(wd, "run.json")))["ema_changes"]
+    assert len(changes) == 1 and changes[0]["step"] == 4
+    assert ("rate 0.9 -> 0.5" if s4["ema"] is not None else "switched on") in changes[0]["change"]
