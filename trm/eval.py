@@ -174,12 +174,13 @@ def main(argv: List[str]) -> None:
     from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
     from trm.data import DataError  # pylint: disable=import-outside-toplevel
     from trm.experiment import TrainingError  # pylint: disable=import-outside-toplevel
+    from trm.run.record import RunRecordError  # pylint: disable=import-outside-toplevel
     from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
     try:
         result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
                               FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress)
-    except (EvalError, ConfigError, DataError, DeviceError, TrainingError) as e:
+    except (EvalError, ConfigError, DataError, DeviceError, TrainingError, RunRecordError) as e:
         from trm.gin_edge import strip_gin_context  # pylint: disable=import-outside-toplevel
         sys.exit(f"trm.eval: {strip_gin_context(e)}")
     except OSError as e:

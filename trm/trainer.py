@@ -683,13 +683,17 @@ class Trainer:
                 "GRAD_CLIP (docs/TROUBLESHOOTING.md).")
 
     def _check_config(self) -> str:
-        """Compares this run's config with the workdir's config.gin (nothing is written)."""
-        from trm.run.record import ConfigMismatchError  # pylint: disable=import-outside-toplevel
-        if not self.config_text:
-            return "none"
+        """Compares this run's config with the workdir's config.gin, after checking that the
+        workdir's run.json is readable (nothing is written)."""
+        from trm.run.record import ConfigMismatchError, RunRecordError  # pylint: disable=import-outside-toplevel
         try:
+            self.record.read()
+            if not self.config_text:
+                return "none"
             return self.record.compare_config(self.config_text,
                                               allow_change=self.allow_config_change)
+        except RunRecordError as e:
+            raise TrainingError(str(e)) from e
         except ConfigMismatchError as e:
             raise TrainingError(
                 f"The workdir {self.workdir_path} holds a run with another configuration. Use a "
