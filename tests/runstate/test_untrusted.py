@@ -246,3 +246,48 @@ def test_an_unclosed_bracket_in_a_gin_file_is_one_line(tmp_path):
         gin_edge.parse([str(bad)], [], finalize=False)
     with pytest.raises(gin_edge.ConfigError, match=r"Syntax error in gin binding"):
         gin_edge.parse([], ["TrainConfig.seed = [1"], finalize=False)
+
+
+# -- corrupt run files: one line, or a stale lock taken over; never a traceback or a hang -------
+@pytest.mark.parametrize("content", [
+    b"[", b"[]", b'"x"', b"\xff\xfe", b'{"owner_id": "a", "heartbeat": "abc", "pid": 1}',
+    b'{"owner_id": "a", "heartbeat": NaN, "pid": 1}',
+    b'{"owner_id": "a", "heartbeat": 1e300, "pid": 1, "stale_after_s": 180}',
+    b'{"owner_id": "a", "heartbeat": 1e300, "pid": 1, "stale_after_s": 1e300}',
+    b'{"owner_id": "a", "heartbeat": 0, "pid": 0, "host": "HOST"}', "fifo", "link"])
+def test_a_corrupt_lock_is_taken_over_as_stale(tmp_path, caplog, content):
+    import socket
+    run = tmp_path / "run"
+    run.mkdir()
+    other = tmp_path / "other_LOCK"
+    other.write_text("{}")
+    if content == "fifo":
+        os.mkfifo(run / "LOCK")
+    elif content == "link":
+        os.symlink(other, run / "LOCK")
+    else:
+        (run / "LOCK").write_bytes(content.replace(b"HOST", socket.gethostname().encode()))
+    wd = Workdir(str(run))
+    with caplog.at_level(logging.WARNING):
+        _bounded(lambda: wd.acquire_lock(background=False))
+    assert "Taking over the lock" in caplog.text
+    wd.heartbeat(force=True)
+    wd.release_lock()
+    assert not os.path.lexists(run / "LOCK") and other.read_text() == "{}"
+
+
+@pytest.mark.parametrize("content", [b'{"status": "runn', b"[1, 2]", b"\xff\xfe\x00", "fifo"])
+def test_a_corrupt_run_json_is_one_line(tmp_path, content):
+    from trm.run.record import RunRecord, RunRecordError
+    run = tmp_path / "run"
+    run.mkdir()
+    if content == "fifo":
+        os.mkfifo(run / "run.json")
+    else:
+        (run / "run.json").write_bytes(content)
+    record = RunRecord(Workdir(str(run)))
+    with pytest.raises(RunRecordError) as e:
+        _bounded(record.read)
+    assert str(run / "run.json") in str(e.value) and "\n" not in str(e.value)
+    assert "move it aside" in str(e.value)
+    record.fail(RuntimeError("x"))                       # logs one line, never raises

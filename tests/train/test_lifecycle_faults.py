@@ -339,3 +339,48 @@ def test_an_ema_changed_at_resume_is_applied_and_recorded(sudoku4, tmp_path, bef
     changes = json.load(open(os.path.join(wd, "run.json")))["ema_changes"]
     assert len(changes) == 1 and changes[0]["step"] == 4
     assert ("rate 0.9 -> 0.5" if s4["ema"] is not None else "switched on") in changes[0]["change"]
+
+
+# -- issue #21: hash-valid but broken checkpoints, corrupt run.json: one line, never "good" ----------
+def _rewrite(workdir, step, state):
+    """Replaces a committed checkpoint's state, with a COMMIT that matches it (hash-valid)."""
+    folder = os.path.join(workdir, "checkpoints", f"step_{step:09d}")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    with open(os.path.join(folder, "state.pt"), "wb") as f:
+        f.write(data)
+    commit_path = os.path.join(folder, "COMMIT")
+    commit = json.load(open(commit_path))
+    commit["files"]["state.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    with open(commit_path, "w") as f:
+        json.dump(commit, f)
+
+
+@pytest.mark.slow
+def test_broken_checkpoints_and_run_json_are_one_line_errors(sudoku4, tmp_path):
+    from trm.run.checkpoints import CheckpointManager
+    wd = str(tmp_path / "run")
+    bindings = tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=2"])
+    train([GIN], bindings, wd, progress=False)
+    state = CheckpointManager(wd, async_save=False).restore(4)[1]
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    _rewrite(wd, 4, state)                                   # NaN weights, hash-valid
+    proc = _cli("trm.eval", f"--workdir={wd}", "--checkpoint=4")
+    _one_line_error(proc, "step_000000004", "non-finite weights")
+    longer = tiny_bindings(sudoku4, steps=6, extra=["CHECKPOINT_EVERY=2"])
+    resumed = _train_cli(wd, longer, "--allow_config_change")  # from step 2, the last good one
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_000000004" in resumed.stderr and "non-finite" in resumed.stderr
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["resumed_at_step"] == 2
+    _rewrite(wd, 6, {"step": 6, "model": [1, 2]})           # broken structure, hash-valid
+    proc = _cli("trm.eval", f"--workdir={wd}", "--checkpoint=6")
+    _one_line_error(proc, "step_000000006", "no model weights")
+    with open(os.path.join(wd, "run.json"), "w") as f:
+        f.write('{"status": "compl')                           # truncated
+    again = _train_cli(wd, tiny_bindings(sudoku4, steps=8, extra=["CHECKPOINT_EVERY=2"]),
+                       "--allow_config_change")
+    _one_line_error(again, "run.json", "move it aside")
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
