@@ -145,7 +145,7 @@ class RunRecord:
         Common fields: ``status`` (one of ``running``, ``completed``, ``failed``,
         ``preempted``), ``last_step``, ``total_steps``, ``num_params``, ``flops_per_example``,
         ``start_time``/``end_time`` (ISO 8601 UTC), ``active_s`` (seconds the run's processes
-        ran, summed over restarts), ``trm_version``, ``git_commit``,
+        ran, summed over restarts), ``trm_version``, ``git_commit``, ``git_dirty``,
         ``device``, ``world_size``. A field set to None is kept as null.
         """
         return self._update(fields, wait=retry_budget_s())
@@ -255,7 +255,8 @@ class RunRecord:
             self.storage.write_json(COMMAND_JSON, dict(command))
         if hparams is not None:
             self.storage.write_json(HPARAMS_JSON, dict(hparams))
-        data = dict(fields, status="running", last_step=step, git_commit=git_commit())
+        data = dict(fields, status="running", last_step=step, git_commit=git_commit(),
+                    git_dirty=git_dirty())
         # ``active_s``: seconds the run's processes have been running, summed over restarts
         # (start_time..end_time also counts the time a preempted run waited to be resumed).
         self._active_t0 = time.monotonic()
@@ -346,12 +347,25 @@ class RunRecord:
                       type(exc).__name__, exc)
 
 
-def git_commit() -> Optional[str]:
-    """The git commit of the trm source tree, if it is a checkout."""
+def _git(*args: str) -> Optional[str]:
+    """The output of ``git ARGS`` in the trm source tree (None if it is not a checkout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> Optional[str]:
+    """The git commit of the trm source tree, if it is a checkout."""
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty() -> Optional[bool]:
+    """Whether the trm source tree has uncommitted changes (tracked files changed, or files
+    git does not ignore added), so ``git_commit`` alone does not say what ran; None if it is
+    not a checkout."""
+    status = _git("status", "--porcelain")
+    return None if status is None else bool(status.strip())
