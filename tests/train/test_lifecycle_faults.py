@@ -384,3 +384,22 @@ def test_broken_checkpoints_and_run_json_are_one_line_errors(sudoku4, tmp_path):
                        "--allow_config_change")
     _one_line_error(again, "run.json", "move it aside")
     assert not os.path.exists(os.path.join(wd, "LOCK"))
+
+
+def test_resume_past_a_commit_naming_a_fifo_never_hangs(sudoku4, tmp_path):
+    """Issue #21: a COMMIT whose file is a FIFO (or ../.., /dev/zero) used to hang the resume
+    for good, with LOCK held. Now the checkpoint is skipped and the run resumes from the one
+    before it."""
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=2"]), wd,
+          progress=False)
+    state = os.path.join(wd, "checkpoints", "step_000000004", "state.pt")
+    os.unlink(state)
+    os.mkfifo(state)
+    proc = _train_cli(wd, tiny_bindings(sudoku4, steps=6, extra=["CHECKPOINT_EVERY=2"]),
+                      "--allow_config_change")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_000000004" in proc.stderr and "not a regular file" in proc.stderr
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["resumed_at_step"] == 2
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
