@@ -19,6 +19,7 @@ fetched every ``log_every`` steps; the step counter and LR live on the host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -424,9 +425,10 @@ class Trainer:
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
             self._start_step = self.step
-            if restored is not None and self.step >= self.total_steps and rt.is_main \
-                    and self.record.status == "completed":
-                if self.progress:
+            completed = restored is not None and self.step >= self.total_steps and \
+                rt.is_main and self.record.status == "completed"
+            if rt.gather_objects(completed)[0]:  # every process returns (none evaluates again)
+                if self.progress and rt.is_main:
                     print(f"{self.workdir_path}: this run is already completed (step "
                           f"{self.step} of {self.total_steps}); nothing to do.", flush=True)
                 return {"status": "completed", "step": self.step, "eval": {},
@@ -609,17 +611,16 @@ class Trainer:
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
                              process_index=rt.process_index, process_count=rt.process_count)
         out_dir = self.workdir.url(eval_dir(self.step))
+        weights = (self.ema.averaged(self.model) if self.ema is not None
+                   else contextlib.nullcontext())
         try:
-            if self.ema is not None:
-                with self.ema.averaged(self.model):
-                    results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
-                                       out_dir, should_stop=self._stop_requested)
-            else:
+            with weights:
                 results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
                                    out_dir, should_stop=self._stop_requested)
         except EvalInterrupted as e:
             log.warning("The evaluation at step %d was stopped after %d batches by a stop "
-                        "request; the checkpoint is saved without its metrics.", self.step, e.batches)
+                        "request; the checkpoint is saved without its metrics.", self.step,
+                        e.batches)
             return None
         tagged = tag_results(results)
         bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))

@@ -269,7 +269,7 @@ def test_test_split_of_another_task_is_one_line(sudoku4, tmp_path):
     assert not (tmp_path / "run").exists() or os.listdir(tmp_path / "run") == []
 
 
-# -- issue #21: a stop during a long evaluation saves the last good state ----------------------------
+# -- issue #21: a stop during a long evaluation saves the last good state ------------------------
 def test_sigterm_during_a_long_evaluation_saves_and_records_preempted(sudoku4, tmp_path):
     import signal
     import time
@@ -311,7 +311,7 @@ def test_sigterm_during_a_long_evaluation_saves_and_records_preempted(sudoku4, t
     assert run["status"] == "completed" and run["last_eval_step"] == 4
 
 
-# -- issue #21: an EMA changed at resume is applied, not silently wrong -----------------------------
+# -- issue #21: an EMA changed at resume is applied, not silently wrong ------------------------
 def _ckpt(wd, step):
     from trm.run.checkpoints import CheckpointManager
     return CheckpointManager(wd, async_save=False).restore(step)[1]
@@ -341,7 +341,7 @@ def test_an_ema_changed_at_resume_is_applied_and_recorded(sudoku4, tmp_path, bef
     assert ("rate 0.9 -> 0.5" if s4["ema"] is not None else "switched on") in changes[0]["change"]
 
 
-# -- issue #21: hash-valid but broken checkpoints, corrupt run.json: one line, never "good" ----------
+# -- issue #21: hash-valid but broken checkpoints, corrupt run.json: one line, never "good" ------
 def _rewrite(workdir, step, state):
     """Replaces a committed checkpoint's state, with a COMMIT that matches it (hash-valid)."""
     folder = os.path.join(workdir, "checkpoints", f"step_{step:09d}")
