@@ -288,6 +288,8 @@ def check_saved_config(text: str, what: str) -> None:
         raise ConfigError(f"Syntax error in {what}: {_syntax(e)}") from None
     except tokenize.TokenError as e:
         raise ConfigError(f"Syntax error in {what}: {_token_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests values too deeply to be a trm config") from None
 
 
 def parse_saved_config(text: str, what: str) -> None:

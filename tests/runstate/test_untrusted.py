@@ -183,12 +183,14 @@ def _config_variants(tmp_path, marker):
                               "@os.system is not a trm configurable"),
         "unknown_configurable": ("os.system.command = 'x'\n", "'os.system' is not a trm"),
         "unclosed_bracket": ("TrainConfig.seed = (1,\n", "Syntax error in"),
+        "deep_nesting": ("TrainConfig.seed = " + "[" * 5000 + "]" * 5000 + "\n",
+                         "nests values too deeply"),
     }
 
 
 @pytest.mark.parametrize("variant", ["dynamic_registration", "import", "include",
                                      "unknown_reference", "unknown_configurable",
-                                     "unclosed_bracket"])
+                                     "unclosed_bracket", "deep_nesting"])
 def test_eval_reads_a_saved_config_as_data(tmp_path, monkeypatch, variant):
     from trm.eval import evaluate_run
     from trm.gin_edge import ConfigError
