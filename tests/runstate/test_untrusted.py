@@ -293,3 +293,29 @@ def test_a_corrupt_run_json_is_one_line(tmp_path, content):
     assert str(run / "run.json") in str(e.value) and "\n" not in str(e.value)
     assert "move it aside" in str(e.value)
     record.fail(RuntimeError("x"))                       # logs one line, never raises
+
+
+def test_folders_where_files_belong_and_files_where_folders_belong(tmp_path):
+    """run.json, LOCK or COMMIT that are folders, a step 'folder' or checkpoints/ that is a
+    file: one line or skipped, never a traceback."""
+    from trm.run.lock import WorkdirLockedError
+    from trm.run.record import RunRecord, RunRecordError
+    run = tmp_path / "run"
+    _run(run, [1, 2]).close()
+    (run / "run.json").mkdir()
+    with pytest.raises(RunRecordError, match="run.json"):
+        RunRecord(Workdir(str(run))).read()
+    (run / "LOCK").mkdir()
+    with pytest.raises(WorkdirLockedError, match="remove it by hand"):
+        Workdir(str(run)).acquire_lock(background=False)
+    os.unlink(run / step_dir(2) / "COMMIT")
+    (run / step_dir(2) / "COMMIT").mkdir()
+    (run / "checkpoints" / "step_000000003").write_text("not a folder")
+    mgr = CheckpointManager(str(run), keep=1, async_save=False)
+    assert mgr.restore()[0] == 1
+    mgr.save(4, _state(4))                     # prunes the broken ones, the file included
+    assert sorted(os.listdir(run / "checkpoints")) == ["step_000000001", "step_000000004"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoints").write_text("a file")
+    assert CheckpointManager(str(other), async_save=False).restore() is None

@@ -576,8 +576,8 @@ class CheckpointManager:
         try:
             try:
                 self.workdir.remove(f"{folder}/{COMMIT_FILE}")   # invisible first
-            except storage.UntrustedFileError:
-                pass  # the folder is a link out of the run: only the link goes, below
+            except (storage.UntrustedFileError, IsADirectoryError, NotADirectoryError):
+                pass  # a link out of the run, or not a file / folder: remove_tree removes it
             self.workdir.remove_tree(folder)   # never follows a link
         except Exception as exc:  # noqa: BLE001 (pruning must not kill training)
             log.warning("Could not delete checkpoint %s: %s: %s", self.workdir.url(folder),
@@ -613,7 +613,8 @@ class CheckpointManager:
                     self._commits.pop(step, None)
                     self._uncommitted.add(step)
                     continue
-                except (ValueError, storage.UntrustedFileError) as exc:
+                except (ValueError, storage.UntrustedFileError, IsADirectoryError,
+                        NotADirectoryError) as exc:
                     self._reject(step, f"unreadable COMMIT ({exc})")
                     self._commits[step] = {}
                     continue

@@ -145,7 +145,12 @@ class LeaseLock:
             # Delete only the lock judged stale (re-read right before), then create anew.
             again = self._read_lock()
             if again is not None and again.get("owner_id") == current.get("owner_id"):
-                self.storage.remove(self.name)
+                try:
+                    self.storage.remove(self.name)
+                except OSError as e:  # e.g. a folder named LOCK
+                    raise WorkdirLockedError(f"Cannot take over {self.storage.url(self.name)} "
+                                             f"({type(e).__name__}: {e}); remove it by hand."
+                                             ) from None
         else:
             raise WorkdirLockedError(f"Could not acquire the lock of {self.path} (it kept "
                                      "changing hands); is another run starting there?")
@@ -285,7 +290,7 @@ class LeaseLock:
             return _lock_record(json.loads((storage or self.storage).read_text(self.name)))
         except FileNotFoundError:
             return None
-        except (ValueError, UntrustedFileError):
+        except (ValueError, UntrustedFileError, IsADirectoryError):
             # Unreadable (our writes are atomic, so not ours): stale, an owner without heartbeat.
             return dict(_UNREADABLE)
 

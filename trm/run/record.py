@@ -90,7 +90,7 @@ class RunRecord:
         url = self.storage.url(RUN_JSON)
         try:
             data = self.storage.read_json(RUN_JSON, default={})
-        except (ValueError, UntrustedFileError) as e:
+        except (ValueError, UntrustedFileError, IsADirectoryError, NotADirectoryError) as e:
             raise RunRecordError(f"{url} is not readable ({e}); it is only the run's record "
                                  "(the checkpoints hold its state): move it aside and run the "
                                  "same command again to resume") from None
@@ -104,7 +104,7 @@ class RunRecord:
         it is not a small UTF-8 regular file."""
         try:
             return self.storage.read_text(name)
-        except (ValueError, UntrustedFileError) as e:
+        except (ValueError, UntrustedFileError, IsADirectoryError, NotADirectoryError) as e:
             raise RunRecordError(f"{self.storage.url(name)} is not readable ({e}); restore "
                                  "it or move it aside") from None
 

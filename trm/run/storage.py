@@ -510,7 +510,7 @@ class Storage:
         if self.is_local:
             try:
                 return sorted(os.listdir(self.url(name)))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return []
         path = self._fs_path(name)
         self._invalidate(name)
@@ -542,7 +542,7 @@ class Storage:
         removed, never followed: a folder that is a link loses the link only."""
         if self.is_local:
             path = self._confined(name, follow_last=False)
-            if os.path.islink(path):
+            if os.path.islink(path) or os.path.isfile(path):
                 os.unlink(path)
             else:
                 shutil.rmtree(path, ignore_errors=True)
@@ -824,7 +824,7 @@ def read_local_file(path: str, max_bytes: Optional[int] = None) -> bytes:
     Opened without blocking and checked with ``fstat``: a FIFO, a device or a folder is refused
     with UntrustedFileError instead of hanging or reading forever."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -832,6 +832,10 @@ def read_local_file(path: str, max_bytes: Optional[int] = None) -> bytes:
                                                and info.st_size > max_bytes):
             raise UntrustedFileError(_not_readable(path, _kind(info.st_mode), info.st_size,
                                                    max_bytes))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:  # grew while being read
         raise UntrustedFileError(_not_readable(path, "file", len(data), max_bytes))
