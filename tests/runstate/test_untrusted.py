@@ -319,3 +319,22 @@ def test_folders_where_files_belong_and_files_where_folders_belong(tmp_path):
     other.mkdir()
     (other / "checkpoints").write_text("a file")
     assert CheckpointManager(str(other), async_save=False).restore() is None
+
+
+def test_remote_reads_are_bounded_before_reading(tmp_path):
+    """The same checks on an object store (memory://, as gcsfs): a file larger than its bound
+    is refused from its stated size, before its content is fetched."""
+    run = Workdir("memory://bounded")
+    mgr = CheckpointManager(run, async_save=False)
+    for s in (1, 2):
+        mgr.save(s, _state(s))
+    size = run.size(f"{step_dir(2)}/state.pt")
+    run.write_bytes(f"{step_dir(2)}/state.pt", b"\0" * (size + 1_000_000))
+    with pytest.raises(UntrustedFileError, match="more than the"):
+        run.read_bytes(f"{step_dir(2)}/state.pt", max_bytes=size)
+    assert CheckpointManager("memory://bounded", async_save=False).restore()[0] == 1
+    run.write_bytes("run.json", b"{" * 100)
+    with pytest.raises(UntrustedFileError):
+        run.read_text("run.json", max_bytes=10)
+    with pytest.raises(UntrustedFileError, match="leads out"):
+        run.read_bytes("checkpoints/../../elsewhere")
