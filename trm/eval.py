@@ -144,10 +144,14 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     result["metrics"] = metrics
     result["eval_halt_max_steps"] = model.eval_halt_max_steps
     if rt.is_main:
-        path = output_json or wd.url(f"eval/cli_step_{step:09d}{suffix}.json")
         text = json.dumps(result, indent=2, sort_keys=True, default=str)
-        _write_text(path, text)
-        result["json"] = path
+        if output_json:
+            _write_text(output_json, text)
+            result["json"] = output_json
+        else:  # through the workdir: never through a link out of it
+            name = f"eval/cli_step_{step:09d}{suffix}.json"
+            wd.write_text(name, text)
+            result["json"] = wd.url(name)
         from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         prefix = f"eval_cli{suffix}"
         try:

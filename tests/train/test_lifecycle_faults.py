@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -403,3 +404,19 @@ def test_resume_past_a_commit_naming_a_fifo_never_hangs(sudoku4, tmp_path):
     run = json.load(open(os.path.join(wd, "run.json")))
     assert run["status"] == "completed" and run["resumed_at_step"] == 2
     assert not os.path.exists(os.path.join(wd, "LOCK"))
+
+
+def test_eval_never_writes_through_a_link_out_of_the_workdir(sudoku4, tmp_path):
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=2), wd, progress=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(os.path.join(wd, "eval"))
+    os.symlink(outside, os.path.join(wd, "eval"))             # planted
+    proc = _cli("trm.eval", f"--workdir={wd}", "--noprogress")
+    _one_line_error(proc, "leads out of", "symbolic link")
+    assert os.listdir(outside) == []
+    out = tmp_path / "metrics.json"                            # an explicit output still works
+    proc = _cli("trm.eval", f"--workdir={wd}", f"--output_json={out}", "--noprogress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["eval/count"] == 48
