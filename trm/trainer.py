@@ -41,6 +41,7 @@ from trm.models import Carry
 from trm.run.checkpoints import CheckpointError
 from trm.run.guards import (check_compatible, check_train_state, open_workdir, state_is_sound,
                             storage_error)
+from trm.run.storage import UntrustedFileError
 from trm.runtime import Runtime, init_runtime
 from trm.runtime.signals import StopSignal, xla_metrics, xla_metrics_report
 
@@ -714,8 +715,11 @@ class Trainer:
         if self.config_text:
             self.record.ensure_config(self.config_text, allow_change=self.allow_config_change)
         # On resume, TensorBoard hides points of the old files from the resumed step on.
-        self.writer = SummaryWriterSync(self.workdir,
-                                        purge_step=start_step + 1 if resumed else None)
+        try:
+            self.writer = SummaryWriterSync(self.workdir,
+                                            purge_step=start_step + 1 if resumed else None)
+        except UntrustedFileError as e:
+            raise TrainingError(f"{e}. Remove the link, or use another --workdir.") from e
         if self.config_text and self._config_outcome != "same":
             self.writer.text("config/gin", _md_code(self.config_text), start_step)
         if self.operative_config is not None and not self.record.has_operative_config():

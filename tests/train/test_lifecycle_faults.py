@@ -420,3 +420,8 @@ def test_eval_never_writes_through_a_link_out_of_the_workdir(sudoku4, tmp_path):
     proc = _cli("trm.eval", f"--workdir={wd}", f"--output_json={out}", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["metrics"]["eval/count"] == 48
+    shutil.rmtree(os.path.join(wd, "tb"))                      # TensorBoard: the same
+    os.symlink(outside, os.path.join(wd, "tb"))
+    proc = _train_cli(wd, tiny_bindings(sudoku4, steps=4), "--allow_config_change")
+    _one_line_error(proc, "leads out of", "Remove the link")
+    assert os.listdir(outside) == []

@@ -370,7 +370,7 @@ class Storage:
             return self.url(name)
         return f"{self._root}/{name}" if name else self._root
 
-    def _confined(self, name: str, follow_last: bool = True) -> str:
+    def confined(self, name: str, follow_last: bool = True) -> str:
         """The local path of ``name``, checked to stay inside the folder once symbolic links
         are resolved (all of them, or all but the last component with ``follow_last=False``:
         for an operation that replaces or removes a link rather than following it)."""
@@ -418,10 +418,10 @@ class Storage:
 
     def _write_once(self, name: str, data) -> None:
         if self.is_local:
-            path = self._confined(name, follow_last=False)
+            path = self.confined(name, follow_last=False)
             folder = os.path.dirname(path)
             os.makedirs(folder, exist_ok=True)
-            self._confined(name, follow_last=False)  # again: a folder may have become a link
+            self.confined(name, follow_last=False)  # again: a folder may have become a link
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -453,7 +453,7 @@ class Storage:
         write never makes a read hang (a FIFO, ``/dev/zero``) or leave the folder."""
         def read() -> bytes:
             if self.is_local:
-                return read_local_file(self._confined(name), max_bytes)
+                return read_local_file(self.confined(name), max_bytes)
             self._invalidate(name)
             path = self._fs_path(name)
             if max_bytes is None:
@@ -528,7 +528,7 @@ class Storage:
         def rm() -> None:
             try:
                 if self.is_local:
-                    os.unlink(self._confined(name, follow_last=False))  # a link, not its target
+                    os.unlink(self.confined(name, follow_last=False))  # a link, not its target
                 else:
                     self.fs.rm_file(self._fs_path(name))
                     self._invalidate(name)
@@ -541,7 +541,7 @@ class Storage:
         """Removes folder ``name`` and everything under it (no error if missing). Links are
         removed, never followed: a folder that is a link loses the link only."""
         if self.is_local:
-            path = self._confined(name, follow_last=False)
+            path = self.confined(name, follow_last=False)
             if os.path.islink(path) or os.path.isfile(path):
                 os.unlink(path)
             else:
@@ -573,7 +573,7 @@ class Storage:
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Creates ``name`` with ``data`` unless it exists; True if this call created it."""
         if self.is_local:
-            path = self._confined(name, follow_last=False)
+            path = self.confined(name, follow_last=False)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
                                        prefix=f".{os.path.basename(path)}.tmp-")
