@@ -3,7 +3,9 @@ r"""Evaluate a saved run (optionally with changed settings, e.g. another test-ti
     python -m trm.eval --workdir=DIR [--checkpoint=latest|best|STEP] [--weights=ema|raw] \
         [--gin_param='EVAL_HALT_MAX_STEPS=32'] [--output_json=FILE] [--export_state_dict=FILE]
 
-The run's saved ``config.gin`` is parsed, then the ``--gin_param`` bindings; the model is built,
+The run's saved ``config.gin`` is read as data (trm configurables and literal values only; an
+``import``, ``include`` or unknown configurable is refused, see docs/RUN_STATE.md, "Trust
+boundaries"), then the ``--gin_param`` bindings are parsed; the model is built,
 the checkpoint's weights loaded (the EMA weights by default when the run kept an EMA), and the
 test split evaluated exactly once per example. Metrics are printed, written as JSON
 (``--output_json``, default ``WORKDIR/eval/cli_step_<step>[_<tag>].json``) and to TensorBoard
@@ -70,6 +72,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     from trm.optim import EMA  # pylint: disable=import-outside-toplevel
     from trm.run.checkpoints import (CheckpointError, CheckpointManager,  # pylint: disable=import-outside-toplevel
                                      export_state_dict)
+    from trm.run.guards import check_train_state  # pylint: disable=import-outside-toplevel
     from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
     from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
     from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
@@ -84,7 +87,8 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if config_text is None:
         raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
     gin_edge.clear()
-    gin_edge.parse([], bindings or [], config_texts=[config_text])
+    gin_edge.parse_saved_config(config_text, wd.url("config.gin"))  # data: runs no code
+    gin_edge.parse([], bindings or [])
     cfg = gin_edge.build_train_config()
     rt = init_runtime(cfg.device)
 
@@ -94,7 +98,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if which not in ("latest", "best") and not isinstance(which, int):
         raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
     try:
-        restored = mgr.restore(which)
+        restored = mgr.restore(which, check=check_train_state)
     except CheckpointError as e:
         raise EvalError(str(e)) from e
     if restored is None:
@@ -140,10 +144,14 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     result["metrics"] = metrics
     result["eval_halt_max_steps"] = model.eval_halt_max_steps
     if rt.is_main:
-        path = output_json or wd.url(f"eval/cli_step_{step:09d}{suffix}.json")
         text = json.dumps(result, indent=2, sort_keys=True, default=str)
-        _write_text(path, text)
-        result["json"] = path
+        if output_json:
+            _write_text(output_json, text)
+            result["json"] = output_json
+        else:  # through the workdir: never through a link out of it
+            name = f"eval/cli_step_{step:09d}{suffix}.json"
+            wd.write_text(name, text)
+            result["json"] = wd.url(name)
         from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         prefix = f"eval_cli{suffix}"
         try:
@@ -170,12 +178,13 @@ def main(argv: List[str]) -> None:
     from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
     from trm.data import DataError  # pylint: disable=import-outside-toplevel
     from trm.experiment import TrainingError  # pylint: disable=import-outside-toplevel
+    from trm.run.record import RunRecordError  # pylint: disable=import-outside-toplevel
     from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
     try:
         result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
                               FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress)
-    except (EvalError, ConfigError, DataError, DeviceError, TrainingError) as e:
+    except (EvalError, ConfigError, DataError, DeviceError, TrainingError, RunRecordError) as e:
         from trm.gin_edge import strip_gin_context  # pylint: disable=import-outside-toplevel
         sys.exit(f"trm.eval: {strip_gin_context(e)}")
     except OSError as e:

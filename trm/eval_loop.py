@@ -22,6 +22,14 @@ METRIC_KEYS = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps"
                "q_halt_loss")
 
 
+class EvalInterrupted(Exception):
+    """A stop request ended an evaluation after ``batches`` batches (nothing was recorded)."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(f"evaluation stopped after {batches} batches by a stop request")
+        self.batches = batches
+
+
 class MetricSums:
     """Device-side sums of raw metrics (no host sync until :meth:`fetch`)."""
 
@@ -92,11 +100,14 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
                                                                       int]],
              runtime: Runtime, evaluators: Sequence[Any] = (),
              output_dir: Optional[str] = None,
-             progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+             progress: Optional[Callable[[int], None]] = None,
+             should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """Runs the test batches; returns ``{"<set>/<metric>": value, ...}`` plus evaluator metrics.
 
     The model must already hold the weights to evaluate (e.g. inside ``EMA.averaged``).
     ``progress(batches_done)`` is called after each batch (no device sync).
+    ``should_stop()`` is asked after each batch (a stop request, e.g. SIGTERM): when it says
+    yes, :class:`EvalInterrupted` is raised, so a stop never waits for a long evaluation.
     """
     was_training = model.training
     model.eval()
@@ -123,6 +134,8 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
             runtime.mark_step()
             if progress is not None:
                 progress(done)
+            if should_stop is not None and should_stop():
+                raise EvalInterrupted(done)
     finally:
         if "moved" in locals():
             moved.close()

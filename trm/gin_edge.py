@@ -26,9 +26,10 @@ import os
 import re
 import tokenize
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence
 
 import gin
+from gin import config_parser
 
 from trm.registry import REGISTRY, Component, load_plugins
 
@@ -225,18 +226,119 @@ def clear() -> None:
     gin.clear_config()
 
 
+# -- saved configs are data --------------------------------------------------------------------
+# A run's config.gin lives in a workdir or bucket that others may be able to write. Parsed as gin
+# text it could run code (``import os`` / ``from __gin__ import dynamic_registration`` make any
+# function a configurable), so it is first parsed into statements without resolving anything,
+# checked against an allow-list, and only then bound.
+class _Ref(NamedTuple):
+    name: str
+    evaluate: bool
+
+
+class _Macro(NamedTuple):
+    name: str
+
+
+class _InertDelegate(config_parser.ParserDelegate):
+    """Builds plain markers for ``@references`` and ``%MACROS``: parsing resolves nothing."""
+
+    def configurable_reference(self, scoped_configurable_name, evaluate):
+        return _Ref(scoped_configurable_name, evaluate)
+
+    def macro(self, macro_name):
+        return _Macro(macro_name)
+
+
+def _allowed_configurables() -> set:
+    """The gin names a saved config may bind or reference: trm's registered components (and
+    plugins', loaded by the caller), ``trm.TrainConfig`` and gin's macros."""
+    return {c.gin_name for c in REGISTRY} | {"trm.TrainConfig", "gin.macro"}
+
+
+def _known(selector: str, allowed: set) -> bool:
+    """Whether ``selector`` (possibly partial, possibly scoped) names only allowed
+    configurables."""
+    name = selector.rsplit("/", 1)[-1]
+    try:
+        matches = _gin_registry().matching_selectors(name)
+    except (KeyError, ValueError):
+        return False
+    return bool(matches) and all(m in allowed for m in matches)
+
+
+def _references(value: Any):
+    if isinstance(value, _Ref):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _references(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _references(k)
+            yield from _references(v)
+
+
+def _statement_problem(statement, allowed: set) -> Optional[str]:
+    if isinstance(statement, config_parser.ImportStatement):
+        return f"`{statement.format()}` imports a module"
+    if isinstance(statement, config_parser.IncludeStatement):
+        return f"`include {statement.filename!r}` reads another file"
+    if isinstance(statement, config_parser.BlockDeclaration):
+        return None if _known(statement.selector, allowed) else \
+            f"{statement.selector!r} is not a trm configurable"
+    if statement.arg_name and not _known(statement.selector, allowed):
+        return f"{statement.selector!r} is not a trm configurable"
+    for ref in _references(statement.value):
+        if not _known(ref.name, allowed):
+            return f"@{ref.name} is not a trm configurable"
+    return None
+
+
+def check_saved_config(text: str, what: str) -> None:
+    """Raises a one-line :class:`ConfigError` unless ``text`` is a saved config that is pure data:
+    bindings and macros of trm configurables (see :func:`_allowed_configurables`) with literal
+    values, references to trm configurables and macros -- no ``import`` (so no dynamic
+    registration), no ``include``, nothing unknown. Nothing is bound or imported here."""
+    load_plugins()
+    register_configurables()
+    allowed = _allowed_configurables()
+    try:
+        for statement in config_parser.ConfigParser(text, _InertDelegate()):
+            problem = _statement_problem(statement, allowed)
+            if problem is not None:
+                raise ConfigError(
+                    f"{what}, line {statement.location.line_num}: {problem}; a saved config is "
+                    "read as data (trm configurables, macros and literal values only) and never "
+                    "runs code. Check who wrote it; `trm.train --dry_run` with the run's gin files "
+                    "prints the config it should hold.")
+    except SyntaxError as e:
+        raise ConfigError(f"Syntax error in {what}: {_syntax(e)}") from None
+    except tokenize.TokenError as e:
+        raise ConfigError(f"Syntax error in {what}: {_token_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests values too deeply to be a trm config") from None
+
+
+def parse_saved_config(text: str, what: str) -> None:
+    """Binds a saved config (a run's ``config.gin``) after :func:`check_saved_config`: the one
+    way trm reads gin text from a workdir or bucket."""
+    check_saved_config(text, what)
+    _parse_one(lambda: gin.parse_config(text, skip_unknown=False), what)
+
+
 def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
           finalize: bool = True, config_texts: Sequence[str] = ()) -> List[str]:
     """Loads plugins, parses files in order, then bindings in order. Returns resolved files.
 
     Later files override earlier ones; bindings override files (and earlier bindings).
-    ``config_texts`` (e.g. a run's saved ``config.gin``) are parsed before the files.
+    ``config_texts`` (e.g. a run's saved ``config.gin``) are parsed before the files, as data
+    (:func:`parse_saved_config`).
     """
     load_plugins()
     register_configurables()
     for text in config_texts:
-        _parse_one(lambda t=text: gin.parse_config(t, skip_unknown=False),
-                   "a saved gin config")
+        parse_saved_config(text, "a saved gin config")
     _set_include_paths(search_paths() + [str(gin_root())])
     resolved = [resolve_gin_file(f) for f in gin_files]
     for path in resolved:
@@ -273,6 +375,12 @@ def _parse_binding(binding: str) -> None:
         raise
 
 
+def _token_error(e: tokenize.TokenError) -> str:
+    """A tokenizer error (e.g. an unclosed bracket) in one line."""
+    msg, where = (e.args + ("", None))[:2] if e.args else ("unreadable text", None)
+    return f"{msg} (line {where[0]})" if isinstance(where, tuple) and where else str(msg)
+
+
 def _parse_one(parse, what: str) -> None:
     """Runs one gin parse; its errors become a :class:`ConfigError` naming ``what``."""
     try:
@@ -280,8 +388,7 @@ def _parse_one(parse, what: str) -> None:
     except SyntaxError as e:
         raise ConfigError(f"Syntax error in {what}: {_syntax(e)}") from e
     except tokenize.TokenError as e:  # e.g. an unclosed bracket
-        raise ConfigError(f"Syntax error in {what}: {e.args[0]} (an unclosed bracket or "
-                          "quote?)") from e
+        raise ConfigError(f"Syntax error in {what}: {_token_error(e)}") from e
     except (ValueError, KeyError, ImportError, IOError) as e:
         raise ConfigError(f"Error in {what}: {e}") from e
 

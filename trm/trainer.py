@@ -19,6 +19,7 @@ fetched every ``log_every`` steps; the step counter and LR live on the host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,12 +34,15 @@ import torch
 
 import trm
 from trm import progress
-from trm.eval_loop import MetricSums, evaluate, headline, normalize_train_metrics, tag_results
+from trm.eval_loop import (EvalInterrupted, MetricSums, evaluate, headline,
+                           normalize_train_metrics, tag_results)
 from trm.experiment import (DataShape, TrainConfig, TrainingError, build_model,  # noqa: F401
                             resolve_data_path, resolve_forward_dtype, total_steps)
 from trm.models import Carry
 from trm.run.checkpoints import CheckpointError
-from trm.run.guards import check_compatible, open_workdir, state_is_sound, storage_error
+from trm.run.guards import (check_compatible, check_train_state, open_workdir, state_is_sound,
+                            storage_error)
+from trm.run.storage import UntrustedFileError
 from trm.runtime import Runtime, init_runtime
 from trm.runtime.signals import StopSignal, xla_metrics, xla_metrics_report
 
@@ -95,6 +99,8 @@ class Trainer:
         self.test_meta = None
         self._last_eval: Dict[str, float] = {}
         self._eval_step: Optional[int] = None
+        self._stopper: Optional[StopSignal] = None
+        self._ema_change: Optional[Dict[str, Any]] = None   # an EMA change applied at resume
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -258,8 +264,7 @@ class Trainer:
                                  "FREEZE_WEIGHTS changed)")
             for opt, s in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(s)
-            if self.ema is not None and state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
+            self._resume_ema(state.get("ema"), int(state["step"]))
             self.stream.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise TrainingError(
@@ -280,6 +285,29 @@ class Trainer:
         self.step = int(state["step"])
         self._step_t = _device_int(self.step, rt.device)
         self.best = state.get("best")
+
+    def _resume_ema(self, saved: Optional[Dict[str, Any]], step: int) -> None:
+        """Restores the EMA, applying a change of it at resume (allowed with
+        --allow_config_change) correctly: the rate always comes from this config; an EMA
+        switched on starts from the restored weights (not the initial ones); one switched off
+        is dropped. A change is logged and recorded in run.json (``ema_changes``)."""
+        change = None
+        if self.ema is None:
+            if saved is not None:
+                change = "switched off: the saved EMA weights are dropped"
+        elif saved is None:
+            self.ema = self.cfg.ema(self.model)   # the shadow of the restored weights
+            change = (f"switched on (rate {self.ema.rate}): the EMA starts from the restored "
+                      "weights")
+        else:
+            rate = self.ema.rate
+            self.ema.load_state_dict(saved)
+            self.ema.rate = rate
+            if float(saved["rate"]) != rate:
+                change = f"rate {float(saved['rate'])} -> {rate}"
+        self._ema_change = None if change is None else {"step": step, "change": change}
+        if change is not None:
+            log.warning("EMA changed at resume (step %d): %s.", step, change)
 
     # -- the step ----------------------------------------------------------------------------
     def lr_at(self, step: int, base_lr: float) -> float:
@@ -373,6 +401,7 @@ class Trainer:
         self._started = False
         stopper = StopSignal()
         stopper.install()  # from the start: a preemption during start-up stops after step 1
+        self._stopper = stopper
         # A SIGTERM starts the exit grace window of every run-state wait, even one blocked on
         # a storage outage (TRM_EXIT_GRACE_S; docs/RUN_STATE.md, "Storage outages").
         self.workdir.watch_stop(lambda: stopper.received is not None)
@@ -403,14 +432,15 @@ class Trainer:
             # Nothing is written until the state is known to fit: the config is compared (not
             # saved), the checkpoint restored into the model built from this config.
             self._config_outcome = rt.on_main(self._check_config)
-            restored = self.ckpt.restore("latest")
+            restored = self.ckpt.restore("latest", check=check_train_state)
             self._resumed = restored is not None
             if restored is not None:
                 self._load_state(restored[1])
                 log.info("Resumed from step %d of %d.", self.step, self.total_steps)
             self._start_step = self.step
-            if restored is not None and self.step >= self.total_steps \
-                    and rt.on_main(lambda: self.record.status == "completed"):
+            # a collective on every process (process 0 decides; none evaluates again)
+            if rt.on_main(lambda: restored is not None and self.step >= self.total_steps
+                          and self.record.status == "completed"):
                 if self.progress and rt.is_main:
                     print(f"{self.workdir_path}: this run is already completed (step "
                           f"{self.step} of {self.total_steps}); nothing to do.", flush=True)
@@ -457,6 +487,8 @@ class Trainer:
         t_log, step_log = time.perf_counter(), self.step
         t_start, step_start = t_log, self.step
         self._side_s = 0.0   # evaluation and checkpoint time inside the current log window
+        if self.step >= self.total_steps and self.test_meta is not None:
+            return self._evaluate_final_again()
         while self.step < self.total_steps:
             batch = next(it)
             metrics = self.train_step(batch)
@@ -485,7 +517,8 @@ class Trainer:
                 stop = False  # decide together at the next check
             last = self.step == self.total_steps
             if self.test_meta is not None and (_every(self.step, cfg.eval_every) or last):
-                self._timed(self._evaluate, "perf/eval_time_s")
+                if self._timed(self._evaluate, "perf/eval_time_s") is None:
+                    stop = True  # a stop request ended the evaluation: save, then stop
             if stop or last or _every(self.step, cfg.checkpoint_every):
                 self._timed(self._save, "perf/checkpoint_time_s")
             if stopper.report_requested and rt.is_main:
@@ -500,14 +533,37 @@ class Trainer:
         return "completed"
 
     # -- pieces of the loop ----------------------------------------------------------------
-    def _timed(self, fn: Callable[[], Any], tag: str) -> None:
-        """Runs ``fn``; its time is logged as ``tag`` and kept out of the training rates."""
+    def _timed(self, fn: Callable[[], Any], tag: str) -> Any:
+        """Runs ``fn`` and returns its result; its time is logged as ``tag`` and kept out of
+        the training rates."""
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         elapsed = time.perf_counter() - t0
         self._side_s += elapsed
         if self.writer is not None:
             self.writer.scalar(tag, elapsed, self.step)
+        return result
+
+    def _evaluate_final_again(self) -> str:
+        """A run resumed at its last step was stopped during its final evaluation (a stop ends
+        an evaluation, see :meth:`_stop_requested`): evaluates again and records the metrics
+        with the last checkpoint."""
+        if not self._started:
+            self._start_run()
+        if self._timed(self._evaluate, "perf/eval_time_s") is None:
+            return "preempted"
+        self._timed(self._save, "perf/checkpoint_time_s")
+        return "completed"
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop request (SIGTERM/SIGINT) ends the evaluation in progress; decided
+        together by all processes (one scalar per evaluation batch), like the loop's check."""
+        stop = self._stopper is not None and self._stopper.received is not None
+        if self.runtime.distributed:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.runtime.device)
+            self.runtime.all_reduce_sum_([flag])
+            stop = bool(flag.item() > 0)
+        return stop
 
     def _check_finite(self, raw: Optional[Dict[str, float]] = None) -> None:
         """Raises if a step since the start had a non-finite loss or gradient norm. ``raw``:
@@ -561,7 +617,8 @@ class Trainer:
                       f"ETA {_fmt_s(eta)}", flush=True)
         rt.on_main(write)
 
-    def _evaluate(self) -> Dict[str, float]:
+    def _evaluate(self) -> Optional[Dict[str, float]]:
+        """Evaluates the current weights (EMA if kept); None if a stop request ended it."""
         from trm.data import EvalStream  # pylint: disable=import-outside-toplevel
         from trm.run.record import eval_dir  # pylint: disable=import-outside-toplevel
         cfg, rt = self.cfg, self.runtime
@@ -569,15 +626,20 @@ class Trainer:
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
                              process_index=rt.process_index, process_count=rt.process_count)
         out_dir = self.workdir.url(eval_dir(self.step))
-        with progress.phase(f"eval step {self.step}", len(batches), unit="batches",
-                            enabled=self.progress and rt.is_main, leave=False) as bar:
-            if self.ema is not None:
-                with self.ema.averaged(self.model):
-                    results = evaluate(self.model, self.loss_head, batches, rt,
-                                       self.evaluators, out_dir, progress=bar.update)
-            else:
+        weights = (self.ema.averaged(self.model) if self.ema is not None
+                   else contextlib.nullcontext())
+        try:
+            with weights, progress.phase(f"eval step {self.step}", len(batches),
+                                         unit="batches", enabled=self.progress and rt.is_main,
+                                         leave=False) as bar:
                 results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
-                                   out_dir, progress=bar.update)
+                                   out_dir, should_stop=self._stop_requested,
+                                   progress=bar.update)
+        except EvalInterrupted as e:
+            log.warning("The evaluation at step %d was stopped after %d batches by a stop "
+                        "request; the checkpoint is saved without its metrics.", self.step,
+                        e.batches)
+            return None
         tagged = tag_results(results)
         bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
         if bad:
@@ -644,13 +706,17 @@ class Trainer:
                 "GRAD_CLIP (docs/TROUBLESHOOTING.md).")
 
     def _check_config(self) -> str:
-        """Compares this run's config with the workdir's config.gin (nothing is written)."""
-        from trm.run.record import ConfigMismatchError  # pylint: disable=import-outside-toplevel
-        if not self.config_text:
-            return "none"
+        """Compares this run's config with the workdir's config.gin, after checking that the
+        workdir's run.json is readable (nothing is written)."""
+        from trm.run.record import ConfigMismatchError, RunRecordError  # pylint: disable=import-outside-toplevel
         try:
+            self.record.read()
+            if not self.config_text:
+                return "none"
             return self.record.compare_config(self.config_text,
                                               allow_change=self.allow_config_change)
+        except RunRecordError as e:
+            raise TrainingError(str(e)) from e
         except ConfigMismatchError as e:
             raise TrainingError(
                 f"The workdir {self.workdir_path} holds a run with another configuration. Use a "
@@ -671,8 +737,11 @@ class Trainer:
         if self.config_text:
             self.record.ensure_config(self.config_text, allow_change=self.allow_config_change)
         # On resume, TensorBoard hides points of the old files from the resumed step on.
-        self.writer = SummaryWriterSync(self.workdir,
-                                        purge_step=start_step + 1 if resumed else None)
+        try:
+            self.writer = SummaryWriterSync(self.workdir,
+                                            purge_step=start_step + 1 if resumed else None)
+        except UntrustedFileError as e:
+            raise TrainingError(f"{e}. Remove the link, or use another --workdir.") from e
         if self.config_text and self._config_outcome != "same":
             self.writer.text("config/gin", _md_code(self.config_text), start_step)
         if self.operative_config is not None and not self.record.has_operative_config():
@@ -686,6 +755,10 @@ class Trainer:
                       global_batch_size=self.cfg.global_batch_size, data_dir=data_dir,
                       forward_dtype=str(self.model.forward_dtype).replace("torch.", ""),
                       torch_threads=torch.get_num_threads())
+        if self._ema_change is not None:
+            previous = self.record.read().get("ema_changes")
+            fields["ema_changes"] = (previous if isinstance(previous, list) else []) + [
+                self._ema_change]
         self.record.start(resumed=resumed, step=start_step, fields=fields,
                           command=self.command, hparams=self.hparams, best=self.best)
         if self.progress:

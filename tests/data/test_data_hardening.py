@@ -399,3 +399,26 @@ def test_older_metadata_without_new_arguments_still_matches(tmp_path):
     out = build_dataset("sudoku_csv", str(tmp_path / "ds"), source=str(tmp_path), num_shards=1)
     _edit_meta(out, lambda m: m["builder"]["args"].pop("allow_overlap"))  # built before it
     assert build_dataset("sudoku_csv", out, source=str(tmp_path), num_shards=1) == out
+
+
+# ------------------------------------------------------------------ metadata values are bounded
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m["splits"]["train"].update(mean_puzzle_examples=float("nan")),
+     "mean_puzzle_examples"),
+    (lambda m: m["splits"]["train"].update(mean_puzzle_examples=float("inf")),
+     "mean_puzzle_examples"),
+    (lambda m: m["splits"]["train"].update(mean_puzzle_examples=1e300), "mean_puzzle_examples"),
+    (lambda m: m.update(num_puzzle_identifiers=10 ** 18), "num_puzzle_identifiers"),
+    (lambda m: m.update(ignore_label_id=10 ** 30), "ignore_label_id"),
+    (lambda m: m.update(seq_len=float("nan")), "seq_len"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(num_records=10 ** 30), "num_records"),
+    (lambda m: m["splits"]["train"].update(total_examples=-(10 ** 30)), "total_examples"),
+])
+def test_metadata_with_nan_or_huge_values_is_one_line(sudoku6, tmp_path, edit, field):
+    ds = _copy(sudoku6, tmp_path / "ds")
+    _edit_meta(ds, edit)
+    with pytest.raises(DataError, match=f"metadata.json: field .*{field}") as e:
+        load_metadata(ds)
+    _one_line(e)

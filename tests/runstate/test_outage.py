@@ -418,3 +418,25 @@ def test_sigterm_during_an_outage_exits_promptly_and_the_same_command_resumes(
     assert step == STEPS and record["status"] == "completed"
     assert record["resumed_at_step"] == int(m.group(1))
     _assert_same_weights(reference["model"], state["model"])
+
+
+def test_a_background_thread_never_starts_the_exit_window(tmp_path, monkeypatch):
+    """Issue #21: a SIGTERM during a long evaluation; the lock heartbeat (a background thread)
+    writes LOCK meanwhile. The grace window starts when the stopping thread itself waits on
+    storage (its final save), so that save and run.json are written, however long the
+    evaluation took."""
+    monkeypatch.setenv("TRM_EXIT_GRACE_S", "0.5")
+    wd = Workdir(str(tmp_path / "run"))
+    stop = threading.Event()
+    wd.watch_stop(stop.is_set)
+    wd.acquire_lock(heartbeat_every_s=0.05)
+    stop.set()                                        # SIGTERM; the loop is still evaluating
+    time.sleep(1.0)                                   # many heartbeats, longer than the window
+    assert wd.exit.at is None
+    mgr = CheckpointManager(wd, async_save=False)
+    mgr.save(3, {"x": torch.ones(2)})                 # the stopping thread's own save
+    assert wd.exit.at is not None                     # ... started the window
+    RunRecord(wd).update(status="preempted", last_step=3)
+    wd.release_lock()
+    assert CheckpointManager(str(tmp_path / "run")).steps() == [3]
+    assert not wd.exists("LOCK")

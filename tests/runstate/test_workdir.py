@@ -233,3 +233,30 @@ def test_active_seconds_sum_over_restarts_and_exclude_the_wait(tmp_path):
     data = RunRecord(st).read()
     assert after_first + 0.2 <= data["active_s"] < after_first + 1.5
     assert data["status"] == "completed" and data["resumed_at_step"] == 5
+
+
+def test_run_json_says_whether_the_source_tree_had_uncommitted_changes(tmp_path, monkeypatch):
+    """Issue #21: git_commit alone does not say what ran when the tree was edited."""
+    import shutil
+
+    import trm.run.record as record_module
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    tree = tmp_path / "src"
+    (tree / "trm" / "run").mkdir(parents=True)
+    source = tree / "trm" / "run" / "record.py"
+    source.write_text("# a checkout\n")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=tree, check=True, env=env, capture_output=True)
+    monkeypatch.setattr(record_module, "__file__", str(source))
+    record = RunRecord(Workdir(str(tmp_path / "clean")))
+    record.start(resumed=False, step=0, fields={})
+    clean = record.read()
+    assert len(clean["git_commit"]) == 40 and clean["git_dirty"] is False
+    source.write_text("# edited, not committed\n")
+    record = RunRecord(Workdir(str(tmp_path / "dirty")))
+    record.start(resumed=False, step=0, fields={})
+    dirty = record.read()
+    assert dirty["git_commit"] == clean["git_commit"] and dirty["git_dirty"] is True

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -267,3 +268,160 @@ def test_test_split_of_another_task_is_one_line(sudoku4, tmp_path):
         f"trm.TrainConfig.test_data_dir='{other}'"])
     _one_line_error(proc, "seq_len", "different tasks")
     assert not (tmp_path / "run").exists() or os.listdir(tmp_path / "run") == []
+
+
+# -- issue #21: a stop during a long evaluation saves the last good state ------------------------
+def test_sigterm_during_a_long_evaluation_saves_and_records_preempted(sudoku4, tmp_path):
+    import signal
+    import time
+    wd = str(tmp_path / "run")
+    # 48 test puzzles one per batch, 400 ACT steps each: the evaluation alone takes many times
+    # the 2 s exit grace window
+    slow_eval = tiny_bindings(sudoku4, steps=4, extra=["EVAL_BATCH_SIZE=1",
+                                                       "EVAL_HALT_MAX_STEPS=400"])
+    args = [sys.executable, "-m", "trm.train", f"--gin_file={GIN}", f"--workdir={wd}",
+            *[f"--gin_param={b}" for b in slow_eval]]
+    child = subprocess.Popen(args, cwd=REPO, env=dict(_env(), TRM_EXIT_GRACE_S="2"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:                      # the last step's log line: eval next
+            if line.startswith("step 4/4"):
+                break
+        time.sleep(3.0)                                # well inside the evaluation
+        child.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = child.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err[-3000:]
+    assert took < 10, took
+    assert "The evaluation at step 4 was stopped" in err, err[-3000:]
+    assert "Traceback" not in err
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "preempted" and run["last_step"] == 4
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
+    from trm.run.checkpoints import CheckpointManager
+    assert CheckpointManager(wd, async_save=False).steps() == [4]
+    # the same command (here with a quicker evaluation) evaluates the last step and completes
+    quick = tiny_bindings(sudoku4, steps=4, extra=["EVAL_BATCH_SIZE=16"])
+    result = train([GIN], quick, wd, progress=False, allow_config_change=True)
+    assert result["status"] == "completed" and result["eval"]["eval/count"] == 48
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["last_eval_step"] == 4
+
+
+# -- issue #21: an EMA changed at resume is applied, not silently wrong ------------------------
+def _ckpt(wd, step):
+    from trm.run.checkpoints import CheckpointManager
+    return CheckpointManager(wd, async_save=False).restore(step)[1]
+
+
+@pytest.mark.parametrize("before,after", [
+    (["EMA_RATE=0.9"], ["EMA_RATE=0.5"]),             # a new rate
+    (["EMA=False"], ["EMA=True", "EMA_RATE=0.5"]),    # switched on
+])
+def test_an_ema_changed_at_resume_is_applied_and_recorded(sudoku4, tmp_path, before, after):
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=1", *before]), wd,
+          progress=False)
+    s4 = _ckpt(wd, 4)
+    train([GIN], tiny_bindings(sudoku4, steps=5, extra=["CHECKPOINT_EVERY=1", *after]), wd,
+          progress=False, allow_config_change=True)
+    s5 = _ckpt(wd, 5)
+    assert s5["ema"]["rate"] == 0.5
+    # one EMA step at the new rate from the saved shadow, or from the restored weights when
+    # the EMA was off (never from the random initial weights)
+    base = s4["ema"]["shadow"] if s4["ema"] is not None else s4["model"]
+    for name, value in s5["ema"]["shadow"].items():
+        expected = 0.5 * base[name] + 0.5 * s5["model"][name]
+        assert torch.allclose(value, expected, atol=1e-6), name
+    changes = json.load(open(os.path.join(wd, "run.json")))["ema_changes"]
+    assert len(changes) == 1 and changes[0]["step"] == 4
+    assert ("rate 0.9 -> 0.5" if s4["ema"] is not None else "switched on") in changes[0]["change"]
+
+
+# -- issue #21: hash-valid but broken checkpoints, corrupt run.json: one line, never "good" ------
+def _rewrite(workdir, step, state):
+    """Replaces a committed checkpoint's state, with a COMMIT that matches it (hash-valid)."""
+    folder = os.path.join(workdir, "checkpoints", f"step_{step:09d}")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    with open(os.path.join(folder, "state.pt"), "wb") as f:
+        f.write(data)
+    commit_path = os.path.join(folder, "COMMIT")
+    commit = json.load(open(commit_path))
+    commit["files"]["state.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    with open(commit_path, "w") as f:
+        json.dump(commit, f)
+
+
+@pytest.mark.slow
+def test_broken_checkpoints_and_run_json_are_one_line_errors(sudoku4, tmp_path):
+    from trm.run.checkpoints import CheckpointManager
+    wd = str(tmp_path / "run")
+    bindings = tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=2"])
+    train([GIN], bindings, wd, progress=False)
+    state = CheckpointManager(wd, async_save=False).restore(4)[1]
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    _rewrite(wd, 4, state)                                   # NaN weights, hash-valid
+    proc = _cli("trm.eval", f"--workdir={wd}", "--checkpoint=4")
+    _one_line_error(proc, "step_000000004", "non-finite weights")
+    longer = tiny_bindings(sudoku4, steps=6, extra=["CHECKPOINT_EVERY=2"])
+    resumed = _train_cli(wd, longer, "--allow_config_change")  # from step 2, the last good one
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_000000004" in resumed.stderr and "non-finite" in resumed.stderr
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["resumed_at_step"] == 2
+    _rewrite(wd, 6, {"step": 6, "model": [1, 2]})           # broken structure, hash-valid
+    proc = _cli("trm.eval", f"--workdir={wd}", "--checkpoint=6")
+    _one_line_error(proc, "step_000000006", "no model weights")
+    with open(os.path.join(wd, "run.json"), "w") as f:
+        f.write('{"status": "compl')                           # truncated
+    again = _train_cli(wd, tiny_bindings(sudoku4, steps=8, extra=["CHECKPOINT_EVERY=2"]),
+                       "--allow_config_change")
+    _one_line_error(again, "run.json", "move it aside")
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
+
+
+def test_resume_past_a_commit_naming_a_fifo_never_hangs(sudoku4, tmp_path):
+    """Issue #21: a COMMIT whose file is a FIFO (or ../.., /dev/zero) used to hang the resume
+    for good, with LOCK held. Now the checkpoint is skipped and the run resumes from the one
+    before it."""
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=4, extra=["CHECKPOINT_EVERY=2"]), wd,
+          progress=False)
+    state = os.path.join(wd, "checkpoints", "step_000000004", "state.pt")
+    os.unlink(state)
+    os.mkfifo(state)
+    proc = _train_cli(wd, tiny_bindings(sudoku4, steps=6, extra=["CHECKPOINT_EVERY=2"]),
+                      "--allow_config_change")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_000000004" in proc.stderr and "not a regular file" in proc.stderr
+    run = json.load(open(os.path.join(wd, "run.json")))
+    assert run["status"] == "completed" and run["resumed_at_step"] == 2
+    assert not os.path.exists(os.path.join(wd, "LOCK"))
+
+
+def test_eval_never_writes_through_a_link_out_of_the_workdir(sudoku4, tmp_path):
+    wd = str(tmp_path / "run")
+    train([GIN], tiny_bindings(sudoku4, steps=2), wd, progress=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(os.path.join(wd, "eval"))
+    os.symlink(outside, os.path.join(wd, "eval"))             # planted
+    proc = _cli("trm.eval", f"--workdir={wd}", "--noprogress")
+    _one_line_error(proc, "leads out of", "symbolic link")
+    assert os.listdir(outside) == []
+    out = tmp_path / "metrics.json"                            # an explicit output still works
+    proc = _cli("trm.eval", f"--workdir={wd}", f"--output_json={out}", "--noprogress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["metrics"]["eval/count"] == 48
+    shutil.rmtree(os.path.join(wd, "tb"))                      # TensorBoard: the same
+    os.symlink(outside, os.path.join(wd, "tb"))
+    proc = _train_cli(wd, tiny_bindings(sudoku4, steps=4), "--allow_config_change")
+    _one_line_error(proc, "leads out of", "Remove the link")
+    assert os.listdir(outside) == []

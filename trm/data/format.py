@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -281,6 +282,8 @@ def decode_example(data: bytes) -> dict[str, Any]:
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 BUILD_DIR_PATTERN = re.compile(r"data-[0-9a-zA-Z_-]+")  # the data folder a build writes
+MAX_COUNT = 1 << 40       # records, puzzles, groups, bytes of one split or shard: far above any
+INT32_MAX = (1 << 31) - 1  # token ids, puzzle identifiers and labels are stored as int32
 
 
 def rebuild_hint(dataset: str, meta: Mapping[str, Any] | None = None) -> str:
@@ -350,15 +353,15 @@ def validate_metadata(meta: Any, where: str, dataset: str) -> dict:
     check_relative_path(meta.get("data_dir"), where, "data_dir", single=True, hint=hint)
     integer(meta, "format_version", "format_version", 1)
     integer(meta, "seq_len", "seq_len", 1, 1 << 24)
-    vocab = integer(meta, "vocab_size", "vocab_size", 1, (1 << 31) - 1)
+    vocab = integer(meta, "vocab_size", "vocab_size", 1, INT32_MAX)
     tdt = meta.get("token_dtype")
     if tdt not in ("uint8", "int32"):
         fail("token_dtype", f"= {tdt!r} must be 'uint8' or 'int32'")
     if tdt == "uint8" and vocab > 256:
         fail("token_dtype", f"is uint8 but vocab_size {vocab} > 256")
     integer(meta, "pad_id", "pad_id", 0, vocab - 1)
-    integer(meta, "ignore_label_id", "ignore_label_id", optional=True)
-    num_ids = integer(meta, "num_puzzle_identifiers", "num_puzzle_identifiers", 1)
+    integer(meta, "ignore_label_id", "ignore_label_id", -INT32_MAX - 1, INT32_MAX, optional=True)
+    num_ids = integer(meta, "num_puzzle_identifiers", "num_puzzle_identifiers", 1, INT32_MAX)
     integer(meta, "blank_identifier_id", "blank_identifier_id", 0, num_ids - 1)
     files = meta.get("files")
     if not isinstance(files, Mapping):
@@ -395,7 +398,7 @@ def validate_metadata(meta: Any, where: str, dataset: str) -> dict:
                 fail(f"{fs}.set", f"= {d.get('set')!r} is not one of the split's sets {sets}")
             for key in ("num_records", "num_groups", "num_puzzles", "num_bytes",
                         "index_num_bytes"):
-                v = integer(d, f"{fs}.{key}", key, 0)
+                v = integer(d, f"{fs}.{key}", key, 0, MAX_COUNT)
                 if key in totals:
                     totals[key] += v
             for key in ("sha256", "index_sha256"):
@@ -403,10 +406,12 @@ def validate_metadata(meta: Any, where: str, dataset: str) -> dict:
                     fail(f"{fs}.{key}", "must be 64 lowercase hex digits")
         for key, total in (("total_examples", "num_records"), ("total_groups", "num_groups"),
                            ("total_puzzles", "num_puzzles")):
-            v = integer(sm, f"{f}.{key}", key, 0)
+            v = integer(sm, f"{f}.{key}", key, 0, MAX_COUNT)
             if v != totals[total]:
                 fail(f"{f}.{key}", f"= {v} but its shards hold {totals[total]} ({total})")
         mpe = sm.get("mean_puzzle_examples")
-        if isinstance(mpe, bool) or not isinstance(mpe, (int, float)) or mpe < 0:
-            fail(f"{f}.mean_puzzle_examples", f"must be a number >= 0, got {mpe!r}")
+        if isinstance(mpe, bool) or not isinstance(mpe, (int, float)) or \
+                not (math.isfinite(mpe) and 0 <= mpe <= MAX_COUNT):
+            fail(f"{f}.mean_puzzle_examples", f"must be a finite number in [0, {MAX_COUNT}], "
+                                              f"got {mpe!r}")
     return dict(meta)

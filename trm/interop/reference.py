@@ -16,7 +16,6 @@ with keys such as ``model.inner.L_level.layers.0.mlp.gate_up_proj.weight``, pref
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -102,9 +101,21 @@ def model_kwargs_from_reference_config(config: Mapping[str, Any]) -> Dict[str, A
     """Reference ``TinyRecursiveReasoningModel_ACTV1Config`` fields -> ``TRM`` kwargs."""
     required = ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
                 "num_heads", "expansion", "halt_max_steps")
+    if not isinstance(config, Mapping):
+        raise ReferenceImportError(f"The reference config is a {type(config).__name__}, not a "
+                                   "mapping of config fields.")
     missing = [k for k in required if k not in config]
     if missing:
         raise ReferenceImportError(f"Reference config lacks required fields {missing}.")
+    try:
+        return _model_kwargs(config)
+    except (TypeError, ValueError) as e:
+        raise ReferenceImportError(f"Reference config has a field of the wrong type: {e}.") \
+            from None
+
+
+def _model_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``TRM`` kwargs of a reference config that has the required fields."""
     pos = config.get("pos_encodings", "rope")
     explore = float(config.get("halt_exploration_prob", 0.1))
     no_continue = config.get("no_ACT_continue", True)
@@ -132,15 +143,32 @@ def model_kwargs_from_reference_config(config: Mapping[str, Any]) -> Dict[str, A
 
 
 def _read_state(source: Union[str, Mapping[str, torch.Tensor]]) -> Mapping[str, torch.Tensor]:
+    """The state dict at ``source``, read as data (a regular file, ``weights_only`` loading:
+    no code from the file runs); anything that is not a mapping of names to tensors is a
+    one-line :class:`ReferenceImportError` naming the file."""
+    from trm.run import storage  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import CheckpointError, safe_load  # pylint: disable=import-outside-toplevel
     if isinstance(source, Mapping):
-        return source
-    import fsspec  # pylint: disable=import-outside-toplevel
-    with fsspec.open(source, "rb") as f:
-        data = f.read()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(
-            state["state_dict"], Mapping):
+        state: Any = source
+    else:
+        try:
+            state = safe_load(storage.read_bytes(source), source)
+        except OSError as e:
+            raise ReferenceImportError(f"Cannot read the reference weights {source}: "
+                                       f"{e.strerror or e}") from None
+        except CheckpointError as e:  # not a torch file, or one that needs unpickling
+            raise ReferenceImportError("Reference weights: " + str(e).split(
+                " If you wrote this file yourself")[0]) from None
+        except Exception as e:  # noqa: BLE001 - not a torch file at all
+            raise ReferenceImportError(f"{source} is not a weights file (not a torch file: "
+                                       f"{type(e).__name__}).") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
+    if not isinstance(state, Mapping) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ReferenceImportError(f"{source if isinstance(source, str) else 'The state'} is "
+                                   "not a weights file: expected a mapping of parameter names "
+                                   "to tensors (a reference checkpoint).")
     return state
 
 

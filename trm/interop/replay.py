@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from trm.interop.reference import (build_model_from_reference,
+from trm.interop.reference import (ReferenceImportError, build_model_from_reference,
                                    model_kwargs_from_reference_config, trm_key_to_reference)
 from trm.losses import ACTLoss
 from trm.models import TRM
@@ -215,7 +215,30 @@ def load_golden(path: str) -> Dict[str, Any]:
     if missing:
         raise GoldenError(f"{path} is not a golden file of the reference: it lacks "
                           f"{', '.join(missing)} (see shared/golden/README.md).")
+    problem = _structure_problem(golden)
+    if problem:
+        raise GoldenError(f"{path} is not a golden file of the reference: {problem} (see "
+                          "shared/golden/README.md).")
     return golden
+
+
+def _structure_problem(golden: Dict[str, Any]) -> Optional[str]:
+    """What in a golden file's structure replay cannot use (None if nothing)."""
+    meta, batches, steps = golden["meta"], golden["train_batches"], golden["train_steps"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        return "its meta holds no config (the reference's config fields)"
+    if not isinstance(golden["state_dict"], dict):
+        return "its state_dict is not a mapping"
+    if not isinstance(batches, list) or not isinstance(steps, list) or not batches or \
+            len(batches) != len(steps):
+        return "train_batches and train_steps must be lists of the same, non-zero length"
+    if not all(isinstance(b, dict) for b in batches) or \
+            not all(isinstance(r, dict) for r in steps):
+        return "each train batch and step record must be a mapping"
+    if not isinstance(golden.get("eval_batch"), dict) or \
+            not isinstance(golden.get("eval_steps"), list):
+        return "it lacks eval_batch (a mapping) or eval_steps (a list)"
+    return None
 
 
 def format_report(path: str, checks: List[Check], verbose: bool = False) -> str:
@@ -251,12 +274,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in args.golden:
         try:
             golden = load_golden(path)
-        except GoldenError as e:
+            kwargs = model_kwargs_from_reference_config(golden["meta"]["config"])
+            print(f"model: {TRM.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+            checks = replay(golden)
+        except (GoldenError, ReferenceImportError) as e:
             print(f"python -m trm.interop.replay: {e}", file=sys.stderr)
             return 2
-        kwargs = model_kwargs_from_reference_config(golden["meta"]["config"])
-        print(f"model: {TRM.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
-        checks = replay(golden)
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
+            print(f"python -m trm.interop.replay: {path} does not fit the golden format: "
+                  f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+                  "(see shared/golden/README.md).", file=sys.stderr)
+            return 2
         print(format_report(path, checks))
         all_ok &= all(c.ok for c in checks)
     print("PARITY OK" if all_ok else "PARITY FAILED")

@@ -40,7 +40,7 @@ import random
 import re
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
 COMMIT_FILE = "COMMIT"
 _STEP_RE = re.compile(r"^step_(\d+)$")
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")   # a plain name, no '/'
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_COMMIT_FILES = 64
 
 
 class CheckpointError(RuntimeError):
@@ -571,8 +574,11 @@ class CheckpointManager:
     def _delete(self, step: int) -> None:
         folder = step_dir(step)
         try:
-            self.workdir.remove(f"{folder}/{COMMIT_FILE}")   # invisible first
-            self.workdir.remove_tree(folder)
+            try:
+                self.workdir.remove(f"{folder}/{COMMIT_FILE}")   # invisible first
+            except (storage.UntrustedFileError, IsADirectoryError, NotADirectoryError):
+                pass  # a link out of the run, or not a file / folder: remove_tree removes it
+            self.workdir.remove_tree(folder)   # never follows a link
         except Exception as exc:  # noqa: BLE001 (pruning must not kill training)
             log.warning("Could not delete checkpoint %s: %s: %s", self.workdir.url(folder),
                         type(exc).__name__, exc)
@@ -607,13 +613,14 @@ class CheckpointManager:
                     self._commits.pop(step, None)
                     self._uncommitted.add(step)
                     continue
-                except ValueError as exc:
+                except (ValueError, storage.UntrustedFileError, IsADirectoryError,
+                        NotADirectoryError) as exc:
                     self._reject(step, f"unreadable COMMIT ({exc})")
                     self._commits[step] = {}
                     continue
-                if not isinstance(commit, dict) or commit.get("step") != step or \
-                        not isinstance(commit.get("files"), dict):
-                    self._reject(step, "COMMIT does not describe this checkpoint")
+                problem = _commit_problem(commit, step)
+                if problem is not None:
+                    self._reject(step, f"COMMIT does not describe this checkpoint: {problem}")
                     self._commits[step] = {}
                     continue
                 self._commits[step] = commit
@@ -687,8 +694,13 @@ class CheckpointManager:
         return self._restored_from
 
     # -- restoring --------------------------------------------------------------------------------
-    def restore(self, step: Union[str, int] = "latest") -> Optional[Tuple[int, Any]]:
+    def restore(self, step: Union[str, int] = "latest",
+                check: Optional[Callable[[Any], None]] = None) -> Optional[Tuple[int, Any]]:
         """Loads a checkpoint: ``"latest"``, ``"best"`` or a step number.
+
+        ``check(state)``, if given, judges each loaded state (e.g. its structure, finite
+        weights): a :class:`CheckpointError` it raises rejects that checkpoint like a corrupt
+        file, so ``"latest"`` means the latest *good* checkpoint.
 
         Every file is checked against the sizes and sha256 in COMMIT before it is
         deserialised. For ``"latest"`` / ``"best"``, a checkpoint without COMMIT, truncated,
@@ -729,6 +741,8 @@ class CheckpointManager:
         for s in candidates:
             try:
                 state = self._load(s)
+                if check is not None:
+                    check(state)
             except UnsafeCheckpointError:
                 raise  # never fall back silently past a file that may be an attack
             except Exception as exc:  # noqa: BLE001 (classified)
@@ -750,7 +764,8 @@ class CheckpointManager:
         commit = self._commits[step]
         files = {}
         for name, meta in commit["files"].items():
-            data = self.workdir.read_bytes(f"{step_dir(step)}/{name}")
+            # a plain name (checked by _scan), a regular file, no larger than COMMIT says
+            data = self.workdir.read_bytes(f"{step_dir(step)}/{name}", max_bytes=meta["size"])
             if len(data) != meta["size"]:
                 raise CheckpointError(f"{name} has {len(data)} bytes, COMMIT says "
                                       f"{meta['size']} (truncated or partly written)")
@@ -761,6 +776,29 @@ class CheckpointManager:
             raise CheckpointError(f"COMMIT lists no {STATE_FILE}")
         return safe_load(files[STATE_FILE], self.workdir.url(f"{step_dir(step)}/{STATE_FILE}"),
                          trust=self.trust)
+
+
+def _commit_problem(commit: Any, step: int) -> Optional[str]:
+    """Why a COMMIT read from storage cannot be trusted as the record of ``step`` (None if it
+    can): it must name its step, list at most :data:`MAX_COMMIT_FILES` plain file names of its
+    own folder, each with an integer size and a sha256, and hold numeric metrics only."""
+    if not isinstance(commit, dict) or commit.get("step") != step:
+        return "it names another step, or is not a JSON object"
+    files = commit.get("files")
+    if not isinstance(files, dict) or not 0 < len(files) <= MAX_COMMIT_FILES:
+        return f"'files' must map 1 to {MAX_COMMIT_FILES} file names to their size and sha256"
+    for name, meta in files.items():
+        if not _FILE_NAME_RE.match(name) or ".." in name:
+            return f"it names {name!r}, not a plain file name inside its step folder"
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or \
+                not _SHA256_RE.match(str(meta.get("sha256"))):
+            return f"the entry of {name!r} needs an integer size >= 0 and a sha256"
+    metrics = commit.get("metrics", {})
+    if not isinstance(metrics, dict) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in metrics.values()):
+        return "'metrics' must map names to numbers"
+    return None
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> Dict[str, float]:

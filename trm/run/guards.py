@@ -111,3 +111,45 @@ def state_is_sound(model, loss_head, carry, batch, ema, runtime, global_batch_si
         runtime.all_reduce_sum_([flag])
         ok = flag[0] >= runtime.process_count
     return bool(ok)
+
+
+def check_train_state(state: Any) -> None:
+    """Raises a one-line :class:`~trm.run.checkpoints.CheckpointError` when a restored state is
+    not one trm commits: the structure the trainer saves (step, the model's tensors, optimizer
+    states, EMA, data position, per-process RNG and carry), and finite weights (only sound
+    states are committed, see :func:`state_is_sound`, so a non-finite one was altered or
+    written by something else). Given to ``CheckpointManager.restore(check=...)``, so such a
+    checkpoint is skipped like a corrupt one and never called the last good checkpoint."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from trm.run.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+
+    def tensors(obj: Any) -> bool:
+        return isinstance(obj, dict) and bool(obj) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+    if not isinstance(state, dict):
+        raise CheckpointError("its state is not a mapping: not a training state as trm saves it")
+    ema, step, per = state.get("ema"), state.get("step"), state.get("per_process")
+    problems = (
+        ("has no step number", isinstance(step, bool) or not isinstance(step, int) or step < 0),
+        ("has no model weights (name -> tensor)", not tensors(state.get("model"))),
+        ("has a malformed EMA", ema is not None and not (
+            isinstance(ema, dict) and tensors(ema.get("shadow"))
+            and isinstance(ema.get("rate"), (int, float)))),
+        ("has no optimizer states", not isinstance(state.get("optimizers"), list)),
+        ("has no data position", not isinstance(state.get("data"), dict)),
+        ("has no per-process RNG and carry", not isinstance(per, list) or not per or not all(
+            isinstance(p, dict) and isinstance(p.get("rng"), dict) and "carry" in p
+            for p in per)),
+    )
+    for what, failed in problems:
+        if failed:
+            raise CheckpointError(f"its state {what}: not a training state as trm saves it")
+    weights = dict(state["model"], **{f"ema.{k}": v for k, v in (ema or {}).get(
+        "shadow", {}).items()})
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"it holds non-finite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+            "trm never commits such a state, so it was altered or written by something else")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -22,11 +23,13 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
-from trm.run.storage import Storage, call_bounded, utc_now_iso
+from trm.run.storage import Storage, UntrustedFileError, call_bounded, utc_now_iso
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "LOCK"
+MAX_STALE_AFTER_S = 86400.0   # a LOCK claiming a longer lease is not one trm wrote
+_UNREADABLE = {"owner_id": "unparseable", "host": "?", "pid": -1, "heartbeat": 0.0}
 
 
 class WorkdirLockedError(RuntimeError):
@@ -64,6 +67,22 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+def _lock_record(raw: Any) -> Dict[str, Any]:
+    """A LOCK as read from storage, if its fields have the types and ranges the checks rely on
+    (a finite heartbeat, a lease of at most a day, a positive pid); anything else reads as an
+    owner without heartbeat, i.e. stale."""
+    if not isinstance(raw, dict):
+        return dict(_UNREADABLE)
+    beat, limit, pid = raw.get("heartbeat"), raw.get("stale_after_s", 180.0), raw.get("pid")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = (isinstance(raw.get("owner_id"), str) and number(beat) and number(limit)
+          and 0 < limit <= MAX_STALE_AFTER_S and isinstance(pid, int)
+          and not isinstance(pid, bool) and pid > 0)
+    return dict(raw) if ok else dict(_UNREADABLE)
+
 
 class LeaseLock:
     """The lease lock of one folder (see the module docstring)."""
@@ -126,7 +145,12 @@ class LeaseLock:
             # Delete only the lock judged stale (re-read right before), then create anew.
             again = self._read_lock()
             if again is not None and again.get("owner_id") == current.get("owner_id"):
-                self.storage.remove(self.name)
+                try:
+                    self.storage.remove(self.name)
+                except OSError as e:  # e.g. a folder named LOCK
+                    raise WorkdirLockedError(f"Cannot take over {self.storage.url(self.name)} "
+                                             f"({type(e).__name__}: {e}); remove it by hand."
+                                             ) from None
         else:
             raise WorkdirLockedError(f"Could not acquire the lock of {self.path} (it kept "
                                      "changing hands); is another run starting there?")
@@ -263,18 +287,20 @@ class LeaseLock:
 
     def _read_lock(self, storage: Optional[Storage] = None) -> Optional[Dict[str, Any]]:
         try:
-            return json.loads((storage or self.storage).read_text(self.name))
+            return _lock_record(json.loads((storage or self.storage).read_text(self.name)))
         except FileNotFoundError:
             return None
-        except ValueError:
+        except (ValueError, UntrustedFileError, IsADirectoryError):
             # Unreadable (our writes are atomic, so not ours): stale, an owner without heartbeat.
-            return {"owner_id": "unparseable", "host": "?", "pid": -1, "heartbeat": 0.0}
+            return dict(_UNREADABLE)
 
     def _stale_reason(self, lock: Dict[str, Any], now: float) -> Optional[str]:
         age = now - float(lock.get("heartbeat") or 0.0)
         limit = float(lock.get("stale_after_s") or 180.0)
         if age > limit:
             return f"stale: last heartbeat {age:.0f} s ago (> {limit:.0f} s)"
+        if age < -limit:
+            return f"stale: its heartbeat lies {-age:.0f} s in the future"
         if lock.get("host") == socket.gethostname() and isinstance(lock.get("pid"), int):
             pid = lock["pid"]
             if lock.get("boot_id") and lock.get("boot_id") != _boot_id():

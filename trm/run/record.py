@@ -37,8 +37,8 @@ import threading
 import time
 from typing import Any, Dict, Mapping, Optional
 
-from trm.run.storage import (BackgroundWriter, Storage, call_bounded, json_bytes,
-                             retry_budget_s, utc_now_iso)
+from trm.run.storage import (BackgroundWriter, Storage, UntrustedFileError, call_bounded,
+                             json_bytes, retry_budget_s, utc_now_iso)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ HPARAMS_JSON = "hparams.json"
 
 class ConfigMismatchError(ValueError):
     """A saved config file differs from the one given (see :meth:`RunRecord.ensure_config`)."""
+
+
+class RunRecordError(ValueError):
+    """A run file in the workdir (run.json, config.gin) is not what trm writes: not valid
+    JSON / UTF-8, not a JSON object, not a regular file or too large. One line naming it."""
 
 
 def eval_dir(step: int) -> str:
@@ -77,7 +82,31 @@ class RunRecord:
         with self._mutex:
             if self._data is not None:
                 return copy.deepcopy(self._data)
-        return self.storage.read_json(RUN_JSON, default={})
+        return self._read_run_json()
+
+    def _read_run_json(self) -> Dict[str, Any]:
+        """run.json from storage (``{}`` if missing); RunRecordError if it is not a JSON
+        object trm could have written."""
+        url = self.storage.url(RUN_JSON)
+        try:
+            data = self.storage.read_json(RUN_JSON, default={})
+        except (ValueError, UntrustedFileError, IsADirectoryError, NotADirectoryError) as e:
+            raise RunRecordError(f"{url} is not readable ({e}); it is only the run's record "
+                                 "(the checkpoints hold its state): move it aside and run the "
+                                 "same command again to resume") from None
+        if not isinstance(data, dict):
+            raise RunRecordError(f"{url} holds a JSON {type(data).__name__}, not an object; "
+                                 "move it aside and run the same command again to resume")
+        return data
+
+    def _read_text(self, name: str) -> str:
+        """A saved text file (config.gin ...): FileNotFoundError if missing, RunRecordError if
+        it is not a small UTF-8 regular file."""
+        try:
+            return self.storage.read_text(name)
+        except (ValueError, UntrustedFileError, IsADirectoryError, NotADirectoryError) as e:
+            raise RunRecordError(f"{self.storage.url(name)} is not readable ({e}); restore "
+                                 "it or move it aside") from None
 
     @property
     def background(self) -> Optional[BackgroundWriter]:
@@ -94,11 +123,11 @@ class RunRecord:
         if status is not None and status not in RUN_STATUSES:
             raise ValueError(f"run.json status must be one of {RUN_STATUSES}, got {status!r}")
         if self.storage.is_local:   # read-merge-write, as files on disk may be edited by hand
-            data = self.storage.read_json(RUN_JSON, default={})
+            data = self._read_run_json()
             data.update(fields)
             return data
         if self._data is None:
-            loaded = self.storage.read_json(RUN_JSON, default={})
+            loaded = self._read_run_json()
             with self._mutex:
                 if self._data is None:
                     self._data = loaded
@@ -116,7 +145,7 @@ class RunRecord:
         Common fields: ``status`` (one of ``running``, ``completed``, ``failed``,
         ``preempted``), ``last_step``, ``total_steps``, ``num_params``, ``flops_per_example``,
         ``start_time``/``end_time`` (ISO 8601 UTC), ``active_s`` (seconds the run's processes
-        ran, summed over restarts), ``trm_version``, ``git_commit``,
+        ran, summed over restarts), ``trm_version``, ``git_commit``, ``git_dirty``,
         ``device``, ``world_size``. A field set to None is kept as null.
         """
         return self._update(fields, wait=retry_budget_s())
@@ -157,7 +186,7 @@ class RunRecord:
         """
         st = self.storage
         try:
-            old = st.read_text(name)
+            old = self._read_text(name)
         except FileNotFoundError:
             st.write_text(name, text)
             return "written"
@@ -182,7 +211,7 @@ class RunRecord:
         ``"same"``, or ``"changed"`` (differs, ``allow_change`` set); raises
         :class:`ConfigMismatchError` with a diff when it differs and no change is allowed."""
         try:
-            old = self.storage.read_text(name)
+            old = self._read_text(name)
         except FileNotFoundError:
             return "written"
         if old == text:
@@ -200,7 +229,7 @@ class RunRecord:
     def config_text(self) -> Optional[str]:
         """The saved ``config.gin`` (None if there is none)."""
         try:
-            return self.storage.read_text(CONFIG_GIN)
+            return self._read_text(CONFIG_GIN)
         except FileNotFoundError:
             return None
 
@@ -226,7 +255,8 @@ class RunRecord:
             self.storage.write_json(COMMAND_JSON, dict(command))
         if hparams is not None:
             self.storage.write_json(HPARAMS_JSON, dict(hparams))
-        data = dict(fields, status="running", last_step=step, git_commit=git_commit())
+        data = dict(fields, status="running", last_step=step, git_commit=git_commit(),
+                    git_dirty=git_dirty())
         # ``active_s``: seconds the run's processes have been running, summed over restarts
         # (start_time..end_time also counts the time a preempted run waited to be resumed).
         self._active_t0 = time.monotonic()
@@ -312,16 +342,30 @@ class RunRecord:
             if self._writer is not None and not self._writer.flush(timeout=timeout_s):
                 log.error("Could not record the failure in %s (storage unreachable)",
                           self.storage.url(RUN_JSON))
-        except Exception:  # noqa: BLE001
-            log.exception("Could not record the failure in %s", self.storage.url(RUN_JSON))
+        except Exception as exc:  # noqa: BLE001 - one line: the original error is what matters
+            log.error("Could not record the failure in %s: %s: %s", self.storage.url(RUN_JSON),
+                      type(exc).__name__, exc)
+
+
+def _git(*args: str) -> Optional[str]:
+    """The output of ``git ARGS`` in the trm source tree (None if it is not a checkout)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
 
 
 def git_commit() -> Optional[str]:
     """The git commit of the trm source tree, if it is a checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty() -> Optional[bool]:
+    """Whether the trm source tree has uncommitted changes (tracked files changed, or files
+    git does not ignore added), so ``git_commit`` alone does not say what ran; None if it is
+    not a checkout."""
+    status = _git("status", "--porcelain")
+    return None if status is None else bool(status.strip())

@@ -28,6 +28,7 @@ import os
 import posixpath
 import random
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -63,6 +64,16 @@ logging.getLogger("gcsfs").addFilter(_OneLineStorageErrors())
 
 class ShortWriteError(OSError):
     """The stored object's size differs from what was written (retried as transient)."""
+
+
+class UntrustedFileError(PermissionError):
+    """A folder's content is not what trm reads or removes: a path that leads out of the folder
+    (``..``, a symbolic link), a file that is not a regular file (a FIFO, a device), or one
+    larger than its bound. Never retried; the message names the path (docs/RUN_STATE.md,
+    "Trust boundaries")."""
+
+
+SMALL_FILE_MAX_BYTES = 64 << 20  # run.json, LOCK, COMMIT, config.gin ...: far below this
 
 
 def utc_now_iso() -> str:
@@ -163,6 +174,7 @@ class ExitDeadline:
         self.grace_s: Optional[float] = None
         self.started = threading.Event()
         self._watch: Optional[Callable[[], bool]] = None
+        self._watcher: Optional[int] = None
 
     def start(self, grace_s: Optional[float] = None) -> float:
         """Starts the grace window (once; a later call never extends it); returns the deadline."""
@@ -174,11 +186,20 @@ class ExitDeadline:
         return self.at
 
     def watch(self, stop_requested: Optional[Callable[[], bool]]) -> None:
+        """Polls ``stop_requested`` in the waits of the calling thread (the one that acts on a
+        stop, e.g. the training loop)."""
         self._watch = stop_requested
+        self._watcher = threading.get_ident()
 
     def poll(self) -> None:
-        """Starts the window if the watched condition (a stop request) has become true."""
-        if self.at is None and self._watch is not None:
+        """Starts the window if the watched condition (a stop request) has become true.
+
+        Only in the thread that set the watch: the window is for that thread's waits on
+        storage. A background thread (the lock heartbeat, a background writer) touching storage
+        must not start it while that thread is still busy elsewhere -- e.g. finishing a long
+        evaluation before it saves -- or the final save would find the window already over."""
+        if self.at is None and self._watch is not None and \
+                threading.get_ident() == self._watcher:
             try:
                 if self._watch():
                     self.start()
@@ -330,8 +351,13 @@ class Storage:
 
     # -- paths ------------------------------------------------------------------------------
     def url(self, name: str = "") -> str:
-        """The full path or URL of ``name`` (relative, ``/``-separated) inside the folder."""
+        """The full path or URL of ``name`` (relative, ``/``-separated) inside the folder.
+
+        Raises UntrustedFileError for a ``..`` component (a name never leaves its folder)."""
         name = name.strip("/")
+        if ".." in name.split("/"):
+            raise UntrustedFileError(f"{name!r} leads out of {self.path} ('..'); trm never "
+                                     "follows a name out of its folder")
         if not name:
             return self.path
         if self.is_local:
@@ -343,6 +369,21 @@ class Storage:
         if self.is_local:
             return self.url(name)
         return f"{self._root}/{name}" if name else self._root
+
+    def confined(self, name: str, follow_last: bool = True) -> str:
+        """The local path of ``name``, checked to stay inside the folder once symbolic links
+        are resolved (all of them, or all but the last component with ``follow_last=False``:
+        for an operation that replaces or removes a link rather than following it)."""
+        path = self.url(name)
+        if not self.is_local:
+            return path
+        root = os.path.realpath(self.path)
+        real = os.path.realpath(path if follow_last else os.path.dirname(path))
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise UntrustedFileError(
+                f"{path} leads out of {self.path} (a symbolic link to {real}); trm does not "
+                "follow links out of a run or dataset folder")
+        return path
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         return retry(fn, what=what, max_retries=self.max_retries,
@@ -377,9 +418,10 @@ class Storage:
 
     def _write_once(self, name: str, data) -> None:
         if self.is_local:
-            path = self.url(name)
+            path = self.confined(name, follow_last=False)
             folder = os.path.dirname(path)
             os.makedirs(folder, exist_ok=True)
+            self.confined(name, follow_last=False)  # again: a folder may have become a link
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -403,27 +445,44 @@ class Storage:
             if size != len(data):
                 raise ShortWriteError(f"{self.url(name)}: stored {size} bytes, wrote {len(data)}")
 
-    def read_bytes(self, name: str) -> bytes:
-        """Reads the whole of ``name`` (FileNotFoundError if missing)."""
+    def read_bytes(self, name: str, max_bytes: Optional[int] = None) -> bytes:
+        """Reads the whole of ``name`` (FileNotFoundError if missing).
+
+        Only a regular file inside the folder is read, and with ``max_bytes`` only one of at
+        most that size, checked before reading (else UntrustedFileError): content others can
+        write never makes a read hang (a FIFO, ``/dev/zero``) or leave the folder."""
         def read() -> bytes:
             if self.is_local:
-                with open(self.url(name), "rb") as f:
-                    return f.read()
+                return read_local_file(self.confined(name), max_bytes)
             self._invalidate(name)
-            return self.fs.cat_file(self._fs_path(name))
+            path = self._fs_path(name)
+            if max_bytes is None:
+                return self.fs.cat_file(path)
+            info = self.fs.info(path)
+            size = int(info.get("size") or 0)
+            if info.get("type") not in (None, "file") or size > max_bytes:
+                raise UntrustedFileError(_not_readable(self.url(name), info.get("type"), size,
+                                                       max_bytes))
+            data = self.fs.cat_file(path, start=0, end=max_bytes + 1)
+            if len(data) > max_bytes:
+                raise UntrustedFileError(_not_readable(self.url(name), "file", len(data),
+                                                       max_bytes))
+            return data
         return self._retry(read, f"reading {self.url(name)}")
 
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))
 
-    def read_text(self, name: str) -> str:
-        return self.read_bytes(name).decode("utf-8")
+    def read_text(self, name: str, max_bytes: Optional[int] = SMALL_FILE_MAX_BYTES) -> str:
+        """``name`` as UTF-8 text (a small file: at most ``max_bytes``)."""
+        return self.read_bytes(name, max_bytes).decode("utf-8")
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes(name, json_bytes(obj))
 
     def read_json(self, name: str, default: Any = FileNotFoundError) -> Any:
-        """Parses ``name`` as JSON; returns ``default`` if it is missing (if one is given)."""
+        """Parses ``name`` as JSON (a small file, see :meth:`read_text`); returns ``default``
+        if it is missing (if one is given). Invalid JSON or UTF-8 raises ValueError."""
         try:
             return json.loads(self.read_text(name))
         except FileNotFoundError:
@@ -451,7 +510,7 @@ class Storage:
         if self.is_local:
             try:
                 return sorted(os.listdir(self.url(name)))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return []
         path = self._fs_path(name)
         self._invalidate(name)
@@ -469,7 +528,7 @@ class Storage:
         def rm() -> None:
             try:
                 if self.is_local:
-                    os.unlink(self.url(name))
+                    os.unlink(self.confined(name, follow_last=False))  # a link, not its target
                 else:
                     self.fs.rm_file(self._fs_path(name))
                     self._invalidate(name)
@@ -479,9 +538,14 @@ class Storage:
         self._retry(rm, f"removing {self.url(name)}")
 
     def remove_tree(self, name: str) -> None:
-        """Removes folder ``name`` and everything under it (no error if missing)."""
+        """Removes folder ``name`` and everything under it (no error if missing). Links are
+        removed, never followed: a folder that is a link loses the link only."""
         if self.is_local:
-            shutil.rmtree(self.url(name), ignore_errors=True)
+            path = self.confined(name, follow_last=False)
+            if os.path.islink(path) or os.path.isfile(path):
+                os.unlink(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
             return
         path = self._fs_path(name)
 
@@ -509,9 +573,10 @@ class Storage:
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Creates ``name`` with ``data`` unless it exists; True if this call created it."""
         if self.is_local:
-            path = self.url(name)
+            path = self.confined(name, follow_last=False)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.tmp-")
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
+                                       prefix=f".{os.path.basename(path)}.tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -753,10 +818,49 @@ def exists(path: str) -> bool:
     return folder.exists(name)
 
 
+def read_local_file(path: str, max_bytes: Optional[int] = None) -> bytes:
+    """The content of a local regular file (of at most ``max_bytes``, checked before reading).
+
+    Opened without blocking and checked with ``fstat``: a FIFO, a device or a folder is refused
+    with UntrustedFileError instead of hanging or reading forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(info.st_mode) or (max_bytes is not None
+                                               and info.st_size > max_bytes):
+            raise UntrustedFileError(_not_readable(path, _kind(info.st_mode), info.st_size,
+                                                   max_bytes))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise UntrustedFileError(_not_readable(path, "file", len(data), max_bytes))
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "file" if stat.S_ISREG(mode) else "special file"
+
+
+def _not_readable(path: str, kind: Optional[str], size: int, max_bytes: Optional[int]) -> str:
+    if kind not in (None, "file"):
+        return f"{path} is a {kind}, not a regular file; trm reads regular files only"
+    return (f"{path} has {size} bytes, more than the {max_bytes} such a file may have; "
+            "trm does not read it")
+
+
 def read_bytes(path: str) -> bytes:
+    """The whole of the file at ``path`` (a regular file; see :meth:`Storage.read_bytes`)."""
     if not is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
+        return read_local_file(path)
     folder, name = _parent(path)
     return folder.read_bytes(name)
 

@@ -156,7 +156,7 @@ class LocalMirror:
         self.subdir = subdir.strip("/")
         if storage.is_local:
             self._base = None
-            self.path = storage.url(self.subdir)
+            self.path = storage.confined(self.subdir)   # never a link out of the workdir
             self.uploads: Optional[BackgroundWriter] = None
         else:
             self._base = tempfile.mkdtemp(prefix="trm-mirror-")
