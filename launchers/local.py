@@ -40,7 +40,7 @@ import time
 from typing import Sequence, TextIO
 
 from launchers import common
-from launchers.named_sweeps import Run, get_sweep
+from launchers.named_sweeps import Run, add_sweep_module_flag, get_sweep
 
 LAUNCHER_LOG = "launcher.log"
 
@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--train_module", default=common.DEFAULT_TRAIN_MODULE)
     parser.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true")
+    add_sweep_module_flag(parser)
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
