@@ -22,7 +22,7 @@ when a measured throughput is given (``perf/examples_per_s`` of a short run on t
 which also captures what FLOPs miss: the input pipeline, host transfers, small matmuls).
 Device-hours are chip-hours (the price of a TPU is per chip-hour); slice-hours are the wall
 time on the whole slice. Peak numbers and chip counts come from Google's TPU documentation
-(``PEAK_BF16_FLOPS``); ``peak_flops_per_chip`` and ``mfu`` override them.
+(the family table of :mod:`launchers.tpu_config`); ``peak_flops_per_chip`` and ``mfu`` override them.
 
 This is the one launcher module that imports trm (and torch), and only when it runs.
 """
@@ -31,51 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from typing import Sequence
 
-from launchers import common
+from launchers import common, tpu_config
 from launchers.named_sweeps import Run
 
-# Peak dense bf16 FLOP/s of one chip, from Google's Cloud TPU system architecture pages:
-#   v4   https://cloud.google.com/tpu/docs/v4        275 TFLOPs
-#   v5e  https://cloud.google.com/tpu/docs/v5e       197 TFLOPs ("v5litepod-N" types)
-#   v5p  https://cloud.google.com/tpu/docs/v5p       459 TFLOPs
-#   v6e  https://cloud.google.com/tpu/docs/v6e       918 TFLOPs (Trillium)
-PEAK_BF16_FLOPS = {"v4": 275e12, "v5litepod": 197e12, "v5e": 197e12, "v5p": 459e12,
-                   "v6e": 918e12}
-PEAK_SOURCE = "Google Cloud TPU docs (tpu/docs/v4, v5e, v5p, v6e): peak bf16 per chip"
-# The number in a v2/v3/v4/v5p type counts TensorCores (2 per chip); in v5e/v6e it counts chips.
-_CORES_IN_NAME = ("v2", "v3", "v4", "v5p")
-_CHIPS_IN_NAME = ("v5litepod", "v5e", "v6e")
-
-
-def _family_and_count(accelerator_type: str) -> tuple[str, int]:
-    family, _, count = accelerator_type.partition("-")
-    if not count.isdigit():
-        raise ValueError(f"accelerator type {accelerator_type!r}: expected FAMILY-N, e.g. v4-32")
-    return family, int(count)
-
-
-def chips(accelerator_type: str) -> int:
-    """Chips of a slice: v4-32 -> 16, v5p-8 -> 4, v5litepod-8 -> 8, v6e-16 -> 16."""
-    family, count = _family_and_count(accelerator_type)
-    if family in _CORES_IN_NAME:
-        return max(count // 2, 1)
-    if family in _CHIPS_IN_NAME:
-        return count
-    raise ValueError(f"accelerator type {accelerator_type!r}: unknown family {family!r} "
-                     f"(known: {', '.join(_CORES_IN_NAME + _CHIPS_IN_NAME)})")
-
-
 def peak_flops(accelerator_type: str, override: float | None = None) -> float:
+    """Peak bf16 FLOP/s of one chip: ``override``, else the family table of tpu_config."""
     if override:
         return float(override)
-    family, _ = _family_and_count(accelerator_type)
-    if family not in PEAK_BF16_FLOPS:
-        raise ValueError(f"no peak bf16 FLOP/s known for {family!r}: set peak_flops_per_chip "
-                         f"(--peak_flops_per_chip, or in --config)")
-    return PEAK_BF16_FLOPS[family]
+    peak = tpu_config.family(accelerator_type)[1].peak_bf16
+    if peak is None:
+        raise ValueError(f"no peak bf16 FLOP/s known for {accelerator_type!r}: set "
+                         "peak_flops_per_chip (--peak_flops_per_chip, or in --config)")
+    return peak
 
 
 @dataclasses.dataclass
@@ -187,7 +156,7 @@ def _fmt(x: float) -> str:
 
 def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
            peak: float | None, price: float | None, examples_per_s: float | None) -> str:
-    n_chips = chips(accelerator_type)
+    n_chips = tpu_config.chips(accelerator_type)
     per_chip = peak_flops(accelerator_type, peak)
     slice_flops = n_chips * per_chip * mfu
     rows, total_h = [], 0.0
@@ -208,7 +177,7 @@ def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
     else:
         lines.append(f"throughput: {n_chips} chips of {accelerator_type} x "
                      f"{_fmt(per_chip)} FLOP/s x MFU {mfu:g} = {_fmt(slice_flops)} FLOP/s "
-                     f"({'peak_flops_per_chip setting' if peak else PEAK_SOURCE})")
+                     f"({'peak_flops_per_chip setting' if peak else tpu_config.PEAK_SOURCE})")
     total = (f"total: {len(costs)} run(s), {total_h:.1f} slice-hours, "
              f"{total_h * n_chips:.1f} device-hours (chip-hours)")
     if price is not None:
@@ -217,27 +186,3 @@ def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
     notes = sorted({n for c in costs for n in c.notes})
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
-
-
-def main_cost(args, cfg) -> int:
-    """``python -m launchers.tpu cost``: prints the table; errors are one line (exit 2)."""
-    from launchers import tpu  # pylint: disable=import-outside-toplevel
-    try:
-        if args.sweep:
-            _, runs = tpu.sweep_runs(args)
-        elif args.gin_file:
-            name = args.gin_file[-1].rsplit("/", 1)[-1].removesuffix(".gin")
-            runs = [Run(name, list(args.gin_file), list(args.gin_param))]
-        else:
-            raise ValueError("cost needs --sweep or --gin_file")
-        costs = [run_cost(r, args.examples_per_epoch, args.eval_examples) for r in runs]
-        text = report(costs, cfg.accelerator_type, mfu=cfg.mfu, peak=cfg.peak_flops_per_chip,
-                      price=cfg.price_per_chip_hour, examples_per_s=args.examples_per_s)
-    except (ValueError, KeyError, OSError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - gin / model errors: one line, not a traceback
-        print(f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0

@@ -49,37 +49,39 @@ import sys
 import time
 from typing import Callable, Sequence, TextIO
 
-from launchers import common, tpu
+from launchers import common, gcloud, remote, tpu_config
+from launchers.tpu_config import TpuConfig
 from launchers.named_sweeps import Run
 
 SETUP_MARKER = "trm-setup.ok"
-# Accelerator families (the part of the type before "-") that queued resources serve.
-QUEUED_FAMILIES = ("v4", "v5litepod", "v5p", "v6e")
 NODE_LOST = {"PREEMPTED", "TERMINATED"}
 QUEUED_LOST = {"SUSPENDED", "FAILED"}
 _PROBE_LINE = re.compile(r"^trm-watch: .*: (setup missing|queue running|queue stopped)\s*$", re.M)
 _NOT_FOUND = re.compile(r"NOT_FOUND|not found|does not exist", re.I)
 
 
-def provisioning_mode(cfg: tpu.TpuConfig) -> str:
+def provisioning_mode(cfg: TpuConfig) -> str:
     """``queued`` or ``create`` (``auto``: queued for a Spot VM of a type that has it)."""
     if cfg.provisioning != "auto":
         return cfg.provisioning
-    family = cfg.accelerator_type.split("-", 1)[0]
-    return "queued" if cfg.spot and family in QUEUED_FAMILIES else "create"
+    try:
+        queued = tpu_config.family(cfg.accelerator_type)[1].queued
+    except ValueError:
+        queued = False  # an unknown family: plain create, gcloud's answer decides
+    return "queued" if cfg.spot and queued else "create"
 
 
-def setup_marker(cfg: tpu.TpuConfig) -> str:
+def setup_marker(cfg: TpuConfig) -> str:
     return f"{cfg.remote_dir}/{SETUP_MARKER}"
 
 
-def create_commands(cfg: tpu.TpuConfig) -> list[list[str]]:
+def create_commands(cfg: TpuConfig) -> list[list[str]]:
     if provisioning_mode(cfg) == "queued":
-        return tpu.queued_create_commands(cfg)
-    return tpu.create_commands(cfg)
+        return gcloud.queued_create_commands(cfg)
+    return gcloud.create_commands(cfg)
 
 
-def plan_commands(cfg: tpu.TpuConfig, sweep_name: str, runs: Sequence[Run],
+def plan_commands(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run],
                   vms: Sequence[str]) -> list[list[str]]:
     """What ``watch`` runs for a fresh VM (``--dry_run``): create, setup, the queue.
 
@@ -92,19 +94,19 @@ def plan_commands(cfg: tpu.TpuConfig, sweep_name: str, runs: Sequence[Run],
         f"gcloud storage cat RUN/run.json for each unfinished run, then for each VM: "
         f"gcloud compute tpus {'queued-resources' if mode == 'queued' else 'tpu-vm'} "
         f"describe; a missing, PREEMPTED or SUSPENDED VM is deleted and created again:")]
-    for vm, vm_runs in tpu.assign_runs(runs, vms).items():
+    for vm, vm_runs in remote.assign_runs(runs, vms).items():
         if not vm_runs:
             continue
         vcfg = dataclasses.replace(cfg, name=vm)
         commands += create_commands(vcfg)
         commands.append(common.comment(
             "a READY VM: is trm set up, is the queue alive (ssh --worker=all)"))
-        commands.append(tpu.ssh_command(vcfg, tpu.queue_probe_script(
+        commands.append(gcloud.ssh_command(vcfg, remote.queue_probe_script(
             vcfg, sweep_name, setup_marker(vcfg))))
         commands.append(common.comment("setup missing:"))
-        commands += tpu.setup_commands(vcfg, marker=setup_marker(vcfg))
+        commands += remote.setup_commands(vcfg, marker=setup_marker(vcfg))
         commands.append(common.comment("queue stopped: the VM's unfinished runs"))
-        commands.append(tpu.ssh_command(vcfg, tpu.sweep_script(vcfg, sweep_name, vm_runs)))
+        commands.append(gcloud.ssh_command(vcfg, remote.sweep_script(vcfg, sweep_name, vm_runs)))
     commands.append(common.comment("every run completed: delete the VMs (unless --keep_vms)"))
     return commands
 
@@ -237,7 +239,7 @@ class Watcher:
     ``runner`` replaces ``subprocess.run``, ``clock`` and ``sleep`` the time functions (tests).
     """
 
-    def __init__(self, cfg: tpu.TpuConfig, sweep_name: str, runs: Sequence[Run],
+    def __init__(self, cfg: TpuConfig, sweep_name: str, runs: Sequence[Run],
                  vms: Sequence[str], *, runner: Callable[..., subprocess.CompletedProcess]
                  | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, out: TextIO | None = None,
@@ -248,7 +250,7 @@ class Watcher:
         self.clock, self.sleep, self.out = clock, sleep, out
         self.keep_vms = keep_vms
         self.mode = provisioning_mode(cfg)
-        self.assignment = tpu.assign_runs(self.runs, self.vms)
+        self.assignment = remote.assign_runs(self.runs, self.vms)
         self.ledger = Ledger(f"{cfg.watch_log}.json" if cfg.watch_log else None, clock)
         self.completed: set[str] = set()
         self.steps: dict[str, int] = {}
@@ -261,7 +263,7 @@ class Watcher:
         self.noted: dict[str, str] = {}
         if self.mode == "queued":
             for vm in self.vms:
-                tpu.queued_resource_id(dataclasses.replace(cfg, name=vm))  # checked up front
+                gcloud.queued_resource_id(dataclasses.replace(cfg, name=vm))  # checked up front
         self._log_file = None
 
     # -- output --------------------------------------------------------------------------------
@@ -317,16 +319,16 @@ class Watcher:
             raise StepFailed(f"{what}: not JSON: {common.show(result.stdout)}") from None
         return data if isinstance(data, dict) else {}
 
-    def node(self, vcfg: tpu.TpuConfig) -> Resource | None:
-        data = self._describe(tpu.gcloud_tpu(vcfg, "describe", "--format=json"),
+    def node(self, vcfg: TpuConfig) -> Resource | None:
+        data = self._describe(gcloud.gcloud_tpu(vcfg, "describe", "--format=json"),
                               f"describing VM {vcfg.name}")
         if data is None:
             return None
         return Resource(str(data.get("state") or "STATE_UNSPECIFIED"), data.get("createTime"))
 
-    def queued(self, vcfg: tpu.TpuConfig) -> Resource | None:
-        data = self._describe(tpu.gcloud_queued(vcfg, "describe", "--format=json"),
-                              f"describing queued resource {tpu.queued_resource_id(vcfg)}")
+    def queued(self, vcfg: TpuConfig) -> Resource | None:
+        data = self._describe(gcloud.gcloud_queued(vcfg, "describe", "--format=json"),
+                              f"describing queued resource {gcloud.queued_resource_id(vcfg)}")
         if data is None:
             return None
         state = data.get("state")
@@ -338,7 +340,7 @@ class Watcher:
         for run in runs:
             if run.name in self.completed:
                 continue  # completed is final
-            result = common.capture(tpu.run_json_command(self.cfg, run.name), self.runner)
+            result = common.capture(gcloud.run_json_command(self.cfg, run.name), self.runner)
             try:
                 data = json.loads(result.stdout) if result.returncode == 0 else None
             except ValueError:
@@ -359,9 +361,9 @@ class Watcher:
                 sum(self.steps.get(r.name, 0) for r in runs))
 
     # -- actions -------------------------------------------------------------------------------
-    def create(self, vcfg: tpu.TpuConfig) -> None:
+    def create(self, vcfg: TpuConfig) -> None:
         vm = vcfg.name
-        what = (f"queued resource {tpu.queued_resource_id(vcfg)} for VM {vm}"
+        what = (f"queued resource {gcloud.queued_resource_id(vcfg)} for VM {vm}"
                 if self.mode == "queued" else f"VM {vm}")
         kind = "Spot " if vcfg.spot else "preemptible " if vcfg.preemptible else ""
         self.log(f"creating {what} ({kind}{vcfg.accelerator_type})")
@@ -372,13 +374,13 @@ class Watcher:
         self.noted.pop(vm, None)
         self.log(f"{'re' if again else ''}created {what}")
 
-    def delete(self, vcfg: tpu.TpuConfig, queued: bool, why: str) -> None:
+    def delete(self, vcfg: TpuConfig, queued: bool, why: str) -> None:
         vm = vcfg.name
         if queued:
-            what = f"queued resource {tpu.queued_resource_id(vcfg)} (and VM {vm})"
-            commands = tpu.queued_delete_commands(vcfg)
+            what = f"queued resource {gcloud.queued_resource_id(vcfg)} (and VM {vm})"
+            commands = gcloud.queued_delete_commands(vcfg)
         else:
-            what, commands = f"VM {vm}", tpu.delete_commands(vcfg, yes=True)
+            what, commands = f"VM {vm}", gcloud.delete_commands(vcfg, yes=True)
         self.log(f"deleting {what}: {why}")
         for argv in commands:
             self._must(argv, f"deleting {what}")
@@ -390,10 +392,10 @@ class Watcher:
         self.launched_at[vm] = None
         self.log(f"VM {vm} {what}: its runs stopped; recreating it")
 
-    def ensure_running(self, vcfg: tpu.TpuConfig) -> None:
+    def ensure_running(self, vcfg: TpuConfig) -> None:
         """A READY VM: set it up if it is fresh, launch the queue if it is not alive."""
         vm, marker = vcfg.name, setup_marker(vcfg)
-        probe = tpu.ssh_command(vcfg, tpu.queue_probe_script(vcfg, self.sweep_name, marker))
+        probe = gcloud.ssh_command(vcfg, remote.queue_probe_script(vcfg, self.sweep_name, marker))
         result = self._run(probe)
         answers = _PROBE_LINE.findall((result.stdout or "") + (result.stderr or ""))
         if result.returncode != 0 or not answers:
@@ -401,7 +403,7 @@ class Watcher:
                              f"{result.returncode}{_last_line(result)}")
         if "setup missing" in answers:
             self.log(f"setting up VM {vm} (trm on every worker)")
-            for argv in tpu.setup_commands(vcfg, marker=marker):
+            for argv in remote.setup_commands(vcfg, marker=marker):
                 self._must(argv, f"setup of VM {vm}")
             self.log(f"VM {vm} is set up")
         elif "queue stopped" not in answers:
@@ -419,14 +421,14 @@ class Watcher:
                              f"(runs {', '.join(r.name for r in pending)}); see "
                              f"python -m launchers.tpu logs --sweep={self.sweep_name}")
         self.stall_reported[vm] = False
-        script = tpu.sweep_script(vcfg, self.sweep_name, pending)
-        self._must(tpu.ssh_command(vcfg, script), f"launching the queue on VM {vm}")
+        script = remote.sweep_script(vcfg, self.sweep_name, pending)
+        self._must(gcloud.ssh_command(vcfg, script), f"launching the queue on VM {vm}")
         self.launched_at[vm] = progress
         self.noted.pop(vm, None)
         self.log(f"launched {len(pending)} unfinished run(s) on VM {vm}: "
                  f"{', '.join(r.name for r in pending)}")
 
-    def _tend_node(self, vcfg: tpu.TpuConfig, node: Resource | None) -> None:
+    def _tend_node(self, vcfg: TpuConfig, node: Resource | None) -> None:
         """A VM without a queued resource (plain mode, or one made by hand)."""
         vm = vcfg.name
         if node is None:
@@ -453,11 +455,11 @@ class Watcher:
             self.ensure_running(vcfg)
         elif node.state == "STOPPED":
             self.log(f"starting VM {vm} (STOPPED)")
-            self._must(tpu.gcloud_tpu(vcfg, "start"), f"starting VM {vm}")
+            self._must(gcloud.gcloud_tpu(vcfg, "start"), f"starting VM {vm}")
         else:
             self.note(vm, f"VM {vm} is {node.state}: waiting")
 
-    def _tend_queued(self, vcfg: tpu.TpuConfig, node: Resource | None,
+    def _tend_queued(self, vcfg: TpuConfig, node: Resource | None,
                      request: Resource | None) -> None:
         vm = vcfg.name
         if request is None:
@@ -478,7 +480,7 @@ class Watcher:
                           (node.create_time if node else None) or request.create_time)
             self.delete(vcfg, True, f"the queued resource is {state}")
             if failed:
-                raise StepFailed(f"queued resource {tpu.queued_resource_id(vcfg)} FAILED "
+                raise StepFailed(f"queued resource {gcloud.queued_resource_id(vcfg)} FAILED "
                                  "(capacity or quota?)")
             self.create(vcfg)
             return
@@ -486,7 +488,7 @@ class Watcher:
             self.ensure_running(vcfg)
             return
         shown = state if state != "ACTIVE" else f"ACTIVE, VM {node.state if node else '-'}"
-        self.note(vm, f"queued resource {tpu.queued_resource_id(vcfg)} is {shown}: waiting")
+        self.note(vm, f"queued resource {gcloud.queued_resource_id(vcfg)} is {shown}: waiting")
 
     def tend(self, vm: str) -> bool:
         """One look at ``vm``; True when it needs nothing more (its runs are all completed and
@@ -581,9 +583,8 @@ class Watcher:
 
 
 def _chips(accelerator_type: str) -> int | None:
-    from launchers import cost  # pylint: disable=import-outside-toplevel
     try:
-        return cost.chips(accelerator_type)
+        return tpu_config.chips(accelerator_type)
     except ValueError:
         return None
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launchers import cost, tpu
+from launchers import cost, tpu, tpu_config
 from launchers.named_sweeps import Run, get_sweep
 
 
@@ -11,17 +11,17 @@ from launchers.named_sweeps import Run, get_sweep
     ("v5litepod-8", 8, 197e12), ("v6e-16", 16, 918e12),
 ])
 def test_chip_table(accel, chips, peak):
-    assert cost.chips(accel) == chips
+    assert tpu_config.chips(accel) == chips
     assert cost.peak_flops(accel) == peak
     assert cost.peak_flops(accel, 1e12) == 1e12
 
 
 def test_unknown_family_needs_a_peak():
-    assert cost.chips("v3-8") == 4
+    assert tpu_config.chips("v3-8") == 4
     with pytest.raises(ValueError, match="peak_flops_per_chip"):
         cost.peak_flops("v3-8")
     with pytest.raises(ValueError, match="expected FAMILY-N"):
-        cost.chips("v4")
+        tpu_config.chips("v4")
 
 
 def _model_flops(gin_files, bindings):

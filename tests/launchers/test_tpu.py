@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from launchers import tpu
+from launchers import tpu, tpu_config
 from launchers.named_sweeps import get_sweep
 
 BASE = ["--name=trm-v4", "--project=my-proj", "--zone=us-central2-b", "--bucket=my-bucket"]
@@ -186,7 +186,7 @@ def test_config_precedence(tmp_path, capsys):
     (cmd,) = dry(capsys, "create", f"--config={cfg_file}", "--name=from-flag", "--no-spot",
                  environ=environ)
     assert cmd[5] == "from-flag" and "--spot" not in cmd
-    cfg = tpu.load_config({"env": ("A=1",)}, str(cfg_file), {})
+    cfg = tpu_config.load_config({"env": ("A=1",)}, str(cfg_file), {})
     assert cfg.trainer_env() == ["PJRT_DEVICE=TPU", "XLA_FLAGS=--x", "A=1"]
 
     cfg_file.write_text(json.dumps({"nmae": "typo"}))

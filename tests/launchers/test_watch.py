@@ -28,7 +28,7 @@ import time
 import pytest
 import torch
 
-from launchers import tpu, watch
+from launchers import gcloud, remote, tpu, tpu_config, watch
 from launchers.named_sweeps import get_sweep
 
 FAKE_GCLOUD = textwrap.dedent(
@@ -472,7 +472,7 @@ def test_watch_survives_two_preemptions_bitwise(sudoku4, tmp_path, monkeypatch, 
 
 def _cfg(cloud, tmp_path, **extra):
     path = cloud.config(tmp_path / "launch.json", train_module="fast_train", **extra)
-    return tpu.load_config({}, str(path), {})
+    return tpu_config.load_config({}, str(path), {})
 
 
 def _runs(n=4):
@@ -591,7 +591,7 @@ def test_dry_run_prints_the_plan(tmp_path, monkeypatch, capsys):
     ({"provisioning": "queued"}, "queued"),
 ])
 def test_provisioning_mode(settings, mode):
-    assert watch.provisioning_mode(tpu.TpuConfig(**settings)) == mode
+    assert watch.provisioning_mode(tpu_config.TpuConfig(**settings)) == mode
 
 
 def test_watch_settings_are_checked(tmp_path, capsys):
@@ -607,13 +607,13 @@ def test_watch_settings_are_checked(tmp_path, capsys):
                        "--dry_run"], environ=environ)
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and label in err, err
-    cfg = tpu.load_config({"watch_poll_s": "5"}, None, {"TRM_TPU_WATCH_RETRIES": "7"})
+    cfg = tpu_config.load_config({"watch_poll_s": "5"}, None, {"TRM_TPU_WATCH_RETRIES": "7"})
     assert cfg.watch_poll_s == 5.0 and cfg.watch_retries == 7
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"price_per_chip_hour": None, "mfu": 0.5}))
-    assert tpu.load_config({}, str(path), {}).mfu == 0.5
+    assert tpu_config.load_config({}, str(path), {}).mfu == 0.5
     with pytest.raises(ValueError, match="queued resources take Spot VMs"):
-        tpu.queued_create_commands(tpu.TpuConfig(name="vm", preemptible=True))
+        gcloud.queued_create_commands(tpu_config.TpuConfig(name="vm", preemptible=True))
 
 
 def test_ledger_counts_each_loss_once(tmp_path):
@@ -636,9 +636,9 @@ def test_probe_script_answers(tmp_path):
     """The one question the watcher asks every worker, run by bash in a fake home."""
     home = tmp_path / "home"
     home.mkdir()
-    cfg = tpu.TpuConfig(name="vm", bucket="b", remote_dir="code.d/trm+1",
+    cfg = tpu_config.TpuConfig(name="vm", bucket="b", remote_dir="code.d/trm+1",
                         log_dir="logs.d/x+y", train_module="fake_pkg.train_x")
-    script = tpu.queue_probe_script(cfg, "e2_2_tn", watch.setup_marker(cfg))
+    script = remote.queue_probe_script(cfg, "e2_2_tn", watch.setup_marker(cfg))
 
     def ask():
         r = subprocess.run(["bash", "-c", script], cwd=home, env={**os.environ,
@@ -662,5 +662,5 @@ def test_probe_script_answers(tmp_path):
     assert ask() == ["queue stopped"]
     # The watcher's setup ends by creating the marker (and only then).
     git = dataclasses.replace(cfg, source="git+https://h/x.git")
-    (ssh,) = tpu.setup_commands(git, marker=watch.setup_marker(cfg))
+    (ssh,) = remote.setup_commands(git, marker=watch.setup_marker(cfg))
     assert ssh[-1].endswith(' && touch "$HOME"/code.d/trm+1/trm-setup.ok')
