@@ -45,7 +45,7 @@ def ssh_command(cfg: TpuConfig, script: str, worker: str = "all") -> list[str]:
 
 
 def create_commands(cfg: TpuConfig) -> list[list[str]]:
-    flags = [f"--accelerator-type={cfg.accelerator_type}", f"--version={cfg.runtime_version}"]
+    flags = [f"--accelerator-type={cfg.accelerator_type}", f"--version={cfg.runtime()}"]
     if cfg.spot:
         flags.append("--spot")
     if cfg.preemptible:
@@ -82,7 +82,7 @@ def queued_create_commands(cfg: TpuConfig) -> list[list[str]]:
         raise ValueError("queued resources take Spot VMs, not legacy preemptible ones: use "
                          "--spot, or --provisioning=create")
     flags = [f"--node-id={require_name(cfg)}", f"--accelerator-type={cfg.accelerator_type}",
-             f"--runtime-version={cfg.runtime_version}"]
+             f"--runtime-version={cfg.runtime()}"]
     if cfg.spot:
         flags.append("--spot")
     return [gcloud_queued(cfg, "create", *flags)]

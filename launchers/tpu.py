@@ -57,7 +57,8 @@ def _config_flags() -> argparse.ArgumentParser:
     g.add_argument("--accelerator_type", "--accelerator-type", dest="accelerator_type",
                    help="default v4-32")
     g.add_argument("--runtime_version", "--version", dest="runtime_version",
-                   help="default tpu-ubuntu2204-base")
+                   help="TPU software version (default: the accelerator family's, "
+                        "e.g. tpu-ubuntu2204-base for v4, v2-alpha-tpuv5-lite for v5e)")
     g.add_argument("--bucket", help="GCS bucket for runs")
     g.add_argument("--root", help="prefix in the bucket (default trm)")
     g.add_argument("--spot", action=argparse.BooleanOptionalAction, default=None,
@@ -332,6 +333,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     if args.verb == "cost":
         return _cost(args, cfg)
+    creates = args.verb in ("create", "watch") or (args.verb == "sweep" and args.watch)
+    if creates and cfg.zone_warning():
+        print(cfg.zone_warning(), file=sys.stderr)
     if args.dry_run:
         common.execute(commands, dry_run=True)
         return 0

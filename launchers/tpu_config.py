@@ -138,7 +138,9 @@ class TpuConfig:
       project: GCP project (None: gcloud's ``core/project``).
       zone: zone, e.g. ``us-central2-b`` for v4 (None: gcloud's ``compute/zone``).
       accelerator_type: slice type; v4-32 = 16 chips on 4 hosts (workers 0-3).
-      runtime_version: TPU VM software image; PyTorch/XLA uses the plain Ubuntu base.
+      runtime_version: TPU VM software version (``--version`` of create); None: the one the
+        accelerator family needs (:data:`FAMILIES`: tpu-ubuntu2204-base for v2-v4,
+        v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e).
       bucket: GCS bucket for runs (with or without ``gs://``).
       root: prefix inside the bucket; run workdirs are ``gs://BUCKET/ROOT/<run name>``.
       spot: create a Spot VM (cheap, can be preempted at any time).
@@ -171,7 +173,7 @@ class TpuConfig:
     project: str | None = None
     zone: str | None = None
     accelerator_type: str = "v4-32"
-    runtime_version: str = "tpu-ubuntu2204-base"
+    runtime_version: str | None = None
     bucket: str | None = None
     root: str = "trm"
     spot: bool = False
@@ -199,6 +201,38 @@ class TpuConfig:
         object.__setattr__(self, "env", tuple(self.env))
         for key in FIELDS:
             check_setting(key, getattr(self, key), key)
+        self._check_runtime_version()
+
+    def _check_runtime_version(self) -> None:
+        """A version of the table that belongs to another family is refused (the API would)."""
+        owners = {f.runtime_version: f.generation for f in FAMILIES.values()}
+        if self.runtime_version not in owners:
+            return  # unset, or a version this table does not know: gcloud decides
+        try:
+            name, fam = family(self.accelerator_type)
+        except ValueError:
+            return
+        if fam.runtime_version != self.runtime_version:
+            raise ValueError(f"runtime_version {self.runtime_version!r} is for TPU "
+                             f"{owners[self.runtime_version]}; accelerator_type "
+                             f"{self.accelerator_type!r} ({name}) needs {fam.runtime_version!r}"
+                             " (leave runtime_version unset to derive it)")
+
+    def runtime(self) -> str:
+        """The software version to create the VM with: the setting, else the family's."""
+        return self.runtime_version or family(self.accelerator_type)[1].runtime_version
+
+    def zone_warning(self) -> str | None:
+        """One line when ``zone`` is not among the family's documented zones (else None)."""
+        try:
+            name, fam = family(self.accelerator_type)
+        except ValueError:
+            return None
+        if not self.zone or self.zone in fam.zones:
+            return None
+        return (f"warning: zone {self.zone} is not among the documented zones of {name} "
+                f"({', '.join(fam.zones)}); gcloud refuses a zone without such TPUs "
+                f"(gcloud compute tpus accelerator-types list --zone={self.zone})")
 
     @property
     def runs_url(self) -> str:

@@ -375,7 +375,8 @@ GRAMMAR_SETTINGS = FLAGS + ["remote_dir", "log_dir"]
 # Odd but harmless values these grammars accept: an empty name, project, zone or bucket is
 # unset; an empty root is the bucket's top level; a leading / of the root or bucket is dropped;
 # python may be any interpreter path.
-LEGAL_ODDITIES = {("name", ""), ("project", ""), ("zone", ""), ("bucket", ""), ("root", ""),
+LEGAL_ODDITIES = {("name", ""), ("project", ""), ("zone", ""), ("runtime_version", ""),
+                  ("bucket", ""), ("root", ""),
                   ("root", "/abs"), ("bucket", "/abs"), ("python", "/abs"), ("python", ".."),
                   ("python", "a/../b")}
 
