@@ -22,7 +22,8 @@ when a measured throughput is given (``perf/examples_per_s`` of a short run on t
 which also captures what FLOPs miss: the input pipeline, host transfers, small matmuls).
 Device-hours are chip-hours (the price of a TPU is per chip-hour); slice-hours are the wall
 time on the whole slice. Peak numbers and chip counts come from Google's TPU documentation
-(the family table of :mod:`launchers.tpu_config`); ``peak_flops_per_chip`` and ``mfu`` override them.
+(the family table of :mod:`launchers.tpu_config`); ``peak_flops_per_chip`` and ``mfu``
+override them.
 
 This is the one launcher module that imports trm (and torch), and only when it runs.
 """

@@ -22,7 +22,8 @@ from launchers.tpu_config import TpuConfig, check_run_name, git_url_and_ref, sou
 SRC_ARCHIVE = "dist/trm-src.tar.gz"  # local path (relative to the source dir) of `git archive`
 
 
-def setup_commands(cfg: TpuConfig, marker: str | None = None) -> list[list[str]]:
+def setup_commands(cfg: TpuConfig, marker: str | None = None,
+                   strict_host_keys: bool = True) -> list[list[str]]:
     """Ship trm to every worker, unpack it into ``~/REMOTE_DIR`` and install it editable.
 
     Local commands (``git archive``, ``scp``) come first, then one ``ssh --worker=all``. With
@@ -51,7 +52,7 @@ def setup_commands(cfg: TpuConfig, marker: str | None = None) -> list[list[str]]
         else:
             archive = cfg.source
         remote_file = posixpath.basename(archive)
-        local.append(scp_command(cfg, archive, remote_file))
+        local.append(scp_command(cfg, archive, remote_file, strict_host_keys))
         if kind == "wheel":  # installed as is: gin files must be package data
             fetch = f"mkdir -p {rdir}"
             spec = f"./{remote_file}[tpu]"
@@ -73,7 +74,7 @@ def setup_commands(cfg: TpuConfig, marker: str | None = None) -> list[list[str]]
     steps = [fetch, f"{pip} --upgrade pip", f"{py} -m pip uninstall -y trm", install, check]
     if marker:
         steps.append(f"touch {_home(common.check_relpath(marker, 'setup marker'))}")
-    return local + [ssh_command(cfg, " && ".join(steps))]
+    return local + [ssh_command(cfg, " && ".join(steps), strict_host_keys=strict_host_keys)]
 
 
 def train_command(cfg: TpuConfig, gin_files: Sequence[str], bindings: Sequence[str],
@@ -216,20 +217,46 @@ def sweep_script(cfg: TpuConfig, sweep_name: str, runs: Sequence[Run]) -> str:
     )
 
 
-def queue_probe_script(cfg: TpuConfig, sweep_name: str, marker: str) -> str:
-    """What ``watch`` asks every worker: is trm set up here, and is the sweep's queue alive?
+def _for_jobs(cfg: TpuConfig, body: str) -> str:
+    """``for f in <every pid file>; do if trm_alive "$f"; then BODY; fi; done``."""
+    return (f"for f in $(find {_home(cfg.log_dir)} -name '*.pid' 2>/dev/null); do "
+            f'if trm_alive "$f"; then {body}; fi; done')
 
-    Each worker prints one line: ``trm-watch: HOST: setup missing`` (no ``~/MARKER``, the
-    file ``setup`` creates last), ``... queue running`` or ``... queue stopped``.
+
+def worker_probe_script(cfg: TpuConfig, marker: str) -> str:
+    """What ``watch`` asks every worker: is trm set up here, and which trm jobs run here?
+
+    Each worker answers with lines ``trm-watch: HOST: setup missing`` (no ``~/MARKER``, the
+    file ``setup`` creates last), ``trm-watch: HOST: running NAME`` for each live job (NAME:
+    the run, or ``sweeps/<sweep>`` for a queue) or ``trm-watch: HOST: idle``.
     """
-    pid = _home(pid_path(sweep_log_path(cfg, sweep_name)))
     mark = _home(common.check_relpath(marker, "setup marker"))
     return "; ".join(
         [
             _alive_function(cfg),
-            f'if [ ! -f {mark} ]; then echo "trm-watch: $(hostname): setup missing"; '
-            f'elif trm_alive {pid}; then echo "trm-watch: $(hostname): queue running"; '
-            f'else echo "trm-watch: $(hostname): queue stopped"; fi',
+            f"d={_home(cfg.log_dir)}; h=$(hostname); n=0",
+            f'if [ ! -f {mark} ]; then echo "trm-watch: $h: setup missing"; exit 0; fi',
+            _for_jobs(cfg, 'r=${f#"$d"/}; echo "trm-watch: $h: running ${r%.pid}"; n=1'),
+            '[ "$n" = 1 ] || echo "trm-watch: $h: idle"',
+        ]
+    )
+
+
+def stop_script(cfg: TpuConfig, grace_s: float) -> str:
+    """Stops every trm job on a worker: SIGTERM to its process group, SIGKILL after
+    ``grace_s`` seconds (the trainer checkpoints on SIGTERM when it has the time)."""
+    def signal_all(sig: str) -> str:
+        return _for_jobs(cfg, f'p=$(cat "$f"); kill -{sig} -- -"$p" 2>/dev/null || '
+                              f'kill -{sig} "$p" 2>/dev/null')
+    ticks = max(int(grace_s * 5 + 0.999), 0)  # looks 5 times a second
+    return "; ".join(
+        [
+            _alive_function(cfg),
+            signal_all("TERM"),
+            f"i=0; while [ $i -lt {ticks} ]; do n=0; {_for_jobs(cfg, 'n=1')}; "
+            '[ "$n" = 0 ] && break; sleep 0.2; i=$((i+1)); done',
+            signal_all("KILL"),
+            'echo "trm-watch: $(hostname): stopped"',
         ]
     )
 

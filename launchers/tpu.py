@@ -92,6 +92,14 @@ def _watch_flags(p: argparse.ArgumentParser) -> None:
                    help="wait after a failure, doubled each time (default 60)")
     g.add_argument("--backoff_max_s", dest="watch_backoff_max_s", help="default 1800")
     g.add_argument("--log", dest="watch_log", help="log file (default trm-watch.log)")
+    g.add_argument("--timeout_s", dest="watch_timeout_s",
+                   help="longest gcloud / ssh call before it is killed (default 600)")
+    g.add_argument("--setup_timeout_s", dest="watch_setup_timeout_s",
+                   help="the same for setup (default 3600)")
+    g.add_argument("--hang_s", dest="watch_hang_s",
+                   help="a run without progress this long is hung: restarted (default 3600)")
+    g.add_argument("--grace_s", dest="watch_grace_s",
+                   help="SIGTERM to SIGKILL when stopping a run (default 30)")
     g.add_argument("--price_per_chip_hour", help="for the cost line of the summary")
     g.add_argument("--keep_vms", action="store_true",
                    help="leave the VMs when their runs are done (default: delete them)")
@@ -323,7 +331,6 @@ def _cost(args, cfg: tpu_config.TpuConfig) -> int:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          runner=None) -> int:
     """Entry point; ``runner`` replaces ``subprocess.run`` (tests)."""
-    runner = runner or subprocess.run
     args = build_parser().parse_args(argv)
     try:
         cfg = _config_from_args(args, os.environ if environ is None else environ)
@@ -344,9 +351,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return watch.Watcher(cfg, sweep_name, runs, _vms(cfg, args), runner=runner,
                              keep_vms=args.keep_vms).run()
     if args.verb == "status":
-        return _print_status(commands, runner, cfg.runs_url)
+        return _print_status(commands, runner or subprocess.run, cfg.runs_url)
     try:
-        common.execute(commands, dry_run=False, runner=runner)
+        common.execute(commands, dry_run=False, runner=runner or subprocess.run)
     except common.CommandError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.returncode or 1

@@ -163,6 +163,12 @@ class TpuConfig:
       watch_backoff_s: wait after the first failure; doubled after each further one...
       watch_backoff_max_s: ... up to this.
       watch_log: ``watch``'s log file (local); its ledger of VM time is ``<watch_log>.json``.
+      watch_timeout_s: the longest any one gcloud or ssh call of ``watch`` may take (killed
+        after that; a gcloud API call that times out counts as a transient error).
+      watch_setup_timeout_s: the same for ``setup`` (pip installs torch_xla on every worker).
+      watch_hang_s: a run whose run.json shows no progress (``last_step``, ``active_s``) for
+        this long while its processes are alive on every worker is hung: stopped and relaunched.
+      watch_grace_s: seconds between SIGTERM and SIGKILL when ``watch`` stops a run.
       price_per_chip_hour: price of one chip-hour (any currency) for ``cost`` and ``watch``.
       mfu: assumed model FLOPs utilisation for ``cost`` (0 < mfu <= 1).
       peak_flops_per_chip: peak bf16 FLOP/s of one chip; default from the table in
@@ -191,6 +197,10 @@ class TpuConfig:
     watch_backoff_s: float = 60.0
     watch_backoff_max_s: float = 1800.0
     watch_log: str = "trm-watch.log"
+    watch_timeout_s: float = 600.0
+    watch_setup_timeout_s: float = 3600.0
+    watch_hang_s: float = 3600.0
+    watch_grace_s: float = 30.0
     price_per_chip_hour: float | None = None
     mfu: float = 0.3
     peak_flops_per_chip: float | None = None
@@ -264,6 +274,10 @@ _NUMBER_FIELDS: dict[str, tuple[type, float, bool, float | None]] = {
     "watch_retries": (int, 0, False, None),
     "watch_backoff_s": (float, 0.0, False, None),
     "watch_backoff_max_s": (float, 0.0, False, None),
+    "watch_timeout_s": (float, 0.0, True, None),
+    "watch_setup_timeout_s": (float, 0.0, True, None),
+    "watch_hang_s": (float, 0.0, True, None),
+    "watch_grace_s": (float, 0.0, False, None),
     "price_per_chip_hour": (float, 0.0, False, None),
     "mfu": (float, 0.0, True, 1.0),
     "peak_flops_per_chip": (float, 0.0, True, None),
