@@ -19,9 +19,10 @@ world lives in ``FAKE_CLOUD/state.json`` (under a lock):
 * ``fake preempt VM MODE [RUN STEP]``: SIGTERM to every process of the instance, SIGKILL after
   ``grace_s``; MODE ``preempted`` leaves the VM PREEMPTED (its queued resource SUSPENDED),
   ``deleted`` removes both; ``fake kill VM WORKER``: SIGKILL to one worker's processes;
-* faults (``faults``: ``{"cmd", "vm", "mode", "count"}``): ``exit255`` (ssh cannot connect),
-  ``hang`` (never answers), ``unavailable`` (a transient API error), ``hang_after`` (does the
-  work, then never answers).
+* faults (``faults``: ``{"cmd", "vm", "mode", "count", "skip"}``, the first ``skip`` matching
+  calls let through): ``exit255`` (ssh cannot connect), ``hang`` (never answers),
+  ``unavailable`` (a transient API error), ``notfound`` (a lagging NOT_FOUND), ``hang_after``
+  (does the work, then never answers).
 
 Every call is appended to ``calls.jsonl``.
 """
@@ -88,6 +89,9 @@ def fault(cmd, vm):
     with Locked() as s:
         for f in s.get("faults", []):
             if f["cmd"] == cmd and f.get("vm") in (None, vm) and f["count"] > 0:
+                if f.get("skip", 0) > 0:  # let this many matching calls through first
+                    f["skip"] -= 1
+                    continue
                 f["count"] -= 1
                 return f["mode"]
     return None
@@ -101,6 +105,8 @@ def apply_fault(mode, what):
         hang()
     if mode == "unavailable":
         fail(f"UNAVAILABLE: the service is currently unavailable ({what})")
+    if mode == "notfound":  # an answer that lags behind (eventual consistency)
+        fail(f"NOT_FOUND: {what}: the resource was not found")
 
 
 def workers_of(accelerator):

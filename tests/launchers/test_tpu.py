@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from fakecloud import FakeCloud
 from launchers import tpu, tpu_config
 from launchers.named_sweeps import get_sweep
 
@@ -49,6 +50,69 @@ def test_create(capsys):
     assert cmd[-1] == "--preemptible"
     cmds = dry(capsys, "create", *BASE, "--vms=a,b")
     assert [c[5] for c in cmds] == ["a", "b"]
+
+
+FAMILY_VERSIONS = [("v2-8", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"),
+                   ("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+                   ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")]
+
+
+@pytest.mark.parametrize("accelerator,version", FAMILY_VERSIONS)
+def test_the_runtime_version_follows_the_accelerator_family(capsys, accelerator, version):
+    (cmd,) = dry(capsys, "create", *BASE, f"--accelerator_type={accelerator}")
+    assert cmd[-1] == f"--version={version}"
+    assert tpu.main(["watch", *BASE, "--sweep=e2_2_tn", "--spot",
+                     f"--accelerator_type={accelerator}", "--dry_run"], environ={}) == 0
+    creates = [l for l in capsys.readouterr().out.splitlines() if " create " in l]
+    assert len(creates) == 1 and creates[0].endswith((f"--version={version} --spot --async",
+                                                      f"--runtime-version={version} --spot"))
+
+
+def test_runtime_version_override_mismatch_unknown_family_and_zone(capsys):
+    (cmd,) = dry(capsys, "create", *BASE, "--accelerator_type=v6e-8",
+                 "--runtime_version=v2-alpha-tpuv6e-preview")
+    assert cmd[-1] == "--version=v2-alpha-tpuv6e-preview"  # a version the table does not know
+    assert tpu.main(["create", *BASE, "--accelerator_type=v5litepod-8",
+                     "--runtime_version=tpu-ubuntu2204-base", "--dry_run"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("runtime_version 'tpu-ubuntu2204-base' is for TPU v4; "
+                                     "accelerator_type 'v5litepod-8' (v5litepod) needs "
+                                     "'v2-alpha-tpuv5-lite'") in err
+    assert tpu.main(["create", *BASE, "--accelerator_type=v9x-8", "--dry_run"], environ={}) == 2
+    assert "unknown TPU family 'v9x'" in capsys.readouterr().err
+    (cmd,) = dry(capsys, "create", *BASE, "--accelerator_type=v9x-8", "--runtime_version=v9-rt")
+    assert cmd[-1] == "--version=v9-rt"
+    # BASE's zone (us-central2-b) has v4 only: a warning for v5e, none for v4.
+    assert tpu.main(["create", *BASE, "--accelerator_type=v5litepod-8", "--dry_run"],
+                    environ={}) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: zone us-central2-b is not among the documented zones of "
+                          "v5litepod (us-central1-a, ")
+    assert tpu.main(["create", *BASE, "--accelerator_type=v4-8", "--dry_run"], environ={}) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_fake_gcloud_refuses_a_mismatched_version_and_takes_the_derived_ones(
+        tmp_path, monkeypatch, capsys):
+    """Through the fake gcloud (real subprocesses), as the Cloud TPU API would answer."""
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    bad = cloud.gcloud("compute", "tpus", "tpu-vm", "create", "x", "--accelerator-type=v5p-8",
+                       "--version=tpu-ubuntu2204-base")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT: runtime version tpu-ubuntu2204-base is " \
+        "not supported for accelerator type v5p-8" in bad.stderr
+    for i, (accelerator, version) in enumerate(FAMILY_VERSIONS):
+        assert tpu.main(["create", f"--name=vm{i}", f"--accelerator_type={accelerator}"],
+                        environ={}) == 0, capsys.readouterr().err
+        assert cloud.state()["vms"][f"vm{i}"]["version"] == version
+    # The fake's host keys: a recreated VM has a new one, refused unless told otherwise.
+    assert tpu.main(["delete", "--name=vm0", "--yes"], environ={}) == 0
+    ssh = ["compute", "tpus", "tpu-vm", "ssh", "vm2", "--worker=all", "--command", "true"]
+    assert cloud.gcloud(*ssh).returncode == 0
+    assert tpu.main(["delete", "--name=vm2", "--yes"], environ={}) == 0
+    assert tpu.main(["create", "--name=vm2", "--accelerator_type=v4-8"], environ={}) == 0
+    again = cloud.gcloud(*ssh)
+    assert again.returncode == 255 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in again.stderr
+    assert cloud.gcloud(*ssh[:5], "--strict-host-key-checking=no", *ssh[5:]).returncode == 0
 
 
 def test_project_and_zone_default_to_gcloud_config(capsys):

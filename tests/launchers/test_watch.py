@@ -349,3 +349,106 @@ def test_probe_and_stop_scripts(tmp_path):
     (ssh,) = remote.setup_commands(git, marker=watch.setup_marker(cfg), strict_host_keys=False)
     assert ssh[-1].endswith(' && touch "$HOME"/code.d/trm+1/trm-setup.ok')
     assert "--strict-host-key-checking=no" in ssh
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host slices and an unreliable cloud.
+
+
+def _ssh_scripts(cloud, marker):
+    return [c for c in cloud.calls() if c[2:4] == ["tpu-vm", "ssh"] and marker in c[-1]]
+
+
+def test_a_dead_worker_stops_the_run_on_every_worker_and_it_restarts_together(
+        tmp_path, monkeypatch, capsys):
+    """On a 4-host v4-32 one worker dies mid-run; the others block in their collective. The
+    watcher sees the workers out of step, stops the run everywhere and relaunches it on all
+    four together; it resumes and completes."""
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "4")
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-32")
+    (run,) = _runs(1)
+    killed = []
+
+    def sleep(seconds):
+        state = cloud.run_json(run.name)
+        if not killed and state and state.get("last_step", 0) >= 2:
+            assert cloud.gcloud("fake", "kill", "trm-w", "2").returncode == 0
+            killed.append(state["last_step"])
+        time.sleep(seconds)
+
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=sleep)
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert killed and cloud.run_json(run.name)["status"] == "completed"
+    assert (f"workers out of step (trm-w-w0: {run.name}; trm-w-w1: {run.name}; trm-w-w2: idle;"
+            f" trm-w-w3: {run.name})") in out, out
+    assert out.count(f"launched run {run.name} on VM trm-w (4 worker(s)") == 2
+    assert len(_ssh_scripts(cloud, "setsid nohup")) == 2  # each launch: one ssh to all workers
+    assert len(_ssh_scripts(cloud, "kill -TERM")) == 1
+    starts = (cloud.root / "gcs" / "bkt" / "trm" / run.name / "calls.jsonl").read_text()
+    assert len(starts.splitlines()) == 2
+    homes = sorted((cloud.root / "vms").glob("trm-w-1/w*"))
+    assert [h.name for h in homes] == ["w0", "w1", "w2", "w3"]
+    for home in homes:  # every worker started the run twice (its own log)
+        log = (home / "trm-logs" / f"{run.name}.log").read_text()
+        assert log.count(f"starting {run.name}") == 2, (home, log)
+    cloud.wait_idle()
+
+
+def test_a_hung_run_is_stopped_and_restarted(tmp_path, monkeypatch, capsys):
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    (cloud.root / "hang_once").write_text("")  # the first start hangs: alive, no progress
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-8", watch_hang_s=1.5, watch_retries=1)
+    (run,) = _runs(1)
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=lambda s: time.sleep(0.2))
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert f"run {run.name} is hung (no progress in its run.json for 1.5 s)" in out
+    assert f"attempt failed on VM trm-w (1/1): run {run.name} on VM trm-w hung" in out
+    assert cloud.run_json(run.name)["status"] == "completed"
+    starts = (cloud.root / "gcs" / "bkt" / "trm" / run.name / "calls.jsonl").read_text()
+    assert len(starts.splitlines()) == 2
+    cloud.wait_idle()
+
+
+def test_timeouts_transient_errors_async_states_and_host_keys(tmp_path, monkeypatch, capsys):
+    """Transient API errors (UNAVAILABLE, a create that hangs after doing its work) are not
+    counted; ssh failures (a hang, exit 255) are; a lagging NOT_FOUND leads to a create that
+    answers ALREADY_EXISTS, which is no failure; the VM is CREATING and DELETING for a while;
+    the client knows another host key for the name (a recreated VM), which the watcher accepts.
+    With watch_retries=2 any counted transient error would make it give up."""
+    faults = [{"cmd": "describe", "vm": "trm-w", "mode": "notfound", "count": 1, "skip": 3},
+              {"cmd": "describe", "vm": "trm-w", "mode": "unavailable", "count": 2},
+              {"cmd": "create", "vm": "trm-w", "mode": "hang_after", "count": 1},
+              {"cmd": "ssh", "vm": "trm-w", "mode": "hang", "count": 1},
+              {"cmd": "ssh", "vm": "trm-w", "mode": "exit255", "count": 1}]
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch, create_polls=2, delete_polls=1,
+                      known_hosts={"trm-w": 999}, faults=faults)
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-8", watch_retries=2, watch_timeout_s=2)
+    (run,) = _runs(1)
+    start = time.monotonic()
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=lambda s: time.sleep(0.2))
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert time.monotonic() - start < 60
+    assert cloud.run_json(run.name)["status"] == "completed"
+    assert all(f["count"] == 0 for f in cloud.state()["faults"])  # every fault happened
+    assert out.count("(not counted)") == 3, out
+    assert "UNAVAILABLE" in out and "timed out after 2 s (launchers)" in out
+    assert "VM trm-w exists already (an earlier create went through)" in out
+    assert "VM trm-w is CREATING: waiting" in out
+    assert "attempt failed on VM trm-w (1/2): asking VM trm-w (ssh) failed with exit code 124" \
+        in out
+    assert "attempt failed on VM trm-w (2/2): asking VM trm-w (ssh) failed with exit code 255" \
+        in out
+    calls = cloud.calls()
+    assert [c[3] for c in calls if c[2] == "tpu-vm" and c[3] in ("create", "delete")] == [
+        "create", "create", "delete"]
+    assert all("--async" in c for c in calls if c[3:4] in (["create"], ["delete"]))
+    remote_calls = [c for c in calls if c[2:4] in (["tpu-vm", "ssh"], ["tpu-vm", "scp"])]
+    assert remote_calls and all("--strict-host-key-checking=no" in c for c in remote_calls)
+    assert cloud.state()["vms"] == {}  # deleted once DELETING was over
+    cloud.wait_idle()
