@@ -261,6 +261,31 @@ def stop_script(cfg: TpuConfig, grace_s: float) -> str:
     )
 
 
+CHECK_MODULE = "launchers.tpu_check"  # the TPU VM preflight (its main(argv))
+CHECK_LINE = "trm-check"
+
+
+def check_script(cfg: TpuConfig, check_args: Sequence[str] = ()) -> str:
+    """Runs the preflight ``python -m launchers.tpu_check`` on a worker, in the checkout and
+    the trainer's environment; its output comes back prefixed with the worker's name, then one
+    line ``trm-check: HOST: pass`` or ``trm-check: HOST: fail (...)``."""
+    check = shlex.join(["env", *cfg.trainer_env(), cfg.python, "-m", CHECK_MODULE,
+                        *check_args])
+    where = common.dq(f"~/{cfg.remote_dir}")
+    return "; ".join(
+        [
+            "h=$(hostname)",
+            f'cd {_home(cfg.remote_dir)} || {{ echo "{CHECK_LINE}: $h: fail ({where} is '
+            'missing: run python -m launchers.tpu setup first)"; exit 1; }',
+            f'out=$({check} 2>&1); rc=$?',
+            "printf '%s\\n' \"$out\" | sed \"s/^/[$h] /\"",
+            f'if [ "$rc" = 0 ]; then echo "{CHECK_LINE}: $h: pass"; '
+            f'else echo "{CHECK_LINE}: $h: fail (exit $rc)"; fi',
+            'exit "$rc"',
+        ]
+    )
+
+
 def assign_runs(runs: Sequence[Run], vms: Sequence[str]) -> dict[str, list[Run]]:
     """Round-robin: run i goes to ``vms[i % len(vms)]``."""
     return {vm: list(runs[i :: len(vms)]) for i, vm in enumerate(vms)}

@@ -10,6 +10,8 @@ Verbs::
     logs      tail a run's (or a sweep queue's) log on a worker
     download  copy runs from gs:// to a local directory (gcloud storage rsync)
     delete    delete the TPU VM(s)
+    check     run the TPU VM preflight (``python -m launchers.tpu_check``) on every worker and
+              report each worker's pass / fail
     watch     keep a sweep going on preemptible capacity until every run is completed:
               recreate preempted VMs, set them up again, relaunch the unfinished runs
               (launchers/watch.py; also ``sweep --watch``)
@@ -40,6 +42,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 import subprocess
 import sys
 from typing import Mapping, Sequence
@@ -178,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="runs", help="local directory (default runs/)")
     p.add_argument("--with_checkpoints", action="store_true",
                    help="also copy checkpoints/ (large)")
+    p = verb("check", "run the TPU VM preflight (launchers.tpu_check) on every worker")
+    p.add_argument("--vms", help=vms_help)
+    p.add_argument("--worker", default="all", help="all (default), or worker numbers")
+    p.add_argument("--check_arg", action="append", default=[], metavar="ARG",
+                   help="an argument for python -m launchers.tpu_check (repeatable)")
     p = verb("delete", "delete the TPU VM(s)")
     p.add_argument("--vms", help=vms_help)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
@@ -264,6 +272,10 @@ def build_commands(args, cfg: tpu_config.TpuConfig) -> list[list[str]]:
         else:
             log = remote.sweep_log_path(cfg, common.check_name(args.sweep, "--sweep"))
         return remote.logs_commands(cfg, log, args.lines, args.follow, args.worker)
+    if args.verb == "check":
+        return per_vm(lambda c: [gcloud.gcloud_tpu(c, "describe", "--format=json"),
+                                 gcloud.ssh_command(c, remote.check_script(c, args.check_arg),
+                                                    worker=args.worker)])
     if args.verb == "download":
         return gcloud.download_commands(cfg, args.dest, _selected_runs(args), args.with_checkpoints)
     raise ValueError(f"unknown verb {args.verb!r}")
@@ -302,6 +314,35 @@ def _print_status(commands: list[list[str]], runner, runs_url: str) -> int:
     if states:
         print(common.format_table([s.row() for s in states], ["run", "status", "step"]))
     return 0
+
+
+def _check(commands: list[list[str]], timeout: float, runner) -> int:
+    """``check``: per VM, its workers (describe) and the preflight's answer of each (ssh);
+    prints the output, then one row per worker. Exit 0 when every worker passed."""
+    rows, failed = [], False
+    for describe, ssh in zip(commands[::2], commands[1::2]):
+        vm = describe[5]
+        known = gcloud.run(describe, timeout, runner)
+        try:
+            endpoints = json.loads(known.stdout).get("networkEndpoints") or []
+        except (ValueError, AttributeError):
+            endpoints = []
+        result = gcloud.run(ssh, timeout, runner)
+        text = gcloud.output(result)
+        print("\n".join(l for l in text.splitlines() if not l.startswith(remote.CHECK_LINE)))
+        answers = re.findall(rf"^{remote.CHECK_LINE}: (\S+): (pass|fail.*)$", text, re.M)
+        rows += [[vm, host, verdict] for host, verdict in answers]
+        failed |= any(verdict != "pass" for _, verdict in answers)
+        missing = len(endpoints) - len(answers) if "--worker=all" in ssh else 0
+        if missing > 0 or not answers:
+            lines = text.strip().splitlines()
+            rows.append([vm, "?", f"no answer from {max(missing, 1)} worker(s) (ssh exit code "
+                         f"{result.returncode}{': ' + lines[-1][:200] if lines else ''})"])
+            failed = True
+    print(common.format_table(rows, ["vm", "worker", "result"]))
+    passed = sum(r[2] == "pass" for r in rows)
+    print(f"check: {passed} worker(s) passed, {'some failed' if failed else 'none failed'}")
+    return 1 if failed else 0
 
 
 def _cost(args, cfg: tpu_config.TpuConfig) -> int:
@@ -350,6 +391,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sweep_name, runs = sweep_runs(args)
         return watch.Watcher(cfg, sweep_name, runs, _vms(cfg, args), runner=runner,
                              keep_vms=args.keep_vms).run()
+    if args.verb == "check":
+        return _check(commands, cfg.watch_timeout_s, runner)
     if args.verb == "status":
         return _print_status(commands, runner or subprocess.run, cfg.runs_url)
     try:

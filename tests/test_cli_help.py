@@ -14,7 +14,8 @@ TOOLS = [["trm.train"], ["trm.eval"], ["trm.bench"], ["trm.registry"], ["trm.int
          ["launchers.local"], ["launchers.tpu"], ["launchers.gpu_check"], ["analysis.report"],
          ["analysis.compare"], ["studies.cpu_study.analysis"]]
 BUILDERS = ["sudoku_csv", "sudoku_gen", "maze_csv", "maze_gen", "arc", "reference_npy"]
-TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost"]
+TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost",
+             "check"]
 
 
 def _help(args):

@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 
@@ -492,3 +493,60 @@ def test_doc_commands_match_dry_run(doc, line, shown, tmp_path, monkeypatch, cap
     assert rc == 0, f"{doc}: {line}\n{err}"
     if shown is not None:
         assert out == shown, f"{doc}: the output shown for {line!r} is not the dry run's"
+
+
+# ---------------------------------------------------------------------------------------------
+# `check`: the preflight on every worker, through the fake gcloud.
+
+# Stands in for launchers/tpu_check.py in the source that `setup` unpacks on each worker.
+CHECK_STANDIN = """\
+import os, sys
+assert os.environ["PJRT_DEVICE"] == "TPU"  # the trainer's environment
+print("tpu_check stand-in: args", sys.argv[1:])
+bad = os.path.join(os.environ["FAKE_CLOUD"], "bad_worker")
+sys.exit(3 if os.path.exists(bad) and open(bad).read() == os.environ["FAKE_VM_WORKER"] else 0)
+"""
+
+
+def test_check_runs_the_preflight_on_every_worker(tmp_path, monkeypatch, capsys):
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    src = tmp_path / "src" / "trm-1.0"
+    (src / "launchers").mkdir(parents=True)
+    (src / "launchers" / "__init__.py").write_text("")
+    (src / "launchers" / "tpu_check.py").write_text(CHECK_STANDIN)
+    sdist = tmp_path / "trm-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(src, arcname="trm-1.0")
+    config = tmp_path / "launch.json"
+    config.write_text(json.dumps({"name": "vm", "accelerator_type": "v4-32", "python": "vmpython",
+                                  "source": str(sdist), "find_links": ""}))
+    vm = [f"--config={config}"]
+    assert tpu.main(["create", *vm], environ={}) == 0
+    assert tpu.main(["setup", *vm], environ={}) == 0
+    capsys.readouterr()
+
+    def check():
+        rc = tpu.main(["check", *vm, "--check_arg=--quick"], environ={})
+        out = capsys.readouterr().out
+        return rc, out, sorted(l.split(None, 2) for l in out.splitlines()
+                               if l.startswith("vm ") and not l.startswith("vm  worker"))
+
+    rc, out, rows = check()
+    assert rc == 0 and rows == [["vm", f"vm-w{k}", "pass"] for k in range(4)], out
+    assert "[vm-w3] tpu_check stand-in: args ['--quick']" in out
+    assert out.splitlines()[-1] == "check: 4 worker(s) passed, none failed"
+
+    (cloud.root / "bad_worker").write_text("2")
+    rc, out, rows = check()
+    assert rc == 1 and rows[2] == ["vm", "vm-w2", "fail (exit 3)"] and rows[1][2] == "pass"
+
+    state = cloud.state()
+    state["faults"] = [{"cmd": "ssh", "vm": "vm", "mode": "exit255", "count": 1}]
+    cloud.write(state)
+    rc, out, rows = check()
+    assert rc == 1 and rows == [["vm", "?", "no answer from 4 worker(s) (ssh exit code 255: "
+                                            "ssh: connect to host 10.0.0.2 port 22: Connection "
+                                            "timed out)"]]
+    describe, ssh = dry(capsys, "check", *BASE, "--worker=0,2")
+    assert describe == GCLOUD_TPU + ["describe", "trm-v4", *SCOPE, "--format=json"]
+    assert ssh[8] == "--worker=0,2" and "python3 -m launchers.tpu_check" in script_of(ssh)
