@@ -5,6 +5,7 @@ heavy dependencies (numpy, torch, TensorFlow, gin) installed."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -186,12 +187,13 @@ def bare_python(tmp_path_factory):
 
 
 def _bare(python, args, cwd, path_prefix=""):
-    env = {"PATH": path_prefix + os.environ["PATH"], "PYTHONPATH": REPO, "HOME": str(cwd)}
+    env = {"PATH": path_prefix + os.environ["PATH"], "PYTHONPATH": REPO, "HOME": str(cwd),
+           **{k: v for k, v in os.environ.items() if k == "FAKE_CLOUD"}}
     return subprocess.run([python, *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=120)
 
 
-def test_launchers_run_in_a_bare_venv(bare_python, tmp_path):
+def test_launchers_run_in_a_bare_venv(bare_python, tmp_path, monkeypatch):
     # (PYTHONPATH=REPO would even let `import gin` find the gin/ folder of config files.)
     out = _bare(bare_python, ["-c", _IMPORT_ALL], tmp_path)
     assert out.returncode == 0 and out.stdout.split() == ["[]"], out.stderr[-2000:]
@@ -206,14 +208,25 @@ def test_launchers_run_in_a_bare_venv(bare_python, tmp_path):
     assert "--workdir=gs://bkt/trm/cpu_study/base_s0" in out.stdout
     out = _bare(bare_python, ["-m", "launchers.sweep", "--sweep=cpu_study", "--list"], tmp_path)
     assert out.returncode == 0 and "cpu_study/ds2_s2" in out.stdout, out.stderr[-2000:]
-    # A verb that runs: `create` through a gcloud on PATH that records its argv.
-    bin_dir = tmp_path / "bin"
+    # Verbs that run, through the launcher tests' fake gcloud (standard library only, so the
+    # bare venv runs it too): a v5e VM gets its family's runtime version, then goes away.
+    bin_dir, cloud = tmp_path / "bin", tmp_path / "cloud"
     bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    cloud.mkdir()
+    fake = os.path.join(REPO, "tests", "launchers", "fake_gcloud.py")
+    (bin_dir / "gcloud").write_text(f"#!{bare_python} -S\n" + open(fake).read())
     (bin_dir / "gcloud").chmod(0o755)
-    out = _bare(bare_python, ["-m", "launchers.tpu", "create", "--name=vm",
-                              "--accelerator_type=v4-8"], tmp_path, f"{bin_dir}:")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (tmp_path / "calls").read_text().split() == [
-        "compute", "tpus", "tpu-vm", "create", "vm", "--accelerator-type=v4-8",
-        "--version=tpu-ubuntu2204-base"]
+    (cloud / "state.json").write_text(json.dumps({"vms": {}, "qrs": {}, "instances": 0,
+                                                   "events": [], "plan": [], "qr_polls": 0,
+                                                   "fail_create": 0}))
+    monkeypatch.setenv("FAKE_CLOUD", str(cloud))  # passed on by _bare
+    for verb in (["create"], ["delete", "--yes"]):
+        out = _bare(bare_python, ["-m", "launchers.tpu", *verb, "--name=vm",
+                                  "--accelerator_type=v5litepod-8"], tmp_path, f"{bin_dir}:")
+        assert out.returncode == 0, out.stderr[-2000:]
+        if verb == ["create"]:
+            vm = json.loads((cloud / "state.json").read_text())["vms"]["vm"]
+            assert vm["version"] == "v2-alpha-tpuv5-lite" and vm["state"] == "READY"
+    assert json.loads((cloud / "state.json").read_text())["vms"] == {}
+    calls = [json.loads(l)["argv"] for l in (cloud / "calls.jsonl").read_text().splitlines()]
+    assert [c[3] for c in calls] == ["create", "delete"]
