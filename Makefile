@@ -52,8 +52,8 @@ STUDY_PARALLEL ?= 2
 cpu-study: install-dev
 	$(VENV)/bin/python -m launchers.local --sweep=cpu_study --root=$(STUDY_ROOT) \
 		--parallel=$(STUDY_PARALLEL)
-	$(VENV)/bin/python -m analysis.cpu_study --runs=$(STUDY_ROOT) --out=docs/results/cpu_study \
-		--notebook=analysis/notebooks/cpu_study.ipynb
+	$(VENV)/bin/python -m studies.cpu_study.analysis --runs=$(STUDY_ROOT) --out=docs/results/cpu_study \
+		--notebook=studies/cpu_study/notebook.ipynb
 
 clean-venv:
 	rm -rf $(VENV) $(XLA_VENV)

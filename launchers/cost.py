@@ -13,16 +13,19 @@ when it is built, else the task file's ``VOCAB_SIZE`` / ``SEQ_LEN`` macros, as
   epoch / GLOBAL_BATCH_SIZE`` (examples per epoch from the dataset metadata, else
   ``--examples_per_epoch``, else the task's ``NUM_TRAIN_PUZZLES`` macro: one example per
   puzzle group, as for Sudoku);
-* evaluation, when the test-set size is known (metadata or ``--eval_examples``): every
-  ``EVAL_EVERY`` steps and at the end, ``test examples x eval ACT steps x
-  flops_per_example(training=False)``.
+* evaluation, when the test-set size is known (``--eval_examples``, else the built dataset's
+  test split, else the task's ``NUM_TEST_PUZZLES`` macro): every ``EVAL_EVERY`` steps and at
+  the end, ``test examples x eval ACT steps x flops_per_example(training=False)``. The table's
+  ``evaluations`` column and the ``evaluation:`` line say for which runs it is included, its
+  share of the FLOPs and where the test-set size came from, or that it is not counted.
 
 Time = FLOPs / (chips x peak bf16 FLOP/s per chip x MFU), or examples / ``--examples_per_s``
 when a measured throughput is given (``perf/examples_per_s`` of a short run on the same slice,
 which also captures what FLOPs miss: the input pipeline, host transfers, small matmuls).
 Device-hours are chip-hours (the price of a TPU is per chip-hour); slice-hours are the wall
 time on the whole slice. Peak numbers and chip counts come from Google's TPU documentation
-(``PEAK_BF16_FLOPS``); ``peak_flops_per_chip`` and ``mfu`` override them.
+(the family table of :mod:`launchers.tpu_config`); ``peak_flops_per_chip`` and ``mfu``
+override them.
 
 This is the one launcher module that imports trm (and torch), and only when it runs.
 """
@@ -31,51 +34,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from typing import Sequence
 
-from launchers import common
+from launchers import common, tpu_config
 from launchers.named_sweeps import Run
-
-# Peak dense bf16 FLOP/s of one chip, from Google's Cloud TPU system architecture pages:
-#   v4   https://cloud.google.com/tpu/docs/v4        275 TFLOPs
-#   v5e  https://cloud.google.com/tpu/docs/v5e       197 TFLOPs ("v5litepod-N" types)
-#   v5p  https://cloud.google.com/tpu/docs/v5p       459 TFLOPs
-#   v6e  https://cloud.google.com/tpu/docs/v6e       918 TFLOPs (Trillium)
-PEAK_BF16_FLOPS = {"v4": 275e12, "v5litepod": 197e12, "v5e": 197e12, "v5p": 459e12,
-                   "v6e": 918e12}
-PEAK_SOURCE = "Google Cloud TPU docs (tpu/docs/v4, v5e, v5p, v6e): peak bf16 per chip"
-# The number in a v2/v3/v4/v5p type counts TensorCores (2 per chip); in v5e/v6e it counts chips.
-_CORES_IN_NAME = ("v2", "v3", "v4", "v5p")
-_CHIPS_IN_NAME = ("v5litepod", "v5e", "v6e")
-
-
-def _family_and_count(accelerator_type: str) -> tuple[str, int]:
-    family, _, count = accelerator_type.partition("-")
-    if not count.isdigit():
-        raise ValueError(f"accelerator type {accelerator_type!r}: expected FAMILY-N, e.g. v4-32")
-    return family, int(count)
-
-
-def chips(accelerator_type: str) -> int:
-    """Chips of a slice: v4-32 -> 16, v5p-8 -> 4, v5litepod-8 -> 8, v6e-16 -> 16."""
-    family, count = _family_and_count(accelerator_type)
-    if family in _CORES_IN_NAME:
-        return max(count // 2, 1)
-    if family in _CHIPS_IN_NAME:
-        return count
-    raise ValueError(f"accelerator type {accelerator_type!r}: unknown family {family!r} "
-                     f"(known: {', '.join(_CORES_IN_NAME + _CHIPS_IN_NAME)})")
 
 
 def peak_flops(accelerator_type: str, override: float | None = None) -> float:
+    """Peak bf16 FLOP/s of one chip: ``override``, else the family table of tpu_config."""
     if override:
         return float(override)
-    family, _ = _family_and_count(accelerator_type)
-    if family not in PEAK_BF16_FLOPS:
-        raise ValueError(f"no peak bf16 FLOP/s known for {family!r}: set peak_flops_per_chip "
-                         f"(--peak_flops_per_chip, or in --config)")
-    return PEAK_BF16_FLOPS[family]
+    peak = tpu_config.family(accelerator_type)[1].peak_bf16
+    if peak is None:
+        raise ValueError(f"no peak bf16 FLOP/s known for {accelerator_type!r}: set "
+                         "peak_flops_per_chip (--peak_flops_per_chip, or in --config)")
+    return peak
 
 
 @dataclasses.dataclass
@@ -88,6 +61,9 @@ class RunCost:
     train_flops: float
     eval_flops: float | None
     notes: list[str]
+    eval_examples: float | None = None  # test-set size (None: unknown, evaluation not counted)
+    evaluations: int = 0  # evaluations of the whole test set over the run
+    eval_source: str = ""  # where the test-set size came from
 
     @property
     def examples(self) -> int:
@@ -133,6 +109,7 @@ def run_cost(run: Run, examples_per_epoch: float | None = None,
                               int(gin_edge.query_macro("NUM_PUZZLE_IDENTIFIERS", 1) or 1))
             notes.append("shape from the task macros")
         puzzles = gin_edge.query_macro("NUM_TRAIN_PUZZLES")
+        test_puzzles = gin_edge.query_macro("NUM_TEST_PUZZLES")
         torch.manual_seed(0)  # the model's factories are gin-configured: build before clear()
         model = build_model(tc, shape, forward_dtype="float32", init_from_reference=False)
     finally:
@@ -155,21 +132,29 @@ def run_cost(run: Run, examples_per_epoch: float | None = None,
                              "--examples_per_epoch (or set TRAIN_STEPS)")
         steps = int(tc.epochs * per_epoch / tc.global_batch_size)
     train_flops = float(steps) * tc.global_batch_size * fpe
-    test = eval_examples
-    if test is None:
-        test_meta = _metadata(tc, "test") if meta is not None else None
-        test = float(test_meta.total_examples) if test_meta is not None else None
-    eval_flops = None
+    test, source = _test_size(tc, meta, eval_examples, test_puzzles)
+    eval_flops, evaluations = None, 0
     if test:
         every = int(tc.eval_every or 0)
         evaluations = (steps // every + (1 if steps % every else 0)) if every > 0 else 1
         act_steps = getattr(model, "eval_halt_max_steps", None) or model.halt_max_steps
         eval_flops = evaluations * float(test) * act_steps * float(
             model.flops_per_example(training=False))
-    else:
-        notes.append("evaluation not counted (test-set size unknown: --eval_examples)")
     return RunCost(run.name, int(model.num_params()), fpe, steps, int(tc.global_batch_size),
-                   train_flops, eval_flops, notes)
+                   train_flops, eval_flops, notes, test, evaluations, source)
+
+
+def _test_size(tc, meta, flag: float | None, test_puzzles) -> tuple[float | None, str]:
+    """The test-set size and where it comes from: ``--eval_examples``, the built dataset's
+    test split, the task's ``NUM_TEST_PUZZLES`` macro (one example per puzzle), else unknown."""
+    if flag is not None:
+        return float(flag), "--eval_examples"
+    test_meta = _metadata(tc, "test") if meta is not None else None
+    if test_meta is not None:
+        return float(test_meta.total_examples), "the dataset's test split"
+    if test_puzzles:
+        return float(test_puzzles), "NUM_TEST_PUZZLES"
+    return None, ""
 
 
 def _hours(c: RunCost, slice_flops: float, examples_per_s: float | None) -> float:
@@ -187,19 +172,22 @@ def _fmt(x: float) -> str:
 
 def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
            peak: float | None, price: float | None, examples_per_s: float | None) -> str:
-    n_chips = chips(accelerator_type)
+    n_chips = tpu_config.chips(accelerator_type)
     per_chip = peak_flops(accelerator_type, peak)
     slice_flops = n_chips * per_chip * mfu
     rows, total_h = [], 0.0
     for c in costs:
         h = _hours(c, slice_flops, examples_per_s)
         total_h += h
-        row = [c.name, f"{c.num_params:,}", _fmt(c.flops_per_example), f"{c.steps:,}",
+        evals = (f"{c.evaluations} x {c.eval_examples:,.0f}" if c.eval_flops is not None
+                 else "not counted")
+        row = [c.name, f"{c.num_params:,}", _fmt(c.flops_per_example), f"{c.steps:,}", evals,
                _fmt(c.flops), f"{h:.2f}", f"{h * n_chips:.1f}"]
         if price is not None:
             row.append(f"{h * n_chips * price:,.2f}")
         rows.append(row)
-    header = ["run", "params", "FLOPs/example", "steps", "FLOPs", "slice-h", "chip-h"]
+    header = ["run", "params", "FLOPs/example", "steps", "evaluations", "FLOPs", "slice-h",
+              "chip-h"]
     if price is not None:
         header.append("cost")
     lines = [common.format_table(rows, header)]
@@ -208,7 +196,8 @@ def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
     else:
         lines.append(f"throughput: {n_chips} chips of {accelerator_type} x "
                      f"{_fmt(per_chip)} FLOP/s x MFU {mfu:g} = {_fmt(slice_flops)} FLOP/s "
-                     f"({'peak_flops_per_chip setting' if peak else PEAK_SOURCE})")
+                     f"({'peak_flops_per_chip setting' if peak else tpu_config.PEAK_SOURCE})")
+    lines.append(_evaluation_line(costs))
     total = (f"total: {len(costs)} run(s), {total_h:.1f} slice-hours, "
              f"{total_h * n_chips:.1f} device-hours (chip-hours)")
     if price is not None:
@@ -219,25 +208,21 @@ def report(costs: Sequence[RunCost], accelerator_type: str, *, mfu: float,
     return "\n".join(lines)
 
 
-def main_cost(args, cfg) -> int:
-    """``python -m launchers.tpu cost``: prints the table; errors are one line (exit 2)."""
-    from launchers import tpu  # pylint: disable=import-outside-toplevel
-    try:
-        if args.sweep:
-            _, runs = tpu.sweep_runs(args)
-        elif args.gin_file:
-            name = args.gin_file[-1].rsplit("/", 1)[-1].removesuffix(".gin")
-            runs = [Run(name, list(args.gin_file), list(args.gin_param))]
-        else:
-            raise ValueError("cost needs --sweep or --gin_file")
-        costs = [run_cost(r, args.examples_per_epoch, args.eval_examples) for r in runs]
-        text = report(costs, cfg.accelerator_type, mfu=cfg.mfu, peak=cfg.peak_flops_per_chip,
-                      price=cfg.price_per_chip_hour, examples_per_s=args.examples_per_s)
-    except (ValueError, KeyError, OSError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - gin / model errors: one line, not a traceback
-        print(f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+def _evaluation_line(costs: Sequence[RunCost]) -> str:
+    """Says whether the totals include evaluation, for which runs, and from what test size."""
+    counted = [c for c in costs if c.eval_flops is not None]
+    missing = [c.name for c in costs if c.eval_flops is None]
+    if counted:
+        share = sum(c.eval_flops for c in counted) / sum(c.flops for c in counted)
+        sources = ", ".join(sorted({c.eval_source for c in counted}))
+        text = (f"evaluation: included for {len(counted)} of {len(costs)} run(s) "
+                f"({share:.1%} of their FLOPs): every EVAL_EVERY steps and at the end, the "
+                f"test set x the eval ACT steps (test-set size from {sources})")
+    else:
+        text = "evaluation: not included"
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                          else "")
+        text += (f"; NOT counted for {shown}: the test-set size is unknown (build the dataset, "
+                 "or pass --eval_examples)")
+    return text

@@ -53,7 +53,7 @@ import time
 from typing import Sequence, TextIO
 
 from launchers import common
-from launchers.named_sweeps import Run
+from launchers.named_sweeps import Run, add_sweep_module_flag
 from launchers.sweep_files import command_line_sweep, resolve_sweep
 
 LAUNCHER_LOG = "launcher.log"
@@ -235,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip the preflight (completed = run.json + command.json)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the runs")
     parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true")
+    add_sweep_module_flag(parser)
     return parser
 
 

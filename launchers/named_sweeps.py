@@ -15,6 +15,18 @@ The bound names are the run-level gin macros of ``gin/runs/*.gin`` and the exper
 The paper's numbers quoted in the descriptions come from :mod:`analysis.published` (the single
 source), never typed here.
 
+Sweeps defined outside the library (a study's runs) are found by name, on first lookup, in:
+
+* ``--sweep_module=MODULE`` (repeatable, or comma-separated) of the launchers' command lines;
+* ``$TRM_SWEEP_MODULES``: comma-separated module names;
+* the ``trm.sweeps`` entry-point group of installed packages (a module, a list of sweeps or a
+  function returning them);
+* ``studies/<name>/sweep.py`` of the project folder (the current directory, else the source
+  checkout these launchers live in), imported as ``studies.<name>.sweep``.
+
+A sweep module lists its sweeps in ``SWEEPS`` (a sequence of :class:`Sweep`). Names are unique
+across all sources: a second, different sweep of the same name raises.
+
 Python API::
 
     from launchers.named_sweeps import get_sweep, list_sweeps
@@ -24,9 +36,14 @@ Python API::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
 import itertools
+import os
 import re
+import sys
+from importlib import metadata
 from typing import Iterable, Mapping, Sequence
 
 from analysis.published import percent as _paper
@@ -192,6 +209,7 @@ def register_sweep(sweep: Sweep) -> Sweep:
 
 def get_sweep(name: str) -> Sweep:
     """The sweep called ``name``; ``KeyError`` listing the known names if there is none."""
+    discover()
     try:
         return _SWEEPS[name]
     except KeyError:
@@ -201,6 +219,7 @@ def get_sweep(name: str) -> Sweep:
 
 def list_sweeps() -> list[str]:
     """Names of all registered sweeps, sorted."""
+    discover()
     return sorted(_SWEEPS)
 
 
@@ -342,17 +361,118 @@ for _sweep in _family("e1_1_baseline.gin", cpu=False) + _family("cpu_e1_1_baseli
 del _sweep
 
 
-def _cpu_study() -> Sweep:
-    """The CPU study (docs/results/cpu_study/): every arm of :data:`analysis.cpu_study.ARMS`
-    (the baseline once, shared by the ablations) x 3 seeds, one arm's seeds after another."""
-    from analysis.cpu_study import ARMS, SEEDS
+# ---------------------------------------------------------------------------------------------
+# Sweeps defined outside the library: modules with ``SWEEPS``, found by name (module docstring).
 
-    points = tuple(Point(a.label, a.bindings, (a.gin_file,)) for a in ARMS)
-    return Sweep("cpu_study", (ARMS[0].gin_file,), (Axis("arm", points),), SEEDS,
-                 description="the CPU study: E2.1 EMA, E2.2 T/n, E2.3 mixer, E2.4 deep "
-                             "supervision, E3.1 width, E3.2 data, E3.3 LR x batch on 9x9 Sudoku "
-                             "twins, 3 seeds (report: python -m analysis.cpu_study)",
-                 seeds_first=True)
+SWEEP_MODULES_ENV = "TRM_SWEEP_MODULES"
+ENTRY_POINT_GROUP = "trm.sweeps"
+STUDIES_DIR = "studies"
+_LOADED: set[str] = set()  # what was registered already: module names, entry points
+_DISCOVERED = False
 
 
-register_sweep(_cpu_study())
+def _register_all(sweeps: object, origin: str) -> None:
+    if not isinstance(sweeps, Iterable):
+        raise ValueError(f"{origin}: expected a sequence of Sweep objects, got "
+                         f"{type(sweeps).__name__}")
+    for sweep in sweeps:
+        if not isinstance(sweep, Sweep):
+            raise ValueError(f"{origin}: {sweep!r} is not a Sweep")
+        if _SWEEPS.get(sweep.name) == sweep:
+            continue  # the same definition, reached twice (a study named in two places)
+        if sweep.name in _SWEEPS:
+            raise ValueError(f"{origin}: sweep {sweep.name!r} is already defined elsewhere")
+        _SWEEPS[sweep.name] = sweep
+
+
+def load_sweep_module(name: str) -> None:
+    """Imports module ``name`` and registers its ``SWEEPS`` (once per module).
+
+    Raises:
+      ValueError: one line, for a module that cannot be imported or has no ``SWEEPS``.
+    """
+    if name in _LOADED:
+        return
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+        raise ValueError(f"sweep module {name!r} is not a dotted Python module name")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise ValueError(f"sweep module {name!r} cannot be imported: {e}") from None
+    if not hasattr(module, "SWEEPS"):
+        raise ValueError(f"sweep module {name!r} has no SWEEPS (a sequence of Sweep objects)")
+    _register_all(module.SWEEPS, f"sweep module {name!r}")
+    _LOADED.add(name)
+
+
+def _sweep_module_arg(text: str) -> str:
+    """``--sweep_module`` as argparse ``type``: loads the module(s) while parsing."""
+    for name in (n.strip() for n in text.split(",")):
+        if name:
+            try:
+                load_sweep_module(name)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_sweep_module_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--sweep_module=MODULE`` (repeatable) to a launcher's command line."""
+    parser.add_argument("--sweep_module", action="append", default=[], metavar="MODULE",
+                        type=_sweep_module_arg,
+                        help=f"a module whose SWEEPS to add (repeatable; also "
+                             f"${SWEEP_MODULES_ENV}, the {ENTRY_POINT_GROUP} entry points and "
+                             f"{STUDIES_DIR}/*/sweep.py)")
+
+
+def _load_entry_points() -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = f"entry point {ep.name} = {ep.value}"
+        if key in _LOADED:
+            continue
+        try:
+            obj = ep.load()
+        except ImportError as e:
+            raise ValueError(f"{ENTRY_POINT_GROUP} {key}: cannot be imported: {e}") from None
+        if hasattr(obj, "SWEEPS"):
+            obj = obj.SWEEPS
+        elif callable(obj):
+            obj = obj()
+        _register_all(obj, f"{ENTRY_POINT_GROUP} {key}")
+        _LOADED.add(key)
+
+
+def studies_root() -> str | None:
+    """The folder holding ``studies/``: the current directory, else the source checkout."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (os.getcwd(), checkout):
+        if os.path.isfile(os.path.join(root, STUDIES_DIR, "__init__.py")):
+            return root
+    return None
+
+
+def _load_studies() -> None:
+    root = studies_root()
+    if root is None:
+        return
+    importable = {os.path.realpath(p or os.getcwd()) for p in sys.path}
+    if os.path.realpath(root) not in importable:
+        sys.path.append(root)  # after the installed packages: `studies` is the project's
+    folder = os.path.join(root, STUDIES_DIR)
+    for name in sorted(os.listdir(folder)):
+        if os.path.isfile(os.path.join(folder, name, "sweep.py")):
+            load_sweep_module(f"{STUDIES_DIR}.{name}.sweep")
+
+
+def discover() -> None:
+    """Registers the sweeps of ``$TRM_SWEEP_MODULES``, the ``trm.sweeps`` entry points and
+    ``studies/*/sweep.py`` (once; ``--sweep_module`` loads its modules while parsing)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for name in os.environ.get(SWEEP_MODULES_ENV, "").split(","):
+        if name.strip():
+            load_sweep_module(name.strip())
+    _load_entry_points()
+    _load_studies()
+    _DISCOVERED = True

@@ -20,7 +20,7 @@ import sys
 from typing import Sequence
 
 from launchers import common
-from launchers.named_sweeps import get_sweep, list_sweeps
+from launchers.named_sweeps import add_sweep_module_flag, get_sweep, list_sweeps
 from launchers.sweep_files import command_line_sweep, resolve_sweep
 
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print run names and bindings")
     parser.add_argument("--seeds", help="comma-separated seeds, overrides the sweep's seeds")
     parser.add_argument("--json", action="store_true", help="print runs as JSON")
+    add_sweep_module_flag(parser)
     args = parser.parse_args(argv)
 
     if not args.sweep and not args.grid:

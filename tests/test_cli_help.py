@@ -12,9 +12,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = [["trm.train"], ["trm.eval"], ["trm.bench"], ["trm.registry"], ["trm.interop.replay"],
          ["trm.data.build"], ["trm.data.inspect"], ["trm.data.bench"], ["launchers.sweep"],
          ["launchers.local"], ["launchers.tpu"], ["launchers.gpu_check"], ["analysis.report"],
-         ["analysis.compare"], ["analysis.cpu_study"]]
+         ["analysis.compare"], ["studies.cpu_study.analysis"]]
 BUILDERS = ["sudoku_csv", "sudoku_gen", "maze_csv", "maze_gen", "arc", "reference_npy"]
-TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost"]
+TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost",
+             "check"]
 
 
 def _help(args):

@@ -1,5 +1,6 @@
-"""The CPU study's report (analysis.cpu_study) and its sweep (launchers: cpu_study): intervals
-that respect the metric's range, verdicts, results.json fields, and commands that reproduce."""
+"""The CPU study's report (studies.cpu_study.analysis) and sweep (studies.cpu_study.sweep):
+intervals that respect the metric's range, verdicts, results.json fields, and commands that
+reproduce."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import shlex
 import numpy as np
 import pytest
 
-from analysis import cpu_study as cs
+from studies.cpu_study import analysis as cs
 from launchers.named_sweeps import get_sweep
 
 
@@ -194,7 +195,7 @@ def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, 
     out = str(tmp_path / "out")
     assert cs.main([f"--runs={root}", f"--out={out}", "--n_boot=500"]) == 0
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    src = os.path.join(repo, "analysis", "notebooks", "cpu_study.ipynb")
+    src = os.path.join(repo, "studies", "cpu_study", "notebook.ipynb")
     nb_path = str(tmp_path / "cpu_study.ipynb")
     import shutil
     shutil.copy(src, nb_path)

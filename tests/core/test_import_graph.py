@@ -1,14 +1,21 @@
-"""The shape of the house: gin at the edge, TensorFlow only where data is read, no circles."""
+"""The shape of the house: gin at the edge, TensorFlow only where data is read, no circles in
+the library, the launchers, the analysis or the studies, and launchers that run without the
+heavy dependencies (numpy, torch, TensorFlow, gin) installed."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRM = os.path.join(REPO, "trm")
+PACKAGES = ("trm", "launchers", "analysis", "studies")  # the import graph's nodes
+HEAVY = ("numpy", "torch", "tensorflow", "gin")  # what `launchers` must not need to start
 
 
 def _run(code: str) -> str:
@@ -20,7 +27,7 @@ def _run(code: str) -> str:
 
 
 def _imports(path: str):
-    tree = ast.parse(open(path).read(), path)
+    tree = ast.parse(open(os.path.join(REPO, path)).read(), path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -31,11 +38,16 @@ def _imports(path: str):
                 yield f"{node.module}.{alias.name}"
 
 
+def _py_files(*packages):
+    for package in packages:
+        for root, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    yield os.path.relpath(os.path.join(root, name), REPO)
+
+
 def _library_files():
-    for root, _, files in os.walk(TRM):
-        for name in files:
-            if name.endswith(".py"):
-                yield os.path.relpath(os.path.join(root, name), REPO)
+    return _py_files("trm")
 
 
 def test_components_load_neither_gin_nor_tensorflow():
@@ -76,18 +88,24 @@ def test_benchmarks_are_outside_the_library_import_graph():
         assert not hits, f"{f} imports the benchmark module(s) {hits}"
 
 
-def test_no_import_cycles_between_library_modules():
-    modules = {f[:-3].replace(os.sep, ".").removesuffix(".__init__"): f for f in _library_files()}
+def import_graph(files):
+    """Module -> the modules of ``files`` it imports (anywhere in the file, lazy ones too)."""
+    modules = {f[:-3].replace(os.sep, ".").removesuffix(".__init__"): f for f in files}
     graph = {}
     for name, f in modules.items():
         deps = set()
         for m in _imports(f):
             while m and m not in modules:
                 m = m.rpartition(".")[0]
-            if m and m != name and m != "trm":
+            if m and m != name:
                 deps.add(m)
         graph[name] = deps
-    # Package __init__ modules that only re-export their children are part of the package.
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules (first = last), or None. A package and its own
+    children are one unit (an ``__init__`` re-exporting its children is no cycle)."""
     state, stack = {}, []
 
     def visit(node):
@@ -97,13 +115,118 @@ def test_no_import_cycles_between_library_modules():
             if node.startswith(dep + ".") or dep.startswith(node + "."):
                 continue  # a package and its own children
             if state.get(dep) == "open":
-                cycle = stack[stack.index(dep):] + [dep]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
+                return stack[stack.index(dep):] + [dep]
             if dep not in state:
-                visit(dep)
+                cycle = visit(dep)
+                if cycle:
+                    return cycle
         stack.pop()
         state[node] = "done"
+        return None
 
     for node in sorted(graph):
         if node not in state:
-            visit(node)
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_no_import_cycles_anywhere():
+    """trm, launchers, analysis and studies: no module reaches itself through imports (lazy,
+    function-level imports count: they are the same circle, only deferred)."""
+    cycle = find_cycle(import_graph(_py_files(*PACKAGES)))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"launchers.tpu": {"launchers.watch"}, "launchers.watch": {"launchers.gcloud"},
+             "launchers.gcloud": {"launchers.tpu"}, "launchers": set()}
+    assert find_cycle(graph) == ["launchers.gcloud", "launchers.tpu", "launchers.watch",
+                                 "launchers.gcloud"]
+    graph["launchers.gcloud"] = set()
+    assert find_cycle(graph) is None
+
+
+def test_no_library_module_imports_a_study():
+    """Studies use trm and the launchers, never the other way round (the launchers find a
+    study's sweeps by name, at run time)."""
+    for f in _py_files("trm", "launchers", "analysis"):
+        hits = [m for m in _imports(f) if m == "studies" or m.startswith("studies.")]
+        assert not hits, f"{f} imports {hits}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The launchers on a machine without numpy, torch, TensorFlow or gin (docs/SETUP_GUIDE.md).
+
+LAUNCHER_CLIS = ("launchers.tpu", "launchers.local", "launchers.sweep")
+
+_IMPORT_ALL = ("import sys; import " + ", ".join(LAUNCHER_CLIS) + "\n"
+               "from launchers import named_sweeps, watch, cost, gcloud, remote, tpu_config\n"
+               "named_sweeps.list_sweeps()  # the discovery of studies/*/sweep.py too\n"
+               f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+
+
+def test_importing_the_launchers_loads_no_heavy_module():
+    """Even where numpy & co are installed, importing the launchers must not load them."""
+    assert _run(_IMPORT_ALL).split() == ["[]"]
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """A fresh venv holding the standard library only (no pip, no site packages)."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv",
+                    "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    for module in HEAVY:  # the premise: none of them can be imported there
+        probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True,
+                               env={"PATH": os.environ["PATH"]}, cwd=venv, timeout=60)
+        assert probe.returncode != 0, f"{module} is importable in the bare venv"
+    return python
+
+
+def _bare(python, args, cwd, path_prefix=""):
+    env = {"PATH": path_prefix + os.environ["PATH"], "PYTHONPATH": REPO, "HOME": str(cwd),
+           **{k: v for k, v in os.environ.items() if k == "FAKE_CLOUD"}}
+    return subprocess.run([python, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+def test_launchers_run_in_a_bare_venv(bare_python, tmp_path, monkeypatch):
+    # (PYTHONPATH=REPO would even let `import gin` find the gin/ folder of config files.)
+    out = _bare(bare_python, ["-c", _IMPORT_ALL], tmp_path)
+    assert out.returncode == 0 and out.stdout.split() == ["[]"], out.stderr[-2000:]
+    for cli in LAUNCHER_CLIS:
+        out = _bare(bare_python, ["-m", cli, "--help"], tmp_path)
+        assert out.returncode == 0 and "usage" in out.stdout, (cli, out.stderr[-2000:])
+    # A study's sweep (studies/cpu_study/sweep.py, found by name) and a dry run of its queue.
+    out = _bare(bare_python, ["-m", "launchers.tpu", "sweep", "--sweep=cpu_study", "--name=vm",
+                              "--bucket=bkt", "--dry_run"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("gcloud compute tpus tpu-vm ssh vm --worker=all --command")
+    assert "--workdir=gs://bkt/trm/cpu_study/base_s0" in out.stdout
+    out = _bare(bare_python, ["-m", "launchers.sweep", "--sweep=cpu_study", "--list"], tmp_path)
+    assert out.returncode == 0 and "cpu_study/ds2_s2" in out.stdout, out.stderr[-2000:]
+    # Verbs that run, through the launcher tests' fake gcloud (standard library only, so the
+    # bare venv runs it too): a v5e VM gets its family's runtime version, then goes away.
+    bin_dir, cloud = tmp_path / "bin", tmp_path / "cloud"
+    bin_dir.mkdir()
+    cloud.mkdir()
+    fake = os.path.join(REPO, "tests", "launchers", "fake_gcloud.py")
+    (bin_dir / "gcloud").write_text(f"#!{bare_python} -S\n" + open(fake).read())
+    (bin_dir / "gcloud").chmod(0o755)
+    (cloud / "state.json").write_text(json.dumps({"vms": {}, "qrs": {}, "instances": 0,
+                                                   "events": [], "plan": [], "qr_polls": 0,
+                                                   "fail_create": 0}))
+    monkeypatch.setenv("FAKE_CLOUD", str(cloud))  # passed on by _bare
+    for verb in (["create"], ["delete", "--yes"]):
+        out = _bare(bare_python, ["-m", "launchers.tpu", *verb, "--name=vm",
+                                  "--accelerator_type=v5litepod-8"], tmp_path, f"{bin_dir}:")
+        assert out.returncode == 0, out.stderr[-2000:]
+        if verb == ["create"]:
+            vm = json.loads((cloud / "state.json").read_text())["vms"]["vm"]
+            assert vm["version"] == "v2-alpha-tpuv5-lite" and vm["state"] == "READY"
+    assert json.loads((cloud / "state.json").read_text())["vms"] == {}
+    calls = [json.loads(l)["argv"] for l in (cloud / "calls.jsonl").read_text().splitlines()]
+    assert [c[3] for c in calls] == ["create", "delete"]

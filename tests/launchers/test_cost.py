@@ -1,8 +1,10 @@
 """``python -m launchers.tpu cost``: FLOPs from the model, steps from the config, the chip table."""
 
+import re
+
 import pytest
 
-from launchers import cost, tpu
+from launchers import cost, tpu, tpu_config
 from launchers.named_sweeps import Run, get_sweep
 
 
@@ -11,17 +13,17 @@ from launchers.named_sweeps import Run, get_sweep
     ("v5litepod-8", 8, 197e12), ("v6e-16", 16, 918e12),
 ])
 def test_chip_table(accel, chips, peak):
-    assert cost.chips(accel) == chips
+    assert tpu_config.chips(accel) == chips
     assert cost.peak_flops(accel) == peak
     assert cost.peak_flops(accel, 1e12) == 1e12
 
 
 def test_unknown_family_needs_a_peak():
-    assert cost.chips("v3-8") == 4
+    assert tpu_config.chips("v3-8") == 4
     with pytest.raises(ValueError, match="peak_flops_per_chip"):
         cost.peak_flops("v3-8")
     with pytest.raises(ValueError, match="expected FAMILY-N"):
-        cost.chips("v4")
+        tpu_config.chips("v4")
 
 
 def _model_flops(gin_files, bindings):
@@ -45,7 +47,7 @@ def test_run_cost_counts_steps_times_batch_times_model_flops():
     assert c.flops_per_example == fpe and c.num_params == params
     assert c.steps == 1000 and c.examples == 64000
     assert c.train_flops == 1000 * 64 * fpe
-    assert c.eval_flops is None and any("evaluation not counted" in n for n in c.notes)
+    assert c.eval_flops is None and c.eval_examples is None  # Sudoku-Extreme, not built
 
     deeper = cost.run_cost(Run("r", ["e1_1_baseline.gin"], bindings[:2] + [
         "H_CYCLES=4", "L_CYCLES=6", "DATA_DIR='/nonexistent/data'"]))
@@ -62,7 +64,13 @@ def test_run_cost_counts_steps_times_batch_times_model_flops():
     # Evaluation, when the test set's size is known: every EVAL_EVERY steps and at the end.
     c = cost.run_cost(Run("r", ["e1_1_baseline.gin"], bindings + ["EVAL_EVERY=300"]),
                       eval_examples=10)
+    assert c.evaluations == 4 and c.eval_examples == 10 and c.eval_source == "--eval_examples"
     assert c.eval_flops > 0 and c.flops == c.train_flops + c.eval_flops
+    # A generated task declares its test set (NUM_TEST_PUZZLES = 500 in sudoku_gen.gin).
+    twin = cost.run_cost(Run("t", ["cpu_e1_1_baseline.gin"], ["TRAIN_STEPS=100", "EVAL_EVERY=50",
+                                                              "DATA_DIR='/nonexistent/data'"]))
+    assert twin.eval_examples == 500 and twin.eval_source == "NUM_TEST_PUZZLES"
+    assert twin.evaluations == 2 and twin.eval_flops > 0
 
 
 def test_report_hours_and_price():
@@ -84,13 +92,24 @@ def test_cost_command(capsys):
     assert tpu.main(argv, environ={}) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["run", "params", "FLOPs/example", "steps", "FLOPs", "slice-h",
-                                "chip-h", "cost"]
+    assert lines[0].split() == ["run", "params", "FLOPs/example", "steps", "evaluations",
+                                "FLOPs", "slice-h", "chip-h", "cost"]
+    assert all(l.split()[4:6] == ["not", "counted"] for l in lines[1:6])
+    assert ("evaluation: not included; NOT counted for e2_2_tn/t2_n2_s0, e2_2_tn/t2_n6_s0, "
+            "e2_2_tn/t3_n4_s0 and 2 more: the test-set size is unknown") in out
     assert [l.split()[0] for l in lines[1:6]] == [r.name for r in get_sweep("e2_2_tn").runs()]
     assert all(l.split()[3] == "2,000" for l in lines[1:6])
     assert "8 chips of v5litepod-8" in out and "MFU 0.25" in out and "per chip-hour" in out
     assert tpu.main(argv + ["--dry_run"], environ={}) == 0  # nothing to run: the same table
     assert capsys.readouterr().out == out
+
+    assert tpu.main(argv + ["--eval_examples=1000", "--gin_param=EVAL_EVERY=1000"],
+                    environ={}) == 0
+    out = capsys.readouterr().out
+    assert all(l.split()[4:7] == ["2", "x", "1,000"] for l in out.splitlines()[1:6])
+    assert re.search(r"evaluation: included for 5 of 5 run\(s\) \([0-9.]+% of their FLOPs\): "
+                     r"every EVAL_EVERY steps and at the end, the test set x the eval ACT steps "
+                     r"\(test-set size from --eval_examples\)\n", out), out
 
     assert tpu.main(["cost", "--accelerator_type=v3-8", "--gin_file=e1_1_baseline.gin"],
                     environ={}) == 2

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from launchers import common, local, tpu
+from launchers import common, local, remote, tpu, tpu_config
 from launchers.named_sweeps import Run, get_sweep
 
 
@@ -351,20 +351,20 @@ def test_real_execution_path_runs_no_shell(stubs, tmp_path, monkeypatch):
 
 def test_quoting_holds_even_without_validation(stubs, tmp_path):
     """Belt and braces: values that bypass the grammars are still only ever data."""
-    cfg = tpu.TpuConfig(name="vm", bucket="bkt", python=PYTHON, train_module="fake_pkg.t")
+    cfg = tpu_config.TpuConfig(name="vm", bucket="bkt", python=PYTHON, train_module="fake_pkg.t")
     for key, value in [("log_dir", f"l$(touch {stubs.m}/log)"),
                        ("remote_dir", f"r`touch {stubs.m}/rdir`"),
                        ("root", f"q;touch {stubs.m}/root")]:
         object.__setattr__(cfg, key, value)  # the frozen dataclass's checks are skipped
     run = Run("e/r", ["g.gin"], ["A=1"])
     (stubs.home / cfg.remote_dir).mkdir(parents=True)  # a checkout by that (hostile) name exists
-    stubs.on_worker(tpu.launch_script(cfg, run))
+    stubs.on_worker(remote.launch_script(cfg, run))
     (call,) = stubs.wait_for_trainers("fake_pkg.t", 1)
     assert call["argv"][-1] == f"--workdir=gs://bkt/q;touch {stubs.m}/root/e/r"
-    wait_until_gone(stubs.home / tpu._pid_path(tpu.log_path(cfg, run.name)))
-    stubs.on_worker(tpu.sweep_script(cfg, "sw", [run]))
+    wait_until_gone(stubs.home / remote.pid_path(remote.log_path(cfg, run.name)))
+    stubs.on_worker(remote.sweep_script(cfg, "sw", [run]))
     stubs.wait_for_trainers("fake_pkg.t", 2)
-    stubs.on_worker(tpu.processes_script(cfg))
+    stubs.on_worker(remote.processes_script(cfg))
     assert markers(stubs.m) == []
 
 
@@ -375,7 +375,8 @@ GRAMMAR_SETTINGS = FLAGS + ["remote_dir", "log_dir"]
 # Odd but harmless values these grammars accept: an empty name, project, zone or bucket is
 # unset; an empty root is the bucket's top level; a leading / of the root or bucket is dropped;
 # python may be any interpreter path.
-LEGAL_ODDITIES = {("name", ""), ("project", ""), ("zone", ""), ("bucket", ""), ("root", ""),
+LEGAL_ODDITIES = {("name", ""), ("project", ""), ("zone", ""), ("runtime_version", ""),
+                  ("bucket", ""), ("root", ""),
                   ("root", "/abs"), ("bucket", "/abs"), ("python", "/abs"), ("python", ".."),
                   ("python", "a/../b")}
 
@@ -612,10 +613,10 @@ def test_dq_escapes_what_double_quotes_expand():
 def test_missing_checkout_stops_the_launch(stubs):
     """A worker where setup never ran: the launch stops with a message instead of starting
     the trainer in the home directory."""
-    cfg = tpu.TpuConfig(name="vm", bucket="bkt", python=PYTHON, train_module="fake_pkg.t",
+    cfg = tpu_config.TpuConfig(name="vm", bucket="bkt", python=PYTHON, train_module="fake_pkg.t",
                         remote_dir="no-checkout-here")
     run = Run("e/r", ["g.gin"], ["A=1"])
-    proc = stubs.on_worker(tpu.launch_script(cfg, run))
+    proc = stubs.on_worker(remote.launch_script(cfg, run))
     time.sleep(0.5)
     assert stubs.trainer_records("fake_pkg.t") == []
     assert proc.returncode == 1

@@ -7,12 +7,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 
 import pytest
 
-from launchers import tpu
+from fakecloud import FakeCloud
+from launchers import tpu, tpu_config
 from launchers.named_sweeps import get_sweep
 
 BASE = ["--name=trm-v4", "--project=my-proj", "--zone=us-central2-b", "--bucket=my-bucket"]
@@ -49,6 +51,69 @@ def test_create(capsys):
     assert cmd[-1] == "--preemptible"
     cmds = dry(capsys, "create", *BASE, "--vms=a,b")
     assert [c[5] for c in cmds] == ["a", "b"]
+
+
+FAMILY_VERSIONS = [("v2-8", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"),
+                   ("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+                   ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")]
+
+
+@pytest.mark.parametrize("accelerator,version", FAMILY_VERSIONS)
+def test_the_runtime_version_follows_the_accelerator_family(capsys, accelerator, version):
+    (cmd,) = dry(capsys, "create", *BASE, f"--accelerator_type={accelerator}")
+    assert cmd[-1] == f"--version={version}"
+    assert tpu.main(["watch", *BASE, "--sweep=e2_2_tn", "--spot",
+                     f"--accelerator_type={accelerator}", "--dry_run"], environ={}) == 0
+    creates = [l for l in capsys.readouterr().out.splitlines() if " create " in l]
+    assert len(creates) == 1 and creates[0].endswith((f"--version={version} --spot --async",
+                                                      f"--runtime-version={version} --spot"))
+
+
+def test_runtime_version_override_mismatch_unknown_family_and_zone(capsys):
+    (cmd,) = dry(capsys, "create", *BASE, "--accelerator_type=v6e-8",
+                 "--runtime_version=v2-alpha-tpuv6e-preview")
+    assert cmd[-1] == "--version=v2-alpha-tpuv6e-preview"  # a version the table does not know
+    assert tpu.main(["create", *BASE, "--accelerator_type=v5litepod-8",
+                     "--runtime_version=tpu-ubuntu2204-base", "--dry_run"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("runtime_version 'tpu-ubuntu2204-base' is for TPU v4; "
+                                     "accelerator_type 'v5litepod-8' (v5litepod) needs "
+                                     "'v2-alpha-tpuv5-lite'") in err
+    assert tpu.main(["create", *BASE, "--accelerator_type=v9x-8", "--dry_run"], environ={}) == 2
+    assert "unknown TPU family 'v9x'" in capsys.readouterr().err
+    (cmd,) = dry(capsys, "create", *BASE, "--accelerator_type=v9x-8", "--runtime_version=v9-rt")
+    assert cmd[-1] == "--version=v9-rt"
+    # BASE's zone (us-central2-b) has v4 only: a warning for v5e, none for v4.
+    assert tpu.main(["create", *BASE, "--accelerator_type=v5litepod-8", "--dry_run"],
+                    environ={}) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: zone us-central2-b is not among the documented zones of "
+                          "v5litepod (us-central1-a, ")
+    assert tpu.main(["create", *BASE, "--accelerator_type=v4-8", "--dry_run"], environ={}) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_fake_gcloud_refuses_a_mismatched_version_and_takes_the_derived_ones(
+        tmp_path, monkeypatch, capsys):
+    """Through the fake gcloud (real subprocesses), as the Cloud TPU API would answer."""
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    bad = cloud.gcloud("compute", "tpus", "tpu-vm", "create", "x", "--accelerator-type=v5p-8",
+                       "--version=tpu-ubuntu2204-base")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT: runtime version tpu-ubuntu2204-base is " \
+        "not supported for accelerator type v5p-8" in bad.stderr
+    for i, (accelerator, version) in enumerate(FAMILY_VERSIONS):
+        assert tpu.main(["create", f"--name=vm{i}", f"--accelerator_type={accelerator}"],
+                        environ={}) == 0, capsys.readouterr().err
+        assert cloud.state()["vms"][f"vm{i}"]["version"] == version
+    # The fake's host keys: a recreated VM has a new one, refused unless told otherwise.
+    assert tpu.main(["delete", "--name=vm0", "--yes"], environ={}) == 0
+    ssh = ["compute", "tpus", "tpu-vm", "ssh", "vm2", "--worker=all", "--command", "true"]
+    assert cloud.gcloud(*ssh).returncode == 0
+    assert tpu.main(["delete", "--name=vm2", "--yes"], environ={}) == 0
+    assert tpu.main(["create", "--name=vm2", "--accelerator_type=v4-8"], environ={}) == 0
+    again = cloud.gcloud(*ssh)
+    assert again.returncode == 255 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in again.stderr
+    assert cloud.gcloud(*ssh[:5], "--strict-host-key-checking=no", *ssh[5:]).returncode == 0
 
 
 def test_project_and_zone_default_to_gcloud_config(capsys):
@@ -186,7 +251,7 @@ def test_config_precedence(tmp_path, capsys):
     (cmd,) = dry(capsys, "create", f"--config={cfg_file}", "--name=from-flag", "--no-spot",
                  environ=environ)
     assert cmd[5] == "from-flag" and "--spot" not in cmd
-    cfg = tpu.load_config({"env": ("A=1",)}, str(cfg_file), {})
+    cfg = tpu_config.load_config({"env": ("A=1",)}, str(cfg_file), {})
     assert cfg.trainer_env() == ["PJRT_DEVICE=TPU", "XLA_FLAGS=--x", "A=1"]
 
     cfg_file.write_text(json.dumps({"nmae": "typo"}))
@@ -428,3 +493,60 @@ def test_doc_commands_match_dry_run(doc, line, shown, tmp_path, monkeypatch, cap
     assert rc == 0, f"{doc}: {line}\n{err}"
     if shown is not None:
         assert out == shown, f"{doc}: the output shown for {line!r} is not the dry run's"
+
+
+# ---------------------------------------------------------------------------------------------
+# `check`: the preflight on every worker, through the fake gcloud.
+
+# Stands in for launchers/tpu_check.py in the source that `setup` unpacks on each worker.
+CHECK_STANDIN = """\
+import os, sys
+assert os.environ["PJRT_DEVICE"] == "TPU"  # the trainer's environment
+print("tpu_check stand-in: args", sys.argv[1:])
+bad = os.path.join(os.environ["FAKE_CLOUD"], "bad_worker")
+sys.exit(3 if os.path.exists(bad) and open(bad).read() == os.environ["FAKE_VM_WORKER"] else 0)
+"""
+
+
+def test_check_runs_the_preflight_on_every_worker(tmp_path, monkeypatch, capsys):
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    src = tmp_path / "src" / "trm-1.0"
+    (src / "launchers").mkdir(parents=True)
+    (src / "launchers" / "__init__.py").write_text("")
+    (src / "launchers" / "tpu_check.py").write_text(CHECK_STANDIN)
+    sdist = tmp_path / "trm-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(src, arcname="trm-1.0")
+    config = tmp_path / "launch.json"
+    config.write_text(json.dumps({"name": "vm", "accelerator_type": "v4-32", "python": "vmpython",
+                                  "source": str(sdist), "find_links": ""}))
+    vm = [f"--config={config}"]
+    assert tpu.main(["create", *vm], environ={}) == 0
+    assert tpu.main(["setup", *vm], environ={}) == 0
+    capsys.readouterr()
+
+    def check():
+        rc = tpu.main(["check", *vm, "--check_arg=--quick"], environ={})
+        out = capsys.readouterr().out
+        return rc, out, sorted(l.split(None, 2) for l in out.splitlines()
+                               if l.startswith("vm ") and not l.startswith("vm  worker"))
+
+    rc, out, rows = check()
+    assert rc == 0 and rows == [["vm", f"vm-w{k}", "pass"] for k in range(4)], out
+    assert "[vm-w3] tpu_check stand-in: args ['--quick']" in out
+    assert out.splitlines()[-1] == "check: 4 worker(s) passed, none failed"
+
+    (cloud.root / "bad_worker").write_text("2")
+    rc, out, rows = check()
+    assert rc == 1 and rows[2] == ["vm", "vm-w2", "fail (exit 3)"] and rows[1][2] == "pass"
+
+    state = cloud.state()
+    state["faults"] = [{"cmd": "ssh", "vm": "vm", "mode": "exit255", "count": 1}]
+    cloud.write(state)
+    rc, out, rows = check()
+    assert rc == 1 and rows == [["vm", "?", "no answer from 4 worker(s) (ssh exit code 255: "
+                                            "ssh: connect to host 10.0.0.2 port 22: Connection "
+                                            "timed out)"]]
+    describe, ssh = dry(capsys, "check", *BASE, "--worker=0,2")
+    assert describe == GCLOUD_TPU + ["describe", "trm-v4", *SCOPE, "--format=json"]
+    assert ssh[8] == "--worker=0,2" and "python3 -m launchers.tpu_check" in script_of(ssh)

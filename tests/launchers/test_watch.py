@@ -1,13 +1,9 @@
 """``python -m launchers.tpu watch``: an unattended sweep on preemptible capacity, end to end.
 
-A fake ``gcloud`` (first on ``PATH``) simulates Cloud TPU: VMs and queued resources live in a
-JSON state file (under a lock), each VM instance has its own fresh home directory, ``ssh`` runs
-the remote script under bash in that home, ``scp`` copies into it, and ``gs://X`` is the local
-directory ``FAKE_CLOUD/gcs/X``. Every process started through ``ssh`` carries the instance's
-token in its environment; a *preemption* (``gcloud fake preempt VM MODE``) SIGKILLs every such
-process and marks the VM ``PREEMPTED`` (its queued resource ``SUSPENDED``) or removes VM and
-request altogether. Queued resources go WAITING_FOR_RESOURCES -> PROVISIONING -> ACTIVE over
-successive ``describe`` calls.
+The fake ``gcloud`` of fake_gcloud.py (installed by fakecloud.FakeCloud, first on ``PATH``)
+simulates Cloud TPU with real processes: VMs of N workers, each with its own home directory,
+queued resources, async creation and deletion, preemptions (SIGTERM, then SIGKILL), per-worker
+kills, host keys, and faults (ssh exit 255, hangs, transient API errors).
 
 The end-to-end test runs the real trainer (``trm.train``, a tiny model on a generated 4x4
 Sudoku set) behind a thin wrapper module that maps the ``gs://`` workdir to the fake bucket and,
@@ -20,341 +16,14 @@ import json
 import re
 import os
 import subprocess
-import sys
-import tarfile
-import textwrap
 import time
 
 import pytest
 import torch
 
-from launchers import tpu, watch
+from fakecloud import FakeCloud
+from launchers import gcloud, remote, tpu, tpu_config, watch
 from launchers.named_sweeps import get_sweep
-
-FAKE_GCLOUD = textwrap.dedent(
-    """\
-    import datetime, fcntl, json, os, shutil, signal, subprocess, sys, time
-    ROOT = os.environ["FAKE_CLOUD"]
-    STATE = os.path.join(ROOT, "state.json")
-    args = sys.argv[1:]
-    with open(os.path.join(ROOT, "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": args, "t": time.time()}) + "\\n")
-
-
-    def now_iso():
-        t = datetime.datetime.now(datetime.timezone.utc)
-        return t.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
-
-
-    class Locked:
-        def __enter__(self):
-            self.f = open(STATE + ".lock", "a")
-            fcntl.flock(self.f, fcntl.LOCK_EX)
-            with open(STATE) as f:
-                self.s = json.load(f)
-            return self.s
-
-        def __exit__(self, kind, *rest):
-            if kind is None or kind is SystemExit:
-                with open(STATE + ".tmp", "w") as f:
-                    json.dump(self.s, f, indent=1)
-                os.replace(STATE + ".tmp", STATE)
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
-
-
-    def fail(msg, rc=1):
-        print(f"ERROR: (gcloud.fake) {msg}", file=sys.stderr)
-        sys.exit(rc)
-
-
-    def flag(name):
-        return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
-
-
-    def new_node(s, name, spot, qr=None):
-        s["instances"] += 1
-        inst = s["instances"]
-        home = os.path.join(ROOT, "vms", f"{name}-{inst}")
-        os.makedirs(home)
-        s["vms"][name] = {"state": "READY", "createTime": now_iso(), "instance": inst,
-                          "home": home, "spot": spot, "qr": qr}
-
-
-    def kill_instance(inst):
-        token = f"FAKE_VM_INSTANCE={inst}".encode()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    if token in f.read().split(b"\\0"):
-                        os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-
-
-    def run_status(run):
-        try:
-            with open(os.path.join(ROOT, "gcs", "bkt", "trm", run, "run.json")) as f:
-                return json.load(f).get("status")
-        except (OSError, ValueError):
-            return None
-
-
-    if args[:2] == ["storage", "cat"]:
-        path = os.path.join(ROOT, "gcs", args[2][len("gs://"):])
-        try:
-            with open(path) as f:
-                sys.stdout.write(f.read())
-        except OSError:
-            fail(f"One or more URLs matched no objects: {args[2]}")
-        sys.exit(0)
-
-    if args[:2] == ["fake", "preempt"]:
-        name, mode = args[2], args[3]
-        with Locked() as s:
-            vm = s["vms"][name]
-            event = {"vm": name, "instance": vm["instance"], "mode": mode, "t": time.time(),
-                     "run": args[4] if len(args) > 4 else None,
-                     "step": int(args[5]) if len(args) > 5 else None}
-            if event["run"]:
-                event["run_status"] = run_status(event["run"])
-            for p in s["plan"]:
-                if p["run"] == event["run"] and not p.get("done"):
-                    p["done"] = True
-                    break
-            s["events"].append(event)
-            if mode == "preempted":
-                vm["state"] = "PREEMPTED"
-                if vm["qr"]:
-                    s["qrs"][vm["qr"]]["state"] = "SUSPENDED"
-            else:
-                del s["vms"][name]
-                s["qrs"].pop(vm["qr"], None)
-        kill_instance(vm["instance"])
-        sys.exit(0)
-
-    group, verb = args[2], args[3]
-    name = args[4]
-    if group == "tpu-vm":
-        if verb in ("create", "describe", "delete", "start"):
-            with Locked() as s:
-                vm = s["vms"].get(name)
-                if verb == "create":
-                    if s["fail_create"] > 0:
-                        s["fail_create"] -= 1
-                        fail("RESOURCE_EXHAUSTED: There is no more capacity in the zone")
-                    if vm:
-                        fail(f"ALREADY_EXISTS: node {name}")
-                    new_node(s, name, "--spot" in args)
-                    sys.exit(0)
-                if vm is None:
-                    fail(f"NOT_FOUND: projects/p/locations/z/nodes/{name} was not found")
-                if verb == "describe":
-                    print(json.dumps({"name": f"projects/p/locations/z/nodes/{name}",
-                                      "state": vm["state"], "createTime": vm["createTime"],
-                                      "schedulingConfig": {"spot": vm["spot"]}}))
-                elif verb == "start":
-                    vm["state"] = "READY"
-                else:
-                    del s["vms"][name]
-                    kill_instance(vm["instance"])
-            sys.exit(0)
-        with open(STATE) as f:
-            vm = json.load(f)["vms"].get(name.split(":")[0] if verb != "scp" else
-                                          args[5].split(":")[0])
-        if vm is None or vm["state"] != "READY":
-            fail("ssh: connect to host: Connection refused", 255)
-        if verb == "scp":
-            shutil.copy(args[4], os.path.join(vm["home"], args[5].split(":", 1)[1]))
-            sys.exit(0)
-        script = args[args.index("--command") + 1]
-        env = dict(os.environ, HOME=vm["home"], FAKE_VM=name,
-                   FAKE_VM_INSTANCE=str(vm["instance"]),
-                   PATH=os.path.join(ROOT, "vmbin") + ":" + os.environ["PATH"])
-        sys.exit(subprocess.run(["bash", "-c", script], cwd=vm["home"], env=env).returncode)
-
-    if group == "queued-resources":
-        with Locked() as s:
-            q = s["qrs"].get(name)
-            if verb == "create":
-                if s["fail_create"] > 0:
-                    s["fail_create"] -= 1
-                    fail("RESOURCE_EXHAUSTED: no capacity")
-                if q:
-                    fail(f"ALREADY_EXISTS: queued resource {name}")
-                s["qrs"][name] = {"state": "WAITING_FOR_RESOURCES", "polls": 0,
-                                  "node": flag("node-id"), "spot": "--spot" in args,
-                                  "createTime": now_iso()}
-                sys.exit(0)
-            if q is None:
-                fail(f"NOT_FOUND: queued resource {name} was not found")
-            if verb == "describe":
-                nxt = {"WAITING_FOR_RESOURCES": "PROVISIONING", "PROVISIONING": "ACTIVE"}
-                if q["state"] in nxt:
-                    q["polls"] += 1
-                    if q["polls"] > s["qr_polls"]:
-                        q["state"], q["polls"] = nxt[q["state"]], 0
-                        if q["state"] == "ACTIVE":
-                            new_node(s, q["node"], q["spot"], name)
-                print(json.dumps({"name": f"projects/p/locations/z/queuedResources/{name}",
-                                  "createTime": q["createTime"], "state": {"state": q["state"]},
-                                  "tpu": {"nodeSpec": [{"nodeId": q["node"]}]}}))
-            elif verb == "delete":
-                vm = s["vms"].get(q["node"])
-                if vm is not None:
-                    if "--force" not in args:
-                        fail("FAILED_PRECONDITION: the queued resource has a node")
-                    del s["vms"][q["node"]]
-                    kill_instance(vm["instance"])
-                del s["qrs"][name]
-        sys.exit(0)
-    fail(f"unknown command {args}", 2)
-    """
-)
-
-VM_PYTHON = textwrap.dedent(
-    """\
-    #!/bin/sh
-    # The VM's python3: pip and the torch_xla import check are no-ops; the rest is real Python.
-    if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "fake pip: $*"; exit 0; fi
-    case "$2" in *torch_xla*) echo "fake torch, torch_xla, trm"; exit 0;; esac
-    exec {python} "$@"
-    """
-)
-
-# The trainer on the fake VM: the real trm.train, with the gs:// workdir mapped to the fake
-# bucket; the fake's plan may ask it to preempt its own VM after committing checkpoint K.
-VM_TRAIN = textwrap.dedent(
-    """\
-    import json, os, subprocess, sys, time
-    root = os.environ["FAKE_CLOUD"]
-    args = sys.argv[1:]
-    url = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
-    run_name = url.split("/", 4)[4]  # gs://bkt/trm/<sweep>/<run>
-    assert os.environ.pop("PJRT_DEVICE") == "TPU"  # what the launcher sets; this VM is a CPU
-    with open(os.path.join(root, "state.json")) as f:
-        plan = [p for p in json.load(f)["plan"] if p["run"] == run_name and not p.get("done")]
-    if plan:
-        from trm.run import checkpoints
-        original = checkpoints.CheckpointManager.save
-
-        def save(self, step, *a, **k):
-            out = original(self, step, *a, **k)
-            if step >= plan[0]["step"]:
-                self.wait()  # committed: now the VM goes away, mid-run
-                subprocess.run(["gcloud", "fake", "preempt", os.environ["FAKE_VM"],
-                                plan[0]["mode"], run_name, str(step)])
-                time.sleep(600)
-            return out
-
-        checkpoints.CheckpointManager.save = save
-    local = "--workdir=" + os.path.join(root, "gcs", url[len("gs://"):])
-    argv = [a if not a.startswith("--workdir=") else local for a in args]
-    from trm.train import run
-    run(["trm.train", *argv, "--noprogress"])
-    """
-)
-
-# A stand-in trainer for the fast tests: writes run.json ("completed") after FAKE_SLEEP s.
-FAST_TRAIN = textwrap.dedent(
-    """\
-    import json, os, sys, time
-    root = os.environ["FAKE_CLOUD"]
-    url = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--workdir="))
-    out = os.path.join(root, "gcs", url[len("gs://"):])
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "calls.jsonl"), "a") as f:
-        f.write(json.dumps(sys.argv[1:]) + "\\n")
-    json.dump({"status": "running", "last_step": 0}, open(os.path.join(out, "run.json"), "w"))
-    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
-    if os.path.exists(os.path.join(root, "fail")):
-        sys.exit(3)
-    json.dump({"status": "completed", "last_step": 10},
-              open(os.path.join(out, "run.json.tmp"), "w"))
-    os.replace(os.path.join(out, "run.json.tmp"), os.path.join(out, "run.json"))
-    """
-)
-
-
-class FakeCloud:
-    """The fake's directory, its state and the environment that puts it first on PATH."""
-
-    def __init__(self, root, monkeypatch, plan=(), qr_polls=1, fail_create=0):
-        self.root = root
-        for d in ("bin", "vmbin", "mods", "gcs", "vms"):
-            (root / d).mkdir(parents=True)
-        gcloud = root / "bin" / "gcloud"
-        gcloud.write_text(f"#!{sys.executable} -S\n{FAKE_GCLOUD}")
-        vmpython = root / "vmbin" / "vmpython"
-        vmpython.write_text(VM_PYTHON.format(python=sys.executable))
-        for p in (gcloud, vmpython):
-            p.chmod(0o755)
-        (root / "mods" / "fake_vm_train.py").write_text(VM_TRAIN)
-        (root / "mods" / "fast_train.py").write_text(FAST_TRAIN)
-        self.write({"vms": {}, "qrs": {}, "instances": 0, "events": [], "plan": list(plan),
-                    "qr_polls": qr_polls, "fail_create": fail_create})
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        monkeypatch.setenv("PATH", f"{root / 'bin'}:{os.environ['PATH']}")
-        monkeypatch.setenv("FAKE_CLOUD", str(root))
-        monkeypatch.setenv("PYTHONPATH", f"{root / 'mods'}:{repo}")
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-        # The trainer's source on the VM: any sdist will do (the VM's python is the real one).
-        src = root / "trm-src"
-        src.mkdir()
-        (src / "README").write_text("trm\n")
-        self.sdist = root / "trm-0.0.tar.gz"
-        with tarfile.open(self.sdist, "w:gz") as tar:
-            tar.add(src, arcname="trm-0.0")
-
-    def write(self, state):
-        (self.root / "state.json").write_text(json.dumps(state))
-
-    def state(self):
-        return json.loads((self.root / "state.json").read_text())
-
-    def calls(self):
-        path = self.root / "calls.jsonl"
-        return [json.loads(l)["argv"] for l in path.read_text().splitlines()] if path.exists() \
-            else []
-
-    def gcloud(self, *argv):
-        return subprocess.run(["gcloud", *argv], capture_output=True, text=True, timeout=30)
-
-    def run_json(self, run_name):
-        path = self.root / "gcs" / "bkt" / "trm" / run_name / "run.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def config(self, path, **extra):
-        settings = {"name": "trm-w", "bucket": "bkt", "root": "trm", "python": "vmpython",
-                    "source": str(self.sdist), "find_links": "", "watch_poll_s": 0.2,
-                    "watch_backoff_s": 0.1, "watch_backoff_max_s": 1, "watch_retries": 3,
-                    "watch_log": str(self.root / "watch.log"), **extra}
-        path.write_text(json.dumps(settings))
-        return path
-
-    def wait_idle(self, timeout=30):
-        """Waits until no process started by the fake's ssh is alive (background queues)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            alive = []
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-                except OSError:
-                    continue
-                if f"FAKE_CLOUD={self.root}".encode() in env and any(
-                        e.startswith(b"FAKE_VM_INSTANCE=") for e in env):
-                    alive.append(pid)
-            if not alive:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"processes still alive: {alive}")
-
 
 # ---------------------------------------------------------------------------------------------
 # End to end: the real trainer, a 3-run sweep, two preemptions, bitwise equal results.
@@ -472,7 +141,7 @@ def test_watch_survives_two_preemptions_bitwise(sudoku4, tmp_path, monkeypatch, 
 
 def _cfg(cloud, tmp_path, **extra):
     path = cloud.config(tmp_path / "launch.json", train_module="fast_train", **extra)
-    return tpu.load_config({}, str(path), {})
+    return tpu_config.load_config({}, str(path), {})
 
 
 def _runs(n=4):
@@ -518,7 +187,8 @@ def test_create_mode_restart_and_two_vms(tmp_path, monkeypatch, capsys):
     assert state["vms"] == {}
     creates = [c for c in cloud.calls() if c[2:4] == ["tpu-vm", "create"]]
     assert [c[4] for c in creates].count("vm-a") == 2
-    assert "--spot" not in creates[0] and creates[0][-1] == "--version=tpu-ubuntu2204-base"
+    assert "--spot" not in creates[0] and creates[0][-2:] == ["--version=tpu-ubuntu2204-base",
+                                                              "--async"]
     summary = out.splitlines()[-1]
     assert "4/4 runs completed" in summary
     ledger = json.loads((cloud.root / "watch.log.json").read_text())
@@ -547,7 +217,7 @@ def test_gives_up_after_retries_with_one_line(tmp_path, monkeypatch, capsys):
     assert len([c for c in cloud.calls() if c[2:4] == ["queued-resources", "create"]]) == 3
 
 
-def test_a_queue_that_ends_without_progress_is_retried_then_given_up(tmp_path, monkeypatch,
+def test_a_run_that_stops_without_progress_is_retried_then_given_up(tmp_path, monkeypatch,
                                                                         capsys):
     cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
     (cloud.root / "fail").write_text("")  # every run exits 3 without completing
@@ -556,8 +226,9 @@ def test_a_queue_that_ends_without_progress_is_retried_then_given_up(tmp_path, m
                       sleep=lambda s: time.sleep(0.3))
     assert w.run() == 1
     out, err = capsys.readouterr()
-    assert "the queue on VM trm-w ended without progress" in err
-    assert out.count("launched 1 unfinished run(s) on VM trm-w") == 2
+    run = _runs(1)[0].name
+    assert f"run {run} on VM trm-w stopped without progress" in err
+    assert out.count(f"launched run {run} on VM trm-w (4 worker(s)") == 2  # a v4-32
     cloud.wait_idle()
 
 
@@ -570,13 +241,16 @@ def test_dry_run_prints_the_plan(tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert rc == 0
         lines = out.splitlines()
-        assert lines[0].startswith("# watch: every 0.2 s until every run's run.json says "
-                                   "completed")
+        assert lines[0].startswith("# watch e2_2_tn: every 0.2 s until every run's run.json "
+                                   "says completed")
         creates = [l for l in lines if "queued-resources create" in l]
         assert creates == [f"gcloud compute tpus queued-resources create {vm}-qr "
                            f"--node-id={vm} --accelerator-type=v4-8 "
                            f"--runtime-version=tpu-ubuntu2204-base --spot" for vm in "ab"]
         assert sum("/trm-setup.ok" in l for l in lines) == 4  # probe and setup, per VM
+        launches = [l for l in lines if "setsid nohup" in l]
+        assert len(launches) == 2 and "--workdir=gs://bkt/trm/e2_2_tn/t2_n2_s0" in launches[0]
+        assert all("--strict-host-key-checking=no" in l for l in lines if " ssh " in l)
     assert cloud.calls() == []
 
 
@@ -591,7 +265,7 @@ def test_dry_run_prints_the_plan(tmp_path, monkeypatch, capsys):
     ({"provisioning": "queued"}, "queued"),
 ])
 def test_provisioning_mode(settings, mode):
-    assert watch.provisioning_mode(tpu.TpuConfig(**settings)) == mode
+    assert watch.provisioning_mode(tpu_config.TpuConfig(**settings)) == mode
 
 
 def test_watch_settings_are_checked(tmp_path, capsys):
@@ -607,13 +281,13 @@ def test_watch_settings_are_checked(tmp_path, capsys):
                        "--dry_run"], environ=environ)
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and label in err, err
-    cfg = tpu.load_config({"watch_poll_s": "5"}, None, {"TRM_TPU_WATCH_RETRIES": "7"})
+    cfg = tpu_config.load_config({"watch_poll_s": "5"}, None, {"TRM_TPU_WATCH_RETRIES": "7"})
     assert cfg.watch_poll_s == 5.0 and cfg.watch_retries == 7
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"price_per_chip_hour": None, "mfu": 0.5}))
-    assert tpu.load_config({}, str(path), {}).mfu == 0.5
+    assert tpu_config.load_config({}, str(path), {}).mfu == 0.5
     with pytest.raises(ValueError, match="queued resources take Spot VMs"):
-        tpu.queued_create_commands(tpu.TpuConfig(name="vm", preemptible=True))
+        gcloud.queued_create_commands(tpu_config.TpuConfig(name="vm", preemptible=True))
 
 
 def test_ledger_counts_each_loss_once(tmp_path):
@@ -632,35 +306,149 @@ def test_ledger_counts_each_loss_once(tmp_path):
     assert again.data["preemptions"] == 1 and again.data["recreations"] == 1
 
 
-def test_probe_script_answers(tmp_path):
-    """The one question the watcher asks every worker, run by bash in a fake home."""
+def test_probe_and_stop_scripts(tmp_path):
+    """What the watcher asks every worker, and how it stops a run, run by bash in a fake home."""
     home = tmp_path / "home"
     home.mkdir()
-    cfg = tpu.TpuConfig(name="vm", bucket="b", remote_dir="code.d/trm+1",
-                        log_dir="logs.d/x+y", train_module="fake_pkg.train_x")
-    script = tpu.queue_probe_script(cfg, "e2_2_tn", watch.setup_marker(cfg))
+    cfg = tpu_config.TpuConfig(name="vm", bucket="b", remote_dir="code.d/trm+1",
+                               log_dir="logs.d/x+y", train_module="fake_pkg.train_x")
+    probe = remote.worker_probe_script(cfg, watch.setup_marker(cfg))
+
+    def bash(script):
+        r = subprocess.run(["bash", "-c", script], cwd=home, env={**os.environ,
+                           "HOME": str(home)}, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
 
     def ask():
-        r = subprocess.run(["bash", "-c", script], cwd=home, env={**os.environ,
-                           "HOME": str(home)}, capture_output=True, text=True, timeout=10)
-        assert r.returncode == 0, r.stderr
-        return watch._PROBE_LINE.findall(r.stdout)
+        return [(state, run) for _, state, run in watch._PROBE_LINE.findall(bash(probe))]
 
-    assert ask() == ["setup missing"]
+    assert ask() == [("setup missing", "")]
     (home / "code.d" / "trm+1").mkdir(parents=True)
     (home / "code.d" / "trm+1" / "trm-setup.ok").write_text("")
-    assert ask() == ["queue stopped"]
-    pid_dir = home / "logs.d" / "x+y" / "sweeps"
-    pid_dir.mkdir(parents=True)
-    proc = subprocess.Popen(["bash", "-c", "sleep 30; true # fake_pkg.train_x"])
+    assert ask() == [("idle", "")]
+    run_dir = home / "logs.d" / "x+y" / "sw"
+    run_dir.mkdir(parents=True)
+    # A job that ignores SIGTERM in its own process group (as `setsid` starts the trainer).
+    job = subprocess.Popen(
+        ["bash", "-c", "trap '' TERM; sleep 60 & wait; true # fake_pkg.train_x"],
+        start_new_session=True)
     try:
-        (pid_dir / "e2_2_tn.pid").write_text(str(proc.pid))
-        assert ask() == ["queue running"]
+        (run_dir / "r_s0.pid").write_text(str(job.pid))
+        assert ask() == [("running sw/r_s0", "sw/r_s0")]
+        start = time.monotonic()
+        assert bash(remote.stop_script(cfg, 1.0)).strip().endswith(": stopped")
+        assert job.wait(timeout=10) == -9  # SIGKILL, after the grace
+        assert 1.0 <= time.monotonic() - start < 8
     finally:
-        proc.kill()
-        proc.wait()
-    assert ask() == ["queue stopped"]
+        job.kill()
+        job.wait()
+    assert ask() == [("idle", "")]
     # The watcher's setup ends by creating the marker (and only then).
     git = dataclasses.replace(cfg, source="git+https://h/x.git")
-    (ssh,) = tpu.setup_commands(git, marker=watch.setup_marker(cfg))
+    (ssh,) = remote.setup_commands(git, marker=watch.setup_marker(cfg), strict_host_keys=False)
     assert ssh[-1].endswith(' && touch "$HOME"/code.d/trm+1/trm-setup.ok')
+    assert "--strict-host-key-checking=no" in ssh
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host slices and an unreliable cloud.
+
+
+def _ssh_scripts(cloud, marker):
+    return [c for c in cloud.calls() if c[2:4] == ["tpu-vm", "ssh"] and marker in c[-1]]
+
+
+def test_a_dead_worker_stops_the_run_on_every_worker_and_it_restarts_together(
+        tmp_path, monkeypatch, capsys):
+    """On a 4-host v4-32 one worker dies mid-run; the others block in their collective. The
+    watcher sees the workers out of step, stops the run everywhere and relaunches it on all
+    four together; it resumes and completes."""
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "4")
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-32")
+    (run,) = _runs(1)
+    killed = []
+
+    def sleep(seconds):
+        state = cloud.run_json(run.name)
+        if not killed and state and state.get("last_step", 0) >= 2:
+            assert cloud.gcloud("fake", "kill", "trm-w", "2").returncode == 0
+            killed.append(state["last_step"])
+        time.sleep(seconds)
+
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=sleep)
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert killed and cloud.run_json(run.name)["status"] == "completed"
+    assert (f"workers out of step (trm-w-w0: {run.name}; trm-w-w1: {run.name}; trm-w-w2: idle;"
+            f" trm-w-w3: {run.name})") in out, out
+    assert out.count(f"launched run {run.name} on VM trm-w (4 worker(s)") == 2
+    assert len(_ssh_scripts(cloud, "setsid nohup")) == 2  # each launch: one ssh to all workers
+    assert len(_ssh_scripts(cloud, "kill -TERM")) == 1
+    starts = (cloud.root / "gcs" / "bkt" / "trm" / run.name / "calls.jsonl").read_text()
+    assert len(starts.splitlines()) == 2
+    homes = sorted((cloud.root / "vms").glob("trm-w-1/w*"))
+    assert [h.name for h in homes] == ["w0", "w1", "w2", "w3"]
+    for home in homes:  # every worker started the run twice (its own log)
+        log = (home / "trm-logs" / f"{run.name}.log").read_text()
+        assert log.count(f"starting {run.name}") == 2, (home, log)
+    cloud.wait_idle()
+
+
+def test_a_hung_run_is_stopped_and_restarted(tmp_path, monkeypatch, capsys):
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    (cloud.root / "hang_once").write_text("")  # the first start hangs: alive, no progress
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-8", watch_hang_s=1.5, watch_retries=1)
+    (run,) = _runs(1)
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=lambda s: time.sleep(0.2))
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert f"run {run.name} is hung (no progress in its run.json for 1.5 s)" in out
+    assert f"attempt failed on VM trm-w (1/1): run {run.name} on VM trm-w hung" in out
+    assert cloud.run_json(run.name)["status"] == "completed"
+    starts = (cloud.root / "gcs" / "bkt" / "trm" / run.name / "calls.jsonl").read_text()
+    assert len(starts.splitlines()) == 2
+    cloud.wait_idle()
+
+
+def test_timeouts_transient_errors_async_states_and_host_keys(tmp_path, monkeypatch, capsys):
+    """Transient API errors (UNAVAILABLE, a create that hangs after doing its work) are not
+    counted; ssh failures (a hang, exit 255) are; a lagging NOT_FOUND leads to a create that
+    answers ALREADY_EXISTS, which is no failure; the VM is CREATING and DELETING for a while;
+    the client knows another host key for the name (a recreated VM), which the watcher accepts.
+    With watch_retries=2 any counted transient error would make it give up."""
+    faults = [{"cmd": "describe", "vm": "trm-w", "mode": "notfound", "count": 1, "skip": 3},
+              {"cmd": "describe", "vm": "trm-w", "mode": "unavailable", "count": 2},
+              {"cmd": "create", "vm": "trm-w", "mode": "hang_after", "count": 1},
+              {"cmd": "ssh", "vm": "trm-w", "mode": "hang", "count": 1},
+              {"cmd": "ssh", "vm": "trm-w", "mode": "exit255", "count": 1}]
+    cloud = FakeCloud(tmp_path / "cloud", monkeypatch, create_polls=2, delete_polls=1,
+                      known_hosts={"trm-w": 999}, faults=faults)
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    cfg = _cfg(cloud, tmp_path, accelerator_type="v4-8", watch_retries=2, watch_timeout_s=2)
+    (run,) = _runs(1)
+    start = time.monotonic()
+    w = watch.Watcher(cfg, "cpu_e2_2_tn", [run], ["trm-w"], sleep=lambda s: time.sleep(0.2))
+    assert w.run() == 0
+    out = capsys.readouterr().out
+    assert time.monotonic() - start < 60
+    assert cloud.run_json(run.name)["status"] == "completed"
+    assert all(f["count"] == 0 for f in cloud.state()["faults"])  # every fault happened
+    assert out.count("(not counted)") == 3, out
+    assert "UNAVAILABLE" in out and "timed out after 2 s (launchers)" in out
+    assert "VM trm-w exists already (an earlier create went through)" in out
+    assert "VM trm-w is CREATING: waiting" in out
+    assert "attempt failed on VM trm-w (1/2): asking VM trm-w (ssh) failed with exit code 124" \
+        in out
+    assert "attempt failed on VM trm-w (2/2): asking VM trm-w (ssh) failed with exit code 255" \
+        in out
+    calls = cloud.calls()
+    assert [c[3] for c in calls if c[2] == "tpu-vm" and c[3] in ("create", "delete")] == [
+        "create", "create", "delete"]
+    assert all("--async" in c for c in calls if c[3:4] in (["create"], ["delete"]))
+    remote_calls = [c for c in calls if c[2:4] in (["tpu-vm", "ssh"], ["tpu-vm", "scp"])]
+    assert remote_calls and all("--strict-host-key-checking=no" in c for c in remote_calls)
+    assert cloud.state()["vms"] == {}  # deleted once DELETING was over
+    cloud.wait_idle()

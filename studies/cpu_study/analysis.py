@@ -1,13 +1,12 @@
-"""The CPU study: its arms, its ablations, and the report that answers them.
+"""The CPU study's report: its ablations, and the analysis that answers them.
 
 The study (issue #12, docs/results/cpu_study/) runs the CPU twins (``gin/experiments/cpu/``) on
 generated 9x9 Sudoku with 50 blanks, a task on which the twin lands far below saturation within
 a CPU budget, with three seeds per arm and the same number of optimizer steps for every run.
 
-* :data:`ARMS` — every configuration of the study, once: a label, the twin's gin file and any
-  extra bindings. The sweep ``cpu_study`` (:mod:`launchers.named_sweeps`) is built from it, so
-  the runs and the report can never disagree about what an arm is. Arms shared by several
-  ablations (the baseline) are run once.
+* :data:`ARMS` (from :mod:`studies.cpu_study.sweep`, which builds the ``cpu_study`` sweep from
+  them) — every configuration of the study, once: a label, the twin's gin file and any extra
+  bindings.
 * :data:`ABLATIONS` — each ablation as a *contrast* of arms (``effect = sum w_a * mean_a``):
   a difference of two arms, or for LR x batch the interaction of a 2 x 2 grid. The paper's
   direction and, where the paper publishes one, its number come from :mod:`analysis.published`.
@@ -32,7 +31,7 @@ without common seeds fall back to the unpaired forms (per-arm bootstrap, Welch t
 
 Command line::
 
-    python -m analysis.cpu_study --runs=runs/cpu_study --out=docs/results/cpu_study
+    python -m studies.cpu_study.analysis --runs=runs/cpu_study --out=docs/results/cpu_study
 """
 
 from __future__ import annotations
@@ -49,24 +48,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from analysis.published import get as _published
+from studies.cpu_study.sweep import ARM_BY_LABEL, ARMS, SEEDS, STUDY_STEPS
 
-__all__ = ["Arm", "Ablation", "ARMS", "ABLATIONS", "STUDY_STEPS", "MIN_SEEDS", "SEEDS",
+__all__ = ["Ablation", "ARMS", "ABLATIONS", "STUDY_STEPS", "MIN_SEEDS", "SEEDS",
            "contrast_interval", "analyze", "write_report", "main"]
 
 METRIC = "eval/exact_accuracy"
-SEEDS = (0, 1, 2)
 MIN_SEEDS = 3
-STUDY_STEPS = 1500  # optimizer steps of every run (cpu_e1_1_baseline.gin)
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One configuration of the study: a CPU twin file plus optional bindings."""
-
-    label: str
-    gin_file: str
-    bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    description: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,36 +93,6 @@ class Ablation:
         return float(max(pos, neg))
 
 
-def _arm(label: str, gin_file: str, description: str, **bindings: str) -> Arm:
-    return Arm(label, gin_file, dict(bindings), description)
-
-
-#: Every configuration of the study, in the order the sweep runs them (cheap, decisive
-#: contrasts first, so a study run in parts answers whole ablations early).
-ARMS: Tuple[Arm, ...] = (
-    _arm("base", "cpu_e1_1_baseline.gin", "baseline twin: MLP, T=2, n=3, EMA, 8 supervision "
-         "steps, hidden 64, 1000 puzzles, lr 1e-3, batch 64"),
-    _arm("ema_off", "cpu_e2_1_ema_off.gin", "EMA off"),
-    _arm("t2_n2", "cpu_e2_2_t2_n2.gin", "T=2, n=2"),
-    _arm("t3_n6", "cpu_e2_2_t3_n6.gin", "T=3, n=6"),
-    _arm("ds1", "cpu_e2_4_ds1.gin", "1 supervision step (no deep supervision)"),
-    _arm("attention", "cpu_e2_3_attention.gin", "self-attention mixer"),
-    _arm("p250", "cpu_e3_2_data250.gin", "250 training puzzles"),
-    _arm("p4000", "cpu_e3_2_data4000.gin", "4000 training puzzles"),
-    _arm("h32", "cpu_e3_1_h32.gin", "hidden 32"),
-    _arm("h128", "cpu_e3_1_h128.gin", "hidden 128"),
-    _arm("t2_n6", "cpu_e2_2_t2_n6.gin", "T=2, n=6"),
-    _arm("t3_n4", "cpu_e2_2_t3_n4.gin", "T=3, n=4"),
-    _arm("t4_n6", "cpu_e2_2_t4_n6.gin", "T=4, n=6"),
-    _arm("t1_n1", "cpu_e1_1_baseline.gin", "T=1, n=1 (below the study's points: where depth "
-         "starts to matter)", H_CYCLES="1", L_CYCLES="1"),
-    _arm("b64_lr3e-3", "cpu_e3_3_lr.gin", "batch 64, lr 3e-3", LR="3e-3", PUZZLE_EMB_LR="3e-3"),
-    _arm("b32_lr1e-3", "cpu_e3_3_lr.gin", "batch 32, lr 1e-3", GLOBAL_BATCH_SIZE="32"),
-    _arm("b32_lr3e-3", "cpu_e3_3_lr.gin", "batch 32, lr 3e-3", GLOBAL_BATCH_SIZE="32",
-         LR="3e-3", PUZZLE_EMB_LR="3e-3"),
-    _arm("ds2", "cpu_e2_4_ds4.gin", "2 supervision steps (the twin of the paper's 4 of 16)"),
-)
-ARM_BY_LABEL: Dict[str, Arm] = {a.label: a for a in ARMS}
 
 
 def _pp(experiment: str, label: Optional[str] = None) -> float:
@@ -682,7 +640,7 @@ def plot(res: Mapping[str, Any], out_dir: str) -> List[str]:
 
 
 def render_notebook(path: str, timeout: int = 600, cwd: Optional[str] = None) -> None:
-    """Executes a notebook in place (outputs included), e.g. analysis/notebooks/cpu_study.ipynb;
+    """Executes a notebook in place (outputs included), e.g. studies/cpu_study/notebook.ipynb;
     the kernel runs in ``cwd`` (default: the notebook's folder)."""
     import nbclient
     import nbformat
@@ -703,8 +661,8 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
     lines = [
         "# CPU study: results",
         "",
-        "Generated by `python -m analysis.cpu_study` from the runs of the `cpu_study` sweep "
-        "(do not edit by hand; the reading and the commands are in README.md).",
+        "Generated by `python -m studies.cpu_study.analysis` from the runs of the `cpu_study` "
+        "sweep (do not edit by hand; the reading and the commands are in README.md).",
         "",
         f"Metric: final exact (whole-board) accuracy on the 500 held-out puzzles after "
         f"{res['steps_per_run']} optimizer steps, per arm the mean over seeds. Arm intervals: "
@@ -799,7 +757,7 @@ def write_report(res: Mapping[str, Any], out_dir: str, notes: Optional[Mapping[s
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.cpu_study",
+    p = argparse.ArgumentParser(prog="python -m studies.cpu_study.analysis",
                                 description="Report of the CPU study (results.json, RESULTS.md, "
                                             "plots) from the runs of the cpu_study sweep.")
     p.add_argument("--runs", required=True, help="the --root given to launchers.local")
@@ -810,7 +768,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n_boot", type=int, default=20000)
     p.add_argument("--notebook", default=None,
                    help="after writing the report, execute this notebook in place so it is "
-                        "committed with its outputs (analysis/notebooks/cpu_study.ipynb)")
+                        "committed with its outputs (studies/cpu_study/notebook.ipynb)")
     args = p.parse_args(argv)
     try:
         runs = load(args.runs)
