@@ -183,9 +183,9 @@ class _TensorWriter:
 
 
 def _writer(logdir: str, fmt: str, suffix: str):
-    from analysis.runs import _prefer_tensorboard_stub
+    from analysis.reader import prefer_tensorboard_stub
 
-    _prefer_tensorboard_stub()
+    prefer_tensorboard_stub()
     if fmt == "tensor":
         return _TensorWriter(logdir, suffix)
     from torch.utils.tensorboard import SummaryWriter
