@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import sys
@@ -106,7 +107,7 @@ def find_run_dirs(root: str, storage_options: Optional[Mapping[str, Any]] = None
 def _wanted(rel_in_run: str) -> bool:
     parts = rel_in_run.split("/")
     if len(parts) == 1:
-        return parts[0] in RUN_FILES or parts[0] == "LOCK"
+        return parts[0] in RUN_FILES
     return parts[0] == TB_DIR or (parts[0] == "eval" and parts[-1] == "metrics.json")
 
 
@@ -222,8 +223,16 @@ def _multiplexer(tb_dir: str):
                                           ea.COMPRESSED_HISTOGRAMS: 1},
                            purge_orphaned_data=True)
     if os.path.isdir(tb_dir):
-        mux.AddRunsFromDirectory(tb_dir)
-        mux.Reload()
+        # TensorBoard logs each purge as a warning ("Detected out of order event.step"); a
+        # resumed run is expected here, so the purge happens quietly.
+        tb_log = logging.getLogger("tensorboard")
+        level = tb_log.level
+        tb_log.setLevel(logging.ERROR)
+        try:
+            mux.AddRunsFromDirectory(tb_dir)
+            mux.Reload()
+        finally:
+            tb_log.setLevel(level)
     return mux
 
 

@@ -20,8 +20,10 @@ Tables of the returned :class:`Runs`:
 * ``eval_cli``: the results of ``python -m trm.eval`` (``tb/eval_cli/<setting>/``), one row
   per ``run, setting, step, tag, value, wall_time``: beside the training curves, never in
   them (an evaluation of step 10 is not a training point at step 10).
-* ``hparams``: one row per run, canonical hyperparameters parsed from ``config.gin``, then
-  ``command.json`` bindings, then ``operative_config.gin`` (later wins).
+* ``hparams``: one row per run, canonical hyperparameters from ``hparams.json`` (gin's own
+  resolution, written by ``trm.train``) over ``operative_config.gin``; for runs without
+  ``hparams.json``: parsed from ``config.gin``, then ``command.json`` bindings, then
+  ``operative_config.gin`` (later wins).
 * ``summary``: one row per run: status, steps, times, parameters, FLOPs, the final value of
   every ``train/``, ``eval/``, ``ARC/`` tag (``final_<tag>`` with ``/`` -> ``_``), the best
   value of every ``eval/`` and ``ARC/`` tag (``best_<tag>``: max, min for losses), and the
@@ -133,18 +135,24 @@ def _load_one(local_dir: str, run_id: str, path: str, experiment: str
     op = _rd.read_text(os.path.join(local_dir, "operative_config.gin"))
     cfg = _hp.GinConfig()
     if resolved:
-        # Written by trm.train: gin's own resolution of every binding.
+        # Written by trm.train: gin's own resolution of every binding; it wins over the
+        # operative config, which adds the defaults the run used (values no binding set).
         try:
-            cfg.update(_hp.from_hparams_json(json.loads(resolved)))
+            data = json.loads(resolved)
+            if op:
+                cfg.update(_hp.parse_gin(op, "operative_config.gin"))
+            cfg.update(_hp.from_hparams_json(data))
         except ValueError as e:
             warnings.warn(f"{path}/hparams.json is not valid JSON ({e}); reading config.gin "
                           "instead.")
             resolved = None
     if not resolved:  # runs that predate hparams.json: parse the gin text
+        cfg = _hp.GinConfig()
         text = _rd.read_text(os.path.join(local_dir, "config.gin"))
         if text:
             cfg.update(_hp.parse_gin(text, "config.gin"))
-        bindings = command.get("gin_bindings") or command.get("bindings") or []
+        bindings = (command.get("gin_params") or command.get("gin_bindings")
+                    or command.get("bindings") or [])
         if isinstance(bindings, list) and bindings:
             cfg.update(_hp.parse_bindings_list(bindings))
         if op:

@@ -67,7 +67,7 @@ def test_gcs_staging_skips_names_that_leave_the_folder(gcs_emulator, gcs_fs_buck
         assert reader.stage(f"gs://{bucket}/root", str(dest)) == ["r"]
     assert len([w for w in rec if "leaves its folder" in str(w.message)]) == len(EVIL)
     assert _outside(tmp_path, dest) == []
-    assert sorted(os.listdir(dest / "r")) == ["command.json", "config.gin", "eval",
+    assert sorted(os.listdir(dest / "r")) == ["command.json", "config.gin", "eval", "hparams.json",
                                               "operative_config.gin", "run.json", "tb"]
     assert load_runs(f"gs://{bucket}/root").summary["last_step"].tolist() == [20]
 
