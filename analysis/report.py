@@ -38,7 +38,8 @@ import pandas as pd  # noqa: E402
 from analysis import stats as _stats
 from analysis import compare as _cmp
 from analysis import scaling as _sc
-from analysis.runs import Runs, load_runs, tag_column
+from analysis.cli import Parser, run, select_runs
+from analysis.runs import Runs, tag_column
 
 __all__ = ["build_report", "render_markdown", "main", "jsonable"]
 
@@ -535,9 +536,9 @@ def render_markdown(res: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m analysis.report", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="runs root (local path or gs://...)")
     p.add_argument("--out", required=True, help="output directory (local)")
     p.add_argument("--metric", default=METRIC,
@@ -547,21 +548,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--include", default=None, help="fnmatch pattern on run ids")
     p.add_argument("--completed_only", action="store_true",
                    help="leave out runs whose status is not 'completed'")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = _parser().parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never windows
-    try:
-        runs = _cmp.load_or_fail(args.runs, include=args.include)
-        if args.completed_only:
-            runs = runs.select(status="completed")
-        if not len(runs):
-            print(f"no runs found under {args.runs}", file=sys.stderr)
-            return 1
-        _cmp.check_metric(runs, args.metric)
-    except _cmp.CliError as e:
-        print(f"python -m analysis.report: {e}", file=sys.stderr)
-        return 2
+    runs = select_runs(args.runs, include=args.include,
+                       status=["completed"] if args.completed_only else None)
+    _cmp.check_metric(runs, args.metric)
     cmd = "python -m analysis.report " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))
     res = build_report(runs, args.out, n_boot=args.n_boot, metric=args.metric,
@@ -569,6 +566,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and results.json "
           f"({res['overview']['n_runs']} runs, {len(res['experiments'])} experiments)")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run("python -m analysis.report", _main, argv)
 
 
 if __name__ == "__main__":
