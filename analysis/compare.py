@@ -1,14 +1,15 @@
 """Comparison tables of runs, and the ``python -m analysis.compare`` CLI.
 
     python -m analysis.compare --runs=ROOT [--group_by=T,n] [--metric=eval/exact_accuracy]
-        [--format=markdown|csv] [--experiment=e2_2_tn] [--ci=t|bootstrap] [--raw]
+        [--format=markdown|csv] [--experiment=e2_2_tn] [--status=completed] [--raw]
 
 One row per group of runs (``--group_by`` columns: canonical hyperparameters, summary columns
 such as ``experiment`` or ``status``, or any raw gin name such as ``TRM.puzzle_emb_len``; by
 default the hyperparameter axes that vary among the selected runs). Columns: the number of
 runs, seeds and the eval step range each number comes from, the number of evaluation examples,
-mean and CI of the final value of ``--metric`` (across seeds with 2+ runs, else the Wilson
-interval of the single run), min/max, and the paper's published number for that configuration
+mean and CI of the final value of ``--metric`` (:mod:`analysis.stats`: a t interval over the
+per-seed values, the Wilson interval of a single run's puzzles; the ``CI`` column names it),
+min/max, and the paper's published number for that configuration
 when there is one (:mod:`analysis.published`).
 """
 
@@ -64,9 +65,8 @@ def group_label(row: Union[pd.Series, Dict[str, Any]], group_by: Sequence[str]) 
 
 
 def comparison_table(runs: Runs, group_by: Union[None, str, Sequence[str]] = None,
-                     metric: str = "eval/exact_accuracy", *, ci: str = "t",
-                     confidence: float = 0.95, with_published: bool = True,
-                     n_boot: int = 2000) -> pd.DataFrame:
+                     metric: str = "eval/exact_accuracy", *, confidence: float = 0.95,
+                     with_published: bool = True) -> pd.DataFrame:
     """Aggregates the final ``metric`` of each run per group (see the module docstring).
 
     Returns the :func:`analysis.stats.aggregate` columns plus ``label``, ``metric`` and, for
@@ -80,8 +80,7 @@ def comparison_table(runs: Runs, group_by: Union[None, str, Sequence[str]] = Non
     group_by = list(group_by)
     summary = runs.with_columns(group_by)
     value = f"final_{tag_column(metric)}"
-    agg = _stats.aggregate(summary, group_by, value, ci=ci, confidence=confidence,
-                           n_boot=n_boot)
+    agg = _stats.aggregate(summary, group_by, value, confidence=confidence)
     if len(agg) and group_by:
         try:
             agg = agg.sort_values(group_by, kind="stable", na_position="last")
@@ -184,7 +183,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--include", default=None, help="fnmatch pattern on run ids")
     p.add_argument("--status", default=None,
                    help="comma-separated statuses to keep (default: all)")
-    p.add_argument("--ci", default="t", choices=["t", "bootstrap"])
     p.add_argument("--raw", action="store_true",
                    help="machine-readable columns (fractions, all aggregate columns)")
     return p
@@ -232,7 +230,7 @@ def _main(args) -> int:
                 else runs.varying())
     check_metric(runs, args.metric)
     check_columns(runs, group_by)
-    table = comparison_table(runs, group_by, args.metric, ci=args.ci)
+    table = comparison_table(runs, group_by, args.metric)
     if args.raw:
         out = table.drop(columns=["runs"]).copy()
         out["seeds"] = out["seeds"].map(lambda s: " ".join(map(str, s)))

@@ -109,8 +109,7 @@ def _comparison(sub: Runs, varying: List[str], metric: str, out_dir: str, slug: 
         d = {c: r[c] for c in varying}
         for c in ["label", "n_runs", "n_seeds", "seeds", "runs", "step_min", "step_max",
                   "eval_count", "mean", "std", "min", "max", "ci_low", "ci_high", "ci_method",
-                  "wilson_low", "wilson_high", "published", "published_experiment",
-                  "published_label"]:
+                  "published", "published_experiment", "published_label"]:
             d[c] = r[c]
         rows.append(d)
     res: Dict[str, Any] = {"group_by": varying, "metric": metric, "rows": rows}
@@ -120,7 +119,7 @@ def _comparison(sub: Runs, varying: List[str], metric: str, out_dir: str, slug: 
                                   percent=_cmp.is_accuracy(metric))
         _close(fig)
         res["plot"] = _rel([os.path.join(out_dir, f"{slug}_comparison.{e}")
-                            for e in ("png", "svg")], out_dir)
+                            for e in ("png", "svg", "pdf")], out_dir)
     return res
 
 
@@ -136,7 +135,7 @@ def _curves(sub: Runs, varying: List[str], out_dir: str, slug: str) -> Dict[str,
         fig = plots.plot_learning_curves(sub, tag, varying, stem, logy=logy)
         _close(fig)
         c = sub.curve(tag)
-        out[tag] = {"plot": _rel([stem + ".png", stem + ".svg"], out_dir),
+        out[tag] = {"plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir),
                     "n_runs": int(c["run"].nunique()), "n_points": int(len(c)),
                     "step_max": int(c["step"].max()) if len(c) else None}
     return out
@@ -165,7 +164,7 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     cells = _grid(s, "T", "n", value)
     if not len(cells):
         return None
-    # intervals per cell (seed spread, or pooled Wilson for identical seeds): the heatmap
+    # intervals per cell (analysis.stats: over seeds, one run's Wilson interval): the heatmap
     # annotates them so seed noise is visible next to the differences between cells
     agg = _stats.aggregate(s, ["T", "n"], value)
     cells = cells.merge(agg[["T", "n", "ci_low", "ci_high", "ci_method"]], on=["T", "n"],
@@ -177,7 +176,7 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     others = [v for v in varying if v not in ("T", "n")]
     return {"cells": cells.to_dict("records"), "best": {"T": best["T"], "n": best["n"],
                                                         "mean": best["mean"]},
-            "mixed_axes": others, "plot": _rel([stem + ".png", stem + ".svg"], out_dir)}
+            "mixed_axes": others, "plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)}
 
 
 def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
@@ -211,7 +210,7 @@ def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
     _close(fig)
     return {"cells": cells.to_dict("records"), "best_lr": best,
             "fit": fit.as_dict() if fit else None,
-            "plot": _rel([stem + ".png", stem + ".svg"], out_dir)}
+            "plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)}
 
 
 def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
@@ -251,7 +250,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
             fig = plots.plot_scaling(x, y, fit, stem, xlabel=xlabel, ylabel=ylabel,
                                      title=f"{slug}: {ylabel} vs {xlabel}")
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg"], out_dir)
+            entry["plot"] = _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)
             out[f"{key}/{tname}"] = entry
     if axes and targets:
         # compute: the frontier over every eval point of every run
@@ -291,7 +290,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
                                      title=f"{slug}: {ylabel} vs compute (frontier)",
                                      background=(x, y))
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg"], out_dir)
+            entry["plot"] = _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)
             out[f"compute/{tname}"] = entry
     return out
 
@@ -415,10 +414,14 @@ def render_markdown(res: Dict[str, Any]) -> str:
     out.append(f"How to read the tables: each row aggregates the **final** `{metric}` (the last "
                f"evaluation of each run) over the runs of that configuration. `runs` / `seeds` "
                f"count them, `steps` is the eval step (range) the values were taken at, `eval n` "
-               f"the number of evaluation examples summed over the runs. The CI is a t interval "
-               f"across seeds when there are 2+ runs whose values differ (`t`); `wilson` = the "
-               f"Wilson interval pooled over the group's evaluation examples (a single run, or all "
-               f"seeds identical); accuracy intervals are clipped to [0, 100] %. `paper` is the published full-scale number for that "
+               f"the fewest evaluation puzzles of the runs. The CI (`analysis.stats`, the same "
+               f"method in every table and figure) is over seeds: `t` = the t interval of the "
+               f"mean of the per-seed values; `t, sd floor` = the same with the seeds' spread "
+               f"floored at one puzzle (1 / eval n), because they agree to within one puzzle; "
+               f"`wilson` = the Wilson interval of a single run's puzzles; `none` = no interval "
+               f"(one seed with several runs, or seeds that all agree on a metric without a "
+               f"puzzle count). Puzzles of different seeds are never pooled. Accuracy intervals "
+               f"are clipped to [0, 100] %. `paper` is the published full-scale number for that "
                f"configuration (Sudoku-Extreme, TRM paper) where one exists; small-scale twins "
                f"are not expected to reach it, only to reproduce its orderings.\n")
     out.append("## Overview\n")
