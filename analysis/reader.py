@@ -22,6 +22,7 @@ through :class:`trm.run.storage.Storage` (the one fsspec layer of trm).
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import logging
@@ -133,15 +134,22 @@ def stage(root: str, dest: str, storage_options: Optional[Mapping[str, Any]] = N
     store = Storage(root, dict(storage_options or {}))
     rel_files = _safe_names(store)
     run_dirs = _run_dirs(rel_files)
+    copies = []
     for rel in rel_files:
         run = next((rd for rd in run_dirs if rd == "." or rel.startswith(rd + "/")), None)
         local = inside(dest, rel)
-        if run is None or local is None or not _wanted(rel if run == "." else
-                                                       rel[len(run) + 1:]):
-            continue
+        if run is not None and local is not None and _wanted(rel if run == "." else
+                                                             rel[len(run) + 1:]):
+            copies.append((rel, local))
+
+    def copy(item: Tuple[str, str]) -> None:
+        rel, local = item
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with open(local, "wb") as f:
             f.write(store.read_bytes(rel))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(copy, copies))  # small files: the round trips overlap
     return run_dirs
 
 
