@@ -189,8 +189,10 @@ def setting_name(step: int, weights: str, tag: str, bindings: List[str]) -> str:
 def _restore_best(mgr: Any) -> Any:
     """The best committed checkpoint, by the rule of run.json's ``best`` (the higher
     ``best_metric``; a tie goes to the earlier step, the one the run recorded first). A
-    corrupt candidate is skipped with a warning for the next best."""
-    from trm.run.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+    corrupt candidate is skipped with a warning for the next best, as ``restore("best")``
+    does; one that is unsafe to load is raised."""
+    from trm.run.checkpoints import (  # pylint: disable=import-outside-toplevel
+        CheckpointError, UnsafeCheckpointError)
     if not mgr.best_metric:
         raise EvalError("--checkpoint=best needs the run's best_metric (trm.TrainConfig."
                         "best_metric); name a step instead, e.g. --checkpoint=1000.")
@@ -202,6 +204,8 @@ def _restore_best(mgr: Any) -> Any:
     for _, s in sorted(scored):
         try:
             return mgr.restore(s)
+        except UnsafeCheckpointError:
+            raise  # never fall back silently past a file that may be an attack
         except CheckpointError as e:
             log.warning("Skipping checkpoint step %d for --checkpoint=best: %s", s, e)
     return None

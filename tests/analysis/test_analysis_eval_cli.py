@@ -71,3 +71,18 @@ def test_checkpoint_best_follows_run_json_on_ties(resumed_run):
     assert mgr.steps() == [10, 20] and values[0] == values[1]  # a tie (no puzzle solved yet)
     res = evaluate_run(resumed_run, checkpoint="best", skip_eval=True)
     assert res["step"] == best["step"] == 10  # run.json's rule: the earlier step
+
+
+def test_setting_names_are_unique_per_setting():
+    from trm.eval import setting_name
+
+    assert setting_name(30, "ema", "", ["EVAL_HALT_MAX_STEPS=32"]) == (
+        "step_000000030_ema_EVAL_HALT_MAX_STEPS=32")
+    assert setting_name(30, "raw", "deep", []) == "step_000000030_raw_deep"
+    # bindings whose plain slugs would collide keep apart through the hash of their text
+    a = setting_name(30, "ema", "", ["X='a b'"])
+    b = setting_name(30, "ema", "", ["X='a-b'"])
+    assert a != b and a.startswith("step_000000030_ema_X=-a-b_") and "/" not in a + b
+    long = setting_name(30, "ema", "", [f"A{i}={i}" for i in range(40)])
+    assert len(long) <= 120 and long != setting_name(30, "ema", "", [f"A{i}={i}"
+                                                                       for i in range(41)])
