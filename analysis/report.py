@@ -13,6 +13,7 @@ rendered from that dictionary). Sections appear only where the runs support them
 * scaling laws where parameters (or data size) take 3+ values: error = 1 - exact accuracy
   (and eval loss) vs parameters / training puzzles, and vs compute over the frontier of all
   eval points; exponents with bootstrap CIs;
+* ``python -m trm.eval`` results (``Runs.eval_cli``), in a table of their own;
 * an appendix with one row per run.
 """
 
@@ -305,6 +306,25 @@ def _n_seeds(s: pd.DataFrame) -> int:
     return int(len(s))
 
 
+def _eval_cli(runs: Runs) -> List[Dict[str, Any]]:
+    """``python -m trm.eval`` results (``Runs.eval_cli``), one row per run, setting and step:
+    exact accuracy, puzzles, and the single run's Wilson interval (:mod:`analysis.stats`)."""
+    cli = runs.eval_cli
+    if not len(cli):
+        return []
+    cli = cli.assign(metric=cli["tag"].str.rsplit("/", n=1).str[-1])
+    rows = []
+    for (run, setting, step), g in cli.groupby(["run", "setting", "step"], sort=True):
+        vals = dict(zip(g["metric"], g["value"]))
+        acc, count = vals.get("exact_accuracy"), vals.get("count")
+        ci = (_stats.single_run_interval(acc, count) if acc is not None and count else None)
+        rows.append({"run": run, "setting": setting, "step": int(step), "exact_accuracy": acc,
+                     "count": count, "ci_low": ci.low if ci else None,
+                     "ci_high": ci.high if ci else None,
+                     "ci_method": ci.method if ci else "none"})
+    return rows
+
+
 def build_report(runs: Runs, out_dir: str, *, n_boot: int = 1000, metric: str = METRIC,
                  title: str = "TRM results", command: Optional[str] = None) -> Dict[str, Any]:
     """Writes RESULTS.md, results.json and the plots to ``out_dir``; returns the results dict."""
@@ -363,6 +383,7 @@ def build_report(runs: Runs, out_dir: str, *, n_boot: int = 1000, metric: str = 
             "num_train_puzzles", "seed"]
     for _, r in s.iterrows():
         res["runs"].append({k: r[k] for k in keep if k in s.columns})
+    res["eval_cli"] = _eval_cli(runs)
     res = jsonable(res)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=False)
@@ -519,6 +540,18 @@ def render_markdown(res: Dict[str, Any]) -> str:
                                   "runs (points)", "bootstrap ok"], rows))
             for key, en in sc.items():
                 out.append(f"\n![{e['name']} {key}]({en['plot']['png']})\n")
+    if res.get("eval_cli"):
+        out.append("\n## `python -m trm.eval` results\n")
+        out.append("Evaluations of saved checkpoints with changed settings, kept beside the "
+                   "training curves (never in them); one row per run, setting and checkpoint "
+                   "step; the interval is the Wilson interval of that single run's puzzles.\n")
+        rows = [[r["run"], r["setting"], r["step"],
+                 "" if r["exact_accuracy"] is None else f"{100 * r['exact_accuracy']:.1f}",
+                 _val(r["count"]), "" if r["ci_low"] is None else
+                 f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"]
+                for r in res["eval_cli"]]
+        out.append(_md_table(["run", "setting", "step", "exact accuracy (%)", "puzzles",
+                              "95% CI"], rows))
     out.append("\n## Appendix: runs\n")
     cols = [c for c in ["run", "status", "last_step", "final_eval_step", "seed", res["value_column"],
                         "wall_time_s", "num_params"] if any(c in r for r in res["runs"])]

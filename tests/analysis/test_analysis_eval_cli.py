@@ -86,3 +86,18 @@ def test_setting_names_are_unique_per_setting():
     long = setting_name(30, "ema", "", [f"A{i}={i}" for i in range(40)])
     assert len(long) <= 120 and long != setting_name(30, "ema", "", [f"A{i}={i}"
                                                                        for i in range(41)])
+
+
+def test_report_lists_eval_cli_results_in_a_table_of_their_own(resumed_run, tmp_path):
+    from analysis import report
+    from trm.eval import evaluate_run
+
+    res = evaluate_run(resumed_run, checkpoint="20", tag="rep")
+    runs = load_runs(resumed_run)
+    out = report.build_report(runs, str(tmp_path / "rep"), n_boot=10)
+    rows = [r for r in out["eval_cli"] if r["setting"] == res["setting"]]
+    assert len(rows) == 1 and rows[0]["step"] == 20
+    assert rows[0]["exact_accuracy"] == res["metrics"]["eval/exact_accuracy"]
+    assert rows[0]["count"] == 16 and rows[0]["ci_method"] == "wilson"
+    md = open(tmp_path / "rep" / "RESULTS.md").read()
+    assert "## `python -m trm.eval` results" in md and res["setting"] in md
