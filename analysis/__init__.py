@@ -10,7 +10,9 @@ Modules: :mod:`analysis.reader` (the one reader of the workdir format), :mod:`an
 (tables), :mod:`analysis.hparams` (gin parsing and the binding
 -> column table), :mod:`analysis.stats`, :mod:`analysis.scaling`, :mod:`analysis.plots`
 (matplotlib; imported on demand), :mod:`analysis.compare` and :mod:`analysis.report` (CLIs),
-:mod:`analysis.published` (the paper's numbers), :mod:`analysis.testing` (synthetic runs).
+:mod:`analysis.published` (the paper's numbers), :mod:`analysis.testing` (synthetic runs),
+:mod:`analysis.dashboard` (a TensorBoard logdir with HParams), :mod:`analysis.cli` (what the
+CLIs share).
 See docs/ANALYSIS.md.
 """
 

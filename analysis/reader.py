@@ -186,8 +186,9 @@ def read_eval_metrics(run_dir: str) -> pd.DataFrame:
     rows = []
     for f in sorted(glob.glob(os.path.join(run_dir, "eval", "step_*", "metrics.json"))):
         m = re.search(r"step_(\d+)", f)
-        data = read_json(f) if m else {}
-        step, wall = (int(m.group(1)), os.path.getmtime(f)) if m else (0, 0.0)
+        if not m:
+            continue
+        data, step, wall = read_json(f), int(m.group(1)), os.path.getmtime(f)
 
         def add(prefix: str, d: Mapping[str, Any]) -> None:
             for k, v in d.items():

@@ -89,6 +89,11 @@ def _num(v: Optional[float], digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def _figure_files(stem: str) -> List[str]:
+    """The files :func:`analysis.plots.save_figure` writes for ``stem``."""
+    return [f"{stem}.{fmt}" for fmt in ("png", "svg", "pdf")]
+
+
 def _rel(paths: List[str], out_dir: str) -> Dict[str, str]:
     return {os.path.splitext(p)[1][1:]: os.path.relpath(p, out_dir).replace(os.sep, "/")
             for p in paths}
@@ -119,8 +124,7 @@ def _comparison(sub: Runs, varying: List[str], metric: str, out_dir: str, slug: 
                                   title=title, metric_label=f"final {metric}",
                                   percent=_cmp.is_accuracy(metric))
         _close(fig)
-        res["plot"] = _rel([os.path.join(out_dir, f"{slug}_comparison.{e}")
-                            for e in ("png", "svg", "pdf")], out_dir)
+        res["plot"] = _rel(_figure_files(os.path.join(out_dir, f"{slug}_comparison")), out_dir)
     return res
 
 
@@ -136,7 +140,7 @@ def _curves(sub: Runs, varying: List[str], out_dir: str, slug: str) -> Dict[str,
         fig = plots.plot_learning_curves(sub, tag, varying, stem, logy=logy)
         _close(fig)
         c = sub.curve(tag)
-        out[tag] = {"plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir),
+        out[tag] = {"plot": _rel(_figure_files(stem), out_dir),
                     "n_runs": int(c["run"].nunique()), "n_points": int(len(c)),
                     "step_max": int(c["step"].max()) if len(c) else None}
     return out
@@ -177,7 +181,7 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     others = [v for v in varying if v not in ("T", "n")]
     return {"cells": cells.to_dict("records"), "best": {"T": best["T"], "n": best["n"],
                                                         "mean": best["mean"]},
-            "mixed_axes": others, "plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)}
+            "mixed_axes": others, "plot": _rel(_figure_files(stem), out_dir)}
 
 
 def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
@@ -211,7 +215,7 @@ def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
     _close(fig)
     return {"cells": cells.to_dict("records"), "best_lr": best,
             "fit": fit.as_dict() if fit else None,
-            "plot": _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)}
+            "plot": _rel(_figure_files(stem), out_dir)}
 
 
 def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
@@ -251,7 +255,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
             fig = plots.plot_scaling(x, y, fit, stem, xlabel=xlabel, ylabel=ylabel,
                                      title=f"{slug}: {ylabel} vs {xlabel}")
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)
+            entry["plot"] = _rel(_figure_files(stem), out_dir)
             out[f"{key}/{tname}"] = entry
     if axes and targets:
         # compute: the frontier over every eval point of every run
@@ -291,7 +295,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
                                      title=f"{slug}: {ylabel} vs compute (frontier)",
                                      background=(x, y))
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg", stem + ".pdf"], out_dir)
+            entry["plot"] = _rel(_figure_files(stem), out_dir)
             out[f"compute/{tname}"] = entry
     return out
 

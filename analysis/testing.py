@@ -5,7 +5,8 @@
 ``tb/`` and ``eval/step_XXXXXXXXX/metrics.json``, all through trm's own writers
 (:class:`trm.run.record.RunRecord`, :class:`trm.run.tensorboard.EventFileWriter`, a resumed
 process's ``purge_step``; ``hparams.json`` is gin's own resolution of the config, as
-``trm.train`` writes it), or TF2-style tensor scalars with ``scalar_format="tensor"``. Metric values follow a simple deterministic model of the hyperparameters (deeper
+``trm.train`` writes it), or TF2-style tensor scalars with ``scalar_format="tensor"``. Metric
+values follow a simple deterministic model of the hyperparameters (deeper
 recursion, EMA, the MLP mixer and more parameters help), so analyses have something to find.
 
 :func:`write_tiny_study` writes a small study (T/n sweep, EMA on/off, mixer, size ladder, data
