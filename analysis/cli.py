@@ -35,10 +35,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         if message.startswith("unrecognized arguments:"):
-            options = [o for a in self._actions for o in a.option_strings]
-            hints = [suggest(arg.split("=")[0], options) for arg in message.split(":", 1)[1]
-                     .split() if arg.startswith("-")]
-            message += "".join(h for h in hints if h)
+            options = {o.lstrip("-"): o for a in self._actions for o in a.option_strings}
+            for arg in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(arg.split("=")[0].lstrip("-"), options, n=3,
+                                                  cutoff=0.6) if arg.startswith("-") else []
+                if close:
+                    message += f". Did you mean {', '.join(options[c] for c in close)}?"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
