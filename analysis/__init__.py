@@ -6,10 +6,13 @@
     runs.summary   # one row per run: status, steps, final/best metrics, params, FLOPs, hparams
     comparison_table(runs.select(experiment="e2_2_tn"), ["T", "n"])
 
-Modules: :mod:`analysis.runs` (loading), :mod:`analysis.hparams` (gin parsing and the binding
+Modules: :mod:`analysis.reader` (the one reader of the workdir format), :mod:`analysis.runs`
+(tables), :mod:`analysis.hparams` (gin parsing and the binding
 -> column table), :mod:`analysis.stats`, :mod:`analysis.scaling`, :mod:`analysis.plots`
 (matplotlib; imported on demand), :mod:`analysis.compare` and :mod:`analysis.report` (CLIs),
-:mod:`analysis.published` (the paper's numbers), :mod:`analysis.testing` (synthetic runs).
+:mod:`analysis.published` (the paper's numbers), :mod:`analysis.testing` (synthetic runs),
+:mod:`analysis.dashboard` (a TensorBoard logdir with HParams), :mod:`analysis.cli` (what the
+CLIs share).
 See docs/ANALYSIS.md.
 """
 
@@ -58,11 +61,12 @@ def require_extra(what: str, modules: Sequence[str] = EXTRA_MODULES, cli: bool =
 # Lazy exports (PEP 562): ``python -m analysis.compare`` / ``analysis.report`` must not find
 # their module already imported by the package, and ``import analysis`` stays cheap.
 _EXPORTS = {
-    "load_runs": "runs", "Runs": "runs", "Run": "runs", "find_run_dirs": "runs",
-    "read_events": "runs",
+    "load_runs": "runs", "Runs": "runs", "Run": "runs", "find_run_dirs": "reader",
+    "read_events": "reader", "read_eval_cli": "reader",
     "parse_gin": "hparams", "extract_hparams": "hparams", "HPARAMS": "hparams",
     "wilson_interval": "stats", "t_interval": "stats", "bootstrap_interval": "stats",
-    "aggregate": "stats", "counts": "stats",
+    "seed_interval": "stats", "paired_seed_interval": "stats", "single_run_interval": "stats",
+    "interval_label": "stats", "aggregate": "stats", "counts": "stats",
     "fit_power_law": "scaling", "PowerLawFit": "scaling", "fit_loglinear": "scaling",
     "pareto_frontier": "scaling",
     "comparison_table": "compare",

@@ -1,21 +1,21 @@
 """Comparison tables of runs, and the ``python -m analysis.compare`` CLI.
 
     python -m analysis.compare --runs=ROOT [--group_by=T,n] [--metric=eval/exact_accuracy]
-        [--format=markdown|csv] [--experiment=e2_2_tn] [--ci=t|bootstrap] [--raw]
+        [--format=markdown|csv] [--experiment=e2_2_tn] [--status=completed] [--raw]
 
 One row per group of runs (``--group_by`` columns: canonical hyperparameters, summary columns
 such as ``experiment`` or ``status``, or any raw gin name such as ``TRM.puzzle_emb_len``; by
 default the hyperparameter axes that vary among the selected runs). Columns: the number of
 runs, seeds and the eval step range each number comes from, the number of evaluation examples,
-mean and CI of the final value of ``--metric`` (across seeds with 2+ runs, else the Wilson
-interval of the single run), min/max, and the paper's published number for that configuration
+mean and CI of the final value of ``--metric`` (:mod:`analysis.stats`: a t interval over the
+per-seed values, the Wilson interval of a single run's puzzles; the ``CI`` column names it),
+min/max, and the paper's published number for that configuration
 when there is one (:mod:`analysis.published`).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import io
 import math
 import sys
@@ -31,7 +31,8 @@ import pandas as pd  # noqa: E402
 
 from analysis import published as _pub
 from analysis import stats as _stats
-from analysis.runs import Runs, load_runs, tag_column
+from analysis.cli import CliError, Parser, run, select_runs, suggest
+from analysis.runs import Runs, tag_column
 
 __all__ = ["comparison_table", "display_table", "to_markdown", "to_csv", "main",
            "group_label", "is_accuracy"]
@@ -64,9 +65,8 @@ def group_label(row: Union[pd.Series, Dict[str, Any]], group_by: Sequence[str]) 
 
 
 def comparison_table(runs: Runs, group_by: Union[None, str, Sequence[str]] = None,
-                     metric: str = "eval/exact_accuracy", *, ci: str = "t",
-                     confidence: float = 0.95, with_published: bool = True,
-                     n_boot: int = 2000) -> pd.DataFrame:
+                     metric: str = "eval/exact_accuracy", *, confidence: float = 0.95,
+                     with_published: bool = True) -> pd.DataFrame:
     """Aggregates the final ``metric`` of each run per group (see the module docstring).
 
     Returns the :func:`analysis.stats.aggregate` columns plus ``label``, ``metric`` and, for
@@ -80,8 +80,7 @@ def comparison_table(runs: Runs, group_by: Union[None, str, Sequence[str]] = Non
     group_by = list(group_by)
     summary = runs.with_columns(group_by)
     value = f"final_{tag_column(metric)}"
-    agg = _stats.aggregate(summary, group_by, value, ci=ci, confidence=confidence,
-                           n_boot=n_boot)
+    agg = _stats.aggregate(summary, group_by, value, confidence=confidence)
     if len(agg) and group_by:
         try:
             agg = agg.sort_values(group_by, kind="stable", na_position="last")
@@ -173,8 +172,8 @@ def to_csv(df: pd.DataFrame) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m analysis.compare", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="runs root (local path or gs://...)")
     p.add_argument("--group_by", default=None,
                    help="comma-separated columns (default: the varying hyperparameters)")
@@ -184,72 +183,54 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--include", default=None, help="fnmatch pattern on run ids")
     p.add_argument("--status", default=None,
                    help="comma-separated statuses to keep (default: all)")
-    p.add_argument("--ci", default="t", choices=["t", "bootstrap"])
     p.add_argument("--raw", action="store_true",
                    help="machine-readable columns (fractions, all aggregate columns)")
     return p
 
 
-class CliError(ValueError):
-    """A bad command-line value (reported in one line, exit status 2)."""
-
-
 def load_or_fail(root: str, include: Optional[str] = None):
-    """``load_runs`` with a missing or unreadable root as a :class:`CliError`."""
-    try:
-        return load_runs(root, include=include)
-    except FileNotFoundError as e:
-        raise CliError(f"runs root not found: {root}") from None
-    except OSError as e:
-        raise CliError(f"cannot read the runs root {root}: {e}") from None
+    """The runs under ``root`` (:func:`analysis.cli.select_runs`: a missing root, or an
+    ``include`` pattern that matches nothing, is a :class:`CliError`)."""
+    return select_runs(root, include=include)
 
 
 def check_metric(runs, metric: str) -> None:
     """``metric`` must be a logged tag of the runs (suggestions otherwise)."""
     tags = runs.tags
     if metric not in tags:
-        close = difflib.get_close_matches(metric, tags, n=4, cutoff=0.5)
         raise CliError(f"--metric={metric!r} is not logged by these runs."
-                       + (f" Did you mean {', '.join(close)}?" if close else "")
+                       + suggest(metric, tags)
                        + f" Logged tags: {', '.join(tags[:30])}"
                        + (" ..." if len(tags) > 30 else ""))
 
 
 def check_columns(runs, columns: Sequence[str], flag: str = "--group_by") -> None:
-    """Every grouping column must exist in the runs' summary (suggestions otherwise)."""
-    known = sorted(set(runs.summary.columns))
+    """Every grouping column must be a summary column or a gin name the runs set
+    (suggestions from both otherwise)."""
+    known = set(runs.summary.columns)
     for col in columns:
-        if col not in known:
-            close = difflib.get_close_matches(col, known, n=4, cutoff=0.5)
-            raise CliError(f"{flag}: no column {col!r} in the runs' summary."
-                           + (f" Did you mean {', '.join(close)}?" if close else "")
-                           + " Hyperparameter columns: "
-                           + ", ".join(c for c in known if not c.startswith("final_"))[:400])
+        if col in known or runs.column(col).notna().any():
+            continue
+        gin_names = {n for r in runs for n in (*r.config.macros, *r.config.bindings)}
+        raise CliError(f"{flag}: no column or gin setting {col!r} in these runs."
+                       + suggest(col, known | gin_names)
+                       + " Hyperparameter columns: "
+                       + ", ".join(sorted(c for c in known if not c.startswith(
+                           ("final_", "best_"))))[:400])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _main(args)
-    except CliError as e:
-        print(f"python -m analysis.compare: {e}", file=sys.stderr)
-        return 2
+    return run("python -m analysis.compare", lambda a: _main(_parser().parse_args(a)), argv)
 
 
 def _main(args) -> int:
-    runs = load_or_fail(args.runs, include=args.include)
-    if args.experiment is not None:
-        runs = runs.select(experiment=args.experiment)
-    if args.status:
-        runs = runs.select(status=args.status.split(","))
-    if not len(runs):
-        print(f"no runs found under {args.runs}", file=sys.stderr)
-        return 1
+    runs = select_runs(args.runs, include=args.include, experiment=args.experiment,
+                       status=args.status.split(",") if args.status else None)
     group_by = ([g for g in args.group_by.split(",") if g] if args.group_by is not None
                 else runs.varying())
     check_metric(runs, args.metric)
     check_columns(runs, group_by)
-    table = comparison_table(runs, group_by, args.metric, ci=args.ci)
+    table = comparison_table(runs, group_by, args.metric)
     if args.raw:
         out = table.drop(columns=["runs"]).copy()
         out["seeds"] = out["seeds"].map(lambda s: " ".join(map(str, s)))

@@ -1,5 +1,7 @@
 """Figures (matplotlib): every ``plot_*`` returns the Figure and, given ``out``
-(a path without extension), writes ``out.png`` and ``out.svg``.
+(a path without extension), writes ``out.png``, ``out.svg`` and ``out.pdf``. Every error bar,
+band and annotated interval says what it is (legend or title: :func:`analysis.stats.
+interval_label`); legends sit outside the axes.
 
 * :func:`plot_learning_curves` — one tag vs step, a line per group of any hyperparameter(s)
   (mean over the group's runs, min-max band when several).
@@ -37,7 +39,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
-from analysis.stats import is_proportion
+from analysis.stats import METHODS, interval_label, is_proportion
 
 __all__ = ["save_figure", "plot_learning_curves", "plot_ablation", "plot_tn_heatmap",
            "plot_lr_batch", "plot_scaling", "MARKER_MAX_POINTS"]
@@ -45,16 +47,14 @@ __all__ = ["save_figure", "plot_learning_curves", "plot_ablation", "plot_tn_heat
 #: curves with at most this many points get a marker on every point
 MARKER_MAX_POINTS = 30
 
-_CI_NAMES = {"t": "t over seeds", "bootstrap": "bootstrap over seeds",
-             "wilson": "Wilson, pooled eval examples"}
 
 
-def save_figure(fig, out: Optional[str], formats: Sequence[str] = ("png", "svg"),
+def save_figure(fig, out: Optional[str], formats: Sequence[str] = ("png", "svg", "pdf"),
                 dpi: int = 120) -> List[str]:
     """Writes ``out.<fmt>`` for each format; returns the paths (none when ``out`` is None)."""
     if out is None:
         return []
-    out = os.path.splitext(out)[0] if out.endswith((".png", ".svg")) else out
+    out = os.path.splitext(out)[0] if out.endswith((".png", ".svg", ".pdf")) else out
     d = os.path.dirname(out)
     if d:
         os.makedirs(d, exist_ok=True)
@@ -243,6 +243,7 @@ def plot_learning_curves(runs, tag: str = "eval/exact_accuracy",
     many = len(groups) > 10
     cmap = plt.get_cmap("viridis" if many else "tab10")
     shown: List[float] = []
+    banded = False
     for i, g in enumerate(groups):
         color = cmap(i / max(1, len(groups) - 1)) if many else cmap(i % 10)
         gd = df[df["group"] == g]
@@ -258,7 +259,9 @@ def plot_learning_curves(runs, tag: str = "eval/exact_accuracy",
                 label=f"{g} ({nruns} run{'s' if nruns != 1 else ''})")
         shown.extend(stat["mean"])
         if nruns > 1:
-            ax.fill_between(stat[x], stat["min"], stat["max"], color=color, alpha=0.15, lw=0)
+            ax.fill_between(stat[x], stat["min"], stat["max"], color=color, alpha=0.15, lw=0,
+                            label="_band")
+            banded = True
             shown.extend(stat["min"])
             shown.extend(stat["max"])
     ax.set_xlabel("step" if x == "step" else "wall time (s)")
@@ -274,6 +277,9 @@ def plot_learning_curves(runs, tag: str = "eval/exact_accuracy",
             _ticks_within(ax.yaxis, 0.0, 100.0)
         _percent_axis(ax.yaxis)
     ax.grid(alpha=0.3)
+    if banded:  # say what the shading is
+        ax.fill_between([], [], [], color="0.5", alpha=0.3, lw=0,
+                        label="shaded: min-max over the group's runs")
     if groups:
         _legend_outside(ax, title=", ".join(group_by) or None, title_fontsize=8)
     exp = _experiments(runs)
@@ -306,10 +312,10 @@ def plot_ablation(table: pd.DataFrame, out: Optional[str] = None, *, title: str 
     has_ci = np.isfinite(lo) & np.isfinite(hi)
     err = np.vstack([np.where(has_ci, mean - lo, 0), np.where(has_ci, hi - mean, 0)])
     methods = [m for m in dict.fromkeys(table.get("ci_method", pd.Series([], dtype=object)))
-               if m in _CI_NAMES]
-    ci_txt = "".join(f"\n  {_CI_NAMES[m]}" for m in methods)
+               if m in METHODS and m != "none"]
+    ci_txt = "".join(f"\n  {interval_label(m)}" for m in methods)
     ax.errorbar(mean, y, xerr=np.clip(err, 0, None), fmt="o", color="C0", capsize=4,
-                label="this study: mean" + (f" and CI:{ci_txt}" if ci_txt else ""))
+                label="this study: mean" + (f"; bars:{ci_txt}" if ci_txt else ""))
     pub = np.full(n, np.nan)
     if "published" in table.columns and table["published"].notna().any():
         pub = table["published"].to_numpy(dtype=float) * scale
@@ -320,8 +326,8 @@ def plot_ablation(table: pd.DataFrame, out: Optional[str] = None, *, title: str 
 
     def row_label(lab, r, m):
         bits = [f"{r} run{'s' if r != 1 else ''}"] if r is not None else []
-        if mixed and m == "wilson":
-            bits.append("Wilson CI")
+        if mixed and m != "t":
+            bits.append({"wilson": "Wilson CI", "t, sd floor": "sd floor"}.get(m, "no CI"))
         return f"{lab}  ({'; '.join(bits)})" if bits else str(lab)
 
     labels = [row_label(l, r, m) for l, r, m in zip(table[label_col], runs_col, row_methods)]
@@ -385,8 +391,10 @@ def _tn_from_table(table: pd.DataFrame, rows: str = "T", cols: str = "n"):
 
 def plot_tn_heatmap(grid: pd.DataFrame, out: Optional[str] = None, *, title: str = "",
                     percent: bool = True, counts: Optional[pd.DataFrame] = None,
-                    low: Optional[pd.DataFrame] = None, high: Optional[pd.DataFrame] = None):
-    """Mean final metric over the (T, n) grid, each cell annotated with its interval.
+                    low: Optional[pd.DataFrame] = None, high: Optional[pd.DataFrame] = None,
+                    ci_label: Optional[str] = None):
+    """Mean final metric over the (T, n) grid, each cell annotated with its interval (named
+    under the plot: ``ci_label``, by default from the table's ``ci_method`` column).
 
     ``grid``: either index T, columns n, values the mean final metric (fractions if
     ``percent``), with optional same-shaped ``low`` / ``high`` (the CI) and ``counts`` (runs
@@ -395,6 +403,9 @@ def plot_tn_heatmap(grid: pd.DataFrame, out: Optional[str] = None, *, title: str
     grids are taken. A cell reads ``"92.1%\\n[90.3, 93.6]\\n2 runs"``, so seed noise is visible
     next to the differences between cells.
     """
+    if ci_label is None:
+        methods = list(grid["ci_method"].dropna()) if "ci_method" in grid.columns else ["t"]
+        ci_label = interval_label(methods)
     if {"T", "n", "mean"} <= set(grid.columns):
         grid, tl, th, tc = _tn_from_table(grid)
         low = tl if low is None else low
@@ -438,8 +449,10 @@ def plot_tn_heatmap(grid: pd.DataFrame, out: Optional[str] = None, *, title: str
     cb = fig.colorbar(im, ax=ax, label="mean final exact accuracy" + (" (%)" if percent else ""))
     if percent:
         _percent_axis(cb.ax.yaxis)
-    interval = " [95% CI]" if low is not None and high is not None else ""
-    ax.set_title(title or f"recursion schedule: mean{interval}")
+    interval = f" [{ci_label}]" if low is not None and high is not None else ""
+    ax.set_title(title or "recursion schedule: mean")
+    if interval:
+        fig.text(0.5, 0.0, f"cells: mean{interval}", ha="center", va="top", fontsize=8)
     save_figure(fig, out)
     return fig
 

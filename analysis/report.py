@@ -13,6 +13,7 @@ rendered from that dictionary). Sections appear only where the runs support them
 * scaling laws where parameters (or data size) take 3+ values: error = 1 - exact accuracy
   (and eval loss) vs parameters / training puzzles, and vs compute over the frontier of all
   eval points; exponents with bootstrap CIs;
+* ``python -m trm.eval`` results (``Runs.eval_cli``), in a table of their own;
 * an appendix with one row per run.
 """
 
@@ -38,7 +39,8 @@ import pandas as pd  # noqa: E402
 from analysis import stats as _stats
 from analysis import compare as _cmp
 from analysis import scaling as _sc
-from analysis.runs import Runs, load_runs, tag_column
+from analysis.cli import Parser, run, select_runs
+from analysis.runs import Runs, tag_column
 
 __all__ = ["build_report", "render_markdown", "main", "jsonable"]
 
@@ -87,6 +89,11 @@ def _num(v: Optional[float], digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def _figure_files(stem: str) -> List[str]:
+    """The files :func:`analysis.plots.save_figure` writes for ``stem``."""
+    return [f"{stem}.{fmt}" for fmt in ("png", "svg", "pdf")]
+
+
 def _rel(paths: List[str], out_dir: str) -> Dict[str, str]:
     return {os.path.splitext(p)[1][1:]: os.path.relpath(p, out_dir).replace(os.sep, "/")
             for p in paths}
@@ -108,8 +115,7 @@ def _comparison(sub: Runs, varying: List[str], metric: str, out_dir: str, slug: 
         d = {c: r[c] for c in varying}
         for c in ["label", "n_runs", "n_seeds", "seeds", "runs", "step_min", "step_max",
                   "eval_count", "mean", "std", "min", "max", "ci_low", "ci_high", "ci_method",
-                  "wilson_low", "wilson_high", "published", "published_experiment",
-                  "published_label"]:
+                  "published", "published_experiment", "published_label"]:
             d[c] = r[c]
         rows.append(d)
     res: Dict[str, Any] = {"group_by": varying, "metric": metric, "rows": rows}
@@ -118,8 +124,7 @@ def _comparison(sub: Runs, varying: List[str], metric: str, out_dir: str, slug: 
                                   title=title, metric_label=f"final {metric}",
                                   percent=_cmp.is_accuracy(metric))
         _close(fig)
-        res["plot"] = _rel([os.path.join(out_dir, f"{slug}_comparison.{e}")
-                            for e in ("png", "svg")], out_dir)
+        res["plot"] = _rel(_figure_files(os.path.join(out_dir, f"{slug}_comparison")), out_dir)
     return res
 
 
@@ -135,7 +140,7 @@ def _curves(sub: Runs, varying: List[str], out_dir: str, slug: str) -> Dict[str,
         fig = plots.plot_learning_curves(sub, tag, varying, stem, logy=logy)
         _close(fig)
         c = sub.curve(tag)
-        out[tag] = {"plot": _rel([stem + ".png", stem + ".svg"], out_dir),
+        out[tag] = {"plot": _rel(_figure_files(stem), out_dir),
                     "n_runs": int(c["run"].nunique()), "n_points": int(len(c)),
                     "step_max": int(c["step"].max()) if len(c) else None}
     return out
@@ -164,7 +169,7 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     cells = _grid(s, "T", "n", value)
     if not len(cells):
         return None
-    # intervals per cell (seed spread, or pooled Wilson for identical seeds): the heatmap
+    # intervals per cell (analysis.stats: over seeds, one run's Wilson interval): the heatmap
     # annotates them so seed noise is visible next to the differences between cells
     agg = _stats.aggregate(s, ["T", "n"], value)
     cells = cells.merge(agg[["T", "n", "ci_low", "ci_high", "ci_method"]], on=["T", "n"],
@@ -176,7 +181,7 @@ def _tn(sub: Runs, value: str, out_dir: str, slug: str, varying: List[str]) -> O
     others = [v for v in varying if v not in ("T", "n")]
     return {"cells": cells.to_dict("records"), "best": {"T": best["T"], "n": best["n"],
                                                         "mean": best["mean"]},
-            "mixed_axes": others, "plot": _rel([stem + ".png", stem + ".svg"], out_dir)}
+            "mixed_axes": others, "plot": _rel(_figure_files(stem), out_dir)}
 
 
 def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
@@ -210,7 +215,7 @@ def _lr_batch(sub: Runs, value: str, out_dir: str, slug: str) -> Optional[Dict]:
     _close(fig)
     return {"cells": cells.to_dict("records"), "best_lr": best,
             "fit": fit.as_dict() if fit else None,
-            "plot": _rel([stem + ".png", stem + ".svg"], out_dir)}
+            "plot": _rel(_figure_files(stem), out_dir)}
 
 
 def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
@@ -250,7 +255,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
             fig = plots.plot_scaling(x, y, fit, stem, xlabel=xlabel, ylabel=ylabel,
                                      title=f"{slug}: {ylabel} vs {xlabel}")
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg"], out_dir)
+            entry["plot"] = _rel(_figure_files(stem), out_dir)
             out[f"{key}/{tname}"] = entry
     if axes and targets:
         # compute: the frontier over every eval point of every run
@@ -290,7 +295,7 @@ def _scaling(sub: Runs, out_dir: str, slug: str, n_boot: int) -> Dict[str, Any]:
                                      title=f"{slug}: {ylabel} vs compute (frontier)",
                                      background=(x, y))
             _close(fig)
-            entry["plot"] = _rel([stem + ".png", stem + ".svg"], out_dir)
+            entry["plot"] = _rel(_figure_files(stem), out_dir)
             out[f"compute/{tname}"] = entry
     return out
 
@@ -303,6 +308,25 @@ def _n_seeds(s: pd.DataFrame) -> int:
     if "seed" in s.columns and s["seed"].notna().any():
         return int(s["seed"].nunique())
     return int(len(s))
+
+
+def _eval_cli(runs: Runs) -> List[Dict[str, Any]]:
+    """``python -m trm.eval`` results (``Runs.eval_cli``), one row per run, setting and step:
+    exact accuracy, puzzles, and the single run's Wilson interval (:mod:`analysis.stats`)."""
+    cli = runs.eval_cli
+    if not len(cli):
+        return []
+    cli = cli.assign(metric=cli["tag"].str.rsplit("/", n=1).str[-1])
+    rows = []
+    for (run, setting, step), g in cli.groupby(["run", "setting", "step"], sort=True):
+        vals = dict(zip(g["metric"], g["value"]))
+        acc, count = vals.get("exact_accuracy"), vals.get("count")
+        ci = (_stats.single_run_interval(acc, count) if acc is not None and count else None)
+        rows.append({"run": run, "setting": setting, "step": int(step), "exact_accuracy": acc,
+                     "count": count, "ci_low": ci.low if ci else None,
+                     "ci_high": ci.high if ci else None,
+                     "ci_method": ci.method if ci else "none"})
+    return rows
 
 
 def build_report(runs: Runs, out_dir: str, *, n_boot: int = 1000, metric: str = METRIC,
@@ -363,6 +387,7 @@ def build_report(runs: Runs, out_dir: str, *, n_boot: int = 1000, metric: str = 
             "num_train_puzzles", "seed"]
     for _, r in s.iterrows():
         res["runs"].append({k: r[k] for k in keep if k in s.columns})
+    res["eval_cli"] = _eval_cli(runs)
     res = jsonable(res)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=False)
@@ -414,10 +439,14 @@ def render_markdown(res: Dict[str, Any]) -> str:
     out.append(f"How to read the tables: each row aggregates the **final** `{metric}` (the last "
                f"evaluation of each run) over the runs of that configuration. `runs` / `seeds` "
                f"count them, `steps` is the eval step (range) the values were taken at, `eval n` "
-               f"the number of evaluation examples summed over the runs. The CI is a t interval "
-               f"across seeds when there are 2+ runs whose values differ (`t`); `wilson` = the "
-               f"Wilson interval pooled over the group's evaluation examples (a single run, or all "
-               f"seeds identical); accuracy intervals are clipped to [0, 100] %. `paper` is the published full-scale number for that "
+               f"the fewest evaluation puzzles of the runs. The CI (`analysis.stats`, the same "
+               f"method in every table and figure) is over seeds: `t` = the t interval of the "
+               f"mean of the per-seed values; `t, sd floor` = the same with the seeds' spread "
+               f"floored at one puzzle (1 / eval n), because they agree to within one puzzle; "
+               f"`wilson` = the Wilson interval of a single run's puzzles; `none` = no interval "
+               f"(one seed with several runs, or seeds that all agree on a metric without a "
+               f"puzzle count). Puzzles of different seeds are never pooled. Accuracy intervals "
+               f"are clipped to [0, 100] %. `paper` is the published full-scale number for that "
                f"configuration (Sudoku-Extreme, TRM paper) where one exists; small-scale twins "
                f"are not expected to reach it, only to reproduce its orderings.\n")
     out.append("## Overview\n")
@@ -515,6 +544,18 @@ def render_markdown(res: Dict[str, Any]) -> str:
                                   "runs (points)", "bootstrap ok"], rows))
             for key, en in sc.items():
                 out.append(f"\n![{e['name']} {key}]({en['plot']['png']})\n")
+    if res.get("eval_cli"):
+        out.append("\n## `python -m trm.eval` results\n")
+        out.append("Evaluations of saved checkpoints with changed settings, kept beside the "
+                   "training curves (never in them); one row per run, setting and checkpoint "
+                   "step; the interval is the Wilson interval of that single run's puzzles.\n")
+        rows = [[r["run"], r["setting"], r["step"],
+                 "" if r["exact_accuracy"] is None else f"{100 * r['exact_accuracy']:.1f}",
+                 _val(r["count"]), "" if r["ci_low"] is None else
+                 f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"]
+                for r in res["eval_cli"]]
+        out.append(_md_table(["run", "setting", "step", "exact accuracy (%)", "puzzles",
+                              "95% CI"], rows))
     out.append("\n## Appendix: runs\n")
     cols = [c for c in ["run", "status", "last_step", "final_eval_step", "seed", res["value_column"],
                         "wall_time_s", "num_params"] if any(c in r for r in res["runs"])]
@@ -535,9 +576,9 @@ def render_markdown(res: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m analysis.report", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="runs root (local path or gs://...)")
     p.add_argument("--out", required=True, help="output directory (local)")
     p.add_argument("--metric", default=METRIC,
@@ -547,21 +588,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--include", default=None, help="fnmatch pattern on run ids")
     p.add_argument("--completed_only", action="store_true",
                    help="leave out runs whose status is not 'completed'")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = _parser().parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never windows
-    try:
-        runs = _cmp.load_or_fail(args.runs, include=args.include)
-        if args.completed_only:
-            runs = runs.select(status="completed")
-        if not len(runs):
-            print(f"no runs found under {args.runs}", file=sys.stderr)
-            return 1
-        _cmp.check_metric(runs, args.metric)
-    except _cmp.CliError as e:
-        print(f"python -m analysis.report: {e}", file=sys.stderr)
-        return 2
+    runs = select_runs(args.runs, include=args.include,
+                       status=["completed"] if args.completed_only else None)
+    _cmp.check_metric(runs, args.metric)
     cmd = "python -m analysis.report " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]))
     res = build_report(runs, args.out, n_boot=args.n_boot, metric=args.metric,
@@ -569,6 +606,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and results.json "
           f"({res['overview']['n_runs']} runs, {len(res['experiments'])} experiments)")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run("python -m analysis.report", _main, argv)
 
 
 if __name__ == "__main__":

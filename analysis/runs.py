@@ -5,23 +5,25 @@ A *run directory* follows the workdir contract of docs/DESIGN.md: ``run.json``,
 ``eval/step_XXXXXXXXX/metrics.json``. :func:`load_runs` finds every directory under the root
 that holds a ``run.json`` or a ``tb/`` folder, at any depth (sweeps nest runs, e.g.
 ``ROOT/e2_2_tn/t3_n6_s0/``; the root may itself be one run), and does not look inside a run for
-more runs. Roots on other filesystems (``gs://``, ``memory://`` ...) go through fsspec: only the
-small files (the four run files, ``tb/**``, ``eval/*/metrics.json``; never checkpoints) are
-copied to a temporary local directory, because TensorBoard's readers need local files.
+more runs. Every file is read through :mod:`analysis.reader`, the one reader of the workdir
+format (remote roots are staged locally through :mod:`trm.run.storage`).
 
 Tables of the returned :class:`Runs`:
 
 * ``scalars``: one row per (run, tag, step): ``run, experiment, step, tag, kind, set, metric,
-  value, wall_time`` and the run's canonical hyperparameters (:mod:`analysis.hparams`).
-  Events are read with tensorboard's ``EventAccumulator`` with unlimited size guidance, both
-  ``simple_value`` scalars (torch ``SummaryWriter``) and scalar tensors (TF2
-  ``tf.summary.scalar``). When a run was resumed, a later event file starting at step ``s``
-  supersedes the earlier files' points at steps ``>= s`` (TensorBoard's orphan purge); any
-  remaining duplicate (tag, step) keeps the point with the latest wall time. Evaluation values
-  found only in ``eval/*/metrics.json`` are added as ``eval/...`` rows; ``eval/all/<metric>``
-  is renamed ``eval/<metric>`` (the contract's name for the ``all`` set).
-* ``hparams``: one row per run, canonical hyperparameters parsed from ``config.gin``, then
-  ``command.json`` bindings, then ``operative_config.gin`` (later wins).
+  value, wall_time`` and the run's canonical hyperparameters (:mod:`analysis.hparams`): the
+  training curves of ``tb/`` as TensorBoard shows them (:func:`analysis.reader.read_events`:
+  TensorBoard's multiplexer, its purge of the points a resumed process logs again), both
+  ``simple_value`` scalars and TF2 scalar tensors. Evaluation values found only in
+  ``eval/*/metrics.json`` are added as ``eval/...`` rows; ``eval/all/<metric>`` is renamed
+  ``eval/<metric>`` (the contract's name for the ``all`` set).
+* ``eval_cli``: the results of ``python -m trm.eval`` (``tb/eval_cli/<setting>/``), one row
+  per ``run, setting, step, tag, value, wall_time``: beside the training curves, never in
+  them (an evaluation of step 10 is not a training point at step 10).
+* ``hparams``: one row per run, canonical hyperparameters from ``hparams.json`` (gin's own
+  resolution, written by ``trm.train``) over ``operative_config.gin``; for runs without
+  ``hparams.json``: parsed from ``config.gin``, then ``command.json`` bindings, then
+  ``operative_config.gin`` (later wins).
 * ``summary``: one row per run: status, steps, times, parameters, FLOPs, the final value of
   every ``train/``, ``eval/``, ``ARC/`` tag (``final_<tag>`` with ``/`` -> ``_``), the best
   value of every ``eval/`` and ``ARC/`` tag (``best_<tag>``: max, min for losses), and the
@@ -37,15 +39,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fnmatch
-import glob
 import json
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
-import types
 import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, \
     Tuple, Union
@@ -54,18 +53,19 @@ import numpy as np
 import pandas as pd
 
 from analysis import hparams as _hp
+from analysis import reader as _rd
+from analysis.reader import RUN_FILES, find_run_dirs, read_events
+from trm.run.storage import is_remote
 
 __all__ = ["Run", "Runs", "load_runs", "load_run", "find_run_dirs", "read_events",
            "tag_column", "RUN_FILES", "STATUS_MAP"]
 
-RUN_FILES = ("run.json", "command.json", "config.gin", "operative_config.gin",
-             "hparams.json")
-_SKIP_DIRS = {"tb", "eval", "checkpoints", ".git", "__pycache__", ".ipynb_checkpoints"}
 STATUS_MAP = {"completed": "completed", "running": "running", "preempted": "interrupted",
               "interrupted": "interrupted", "failed": "failed", "killed": "interrupted"}
 
 SCALAR_COLUMNS = ["run", "experiment", "step", "tag", "kind", "set", "metric", "value",
                   "wall_time"]
+EVAL_CLI_COLUMNS = ["run", "setting", "step", "tag", "value", "wall_time"]
 
 
 def tag_column(tag: str) -> str:
@@ -81,239 +81,6 @@ def _split_tag(tag: str) -> Tuple[str, Optional[str], str]:
     if kind == "eval":
         sset = "/".join(parts[1:-1]) if len(parts) > 2 else "all"
     return kind, sset, metric
-
-
-# --------------------------------------------------------------------------------------------
-# Filesystems
-
-
-def _is_url(path: str) -> bool:
-    return bool(re.match(r"^[a-zA-Z][\w+.-]*://", str(path)))
-
-
-def _fs(root: str, storage_options: Optional[Mapping[str, Any]] = None):
-    """fsspec filesystem and path of a URL. For ``gs://``: turns off gcsfs's bucket-type probe
-    (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``, see PLATFORM_NOTES.md) and uses anonymous
-    access when ``STORAGE_EMULATOR_HOST`` points at an emulator and no token is given."""
-    import fsspec
-
-    opts = dict(storage_options or {})
-    if str(root).startswith("gs://"):
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
-            opts["token"] = "anon"
-    fs, path = fsspec.core.url_to_fs(root, **opts)
-    return fs, path
-
-
-def _find_local(root: str) -> List[str]:
-    out: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if "run.json" in filenames or "tb" in dirnames:
-            out.append(os.path.relpath(dirpath, root))
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
-    return sorted(p.replace(os.sep, "/") for p in out)
-
-
-def _rel_files_remote(fs, root_path: str) -> List[str]:
-    root_path = root_path.rstrip("/")
-    files = fs.find(root_path, withdirs=False)
-    out = []
-    for f in files:
-        f = f.rstrip("/")
-        if f == root_path:
-            continue
-        rel = f[len(root_path) + 1:] if f.startswith(root_path + "/") else f
-        out.append(rel)
-    return out
-
-
-def _run_dirs_from_files(rel_files: Iterable[str]) -> List[str]:
-    cands = set()
-    for rel in rel_files:
-        parts = rel.split("/")
-        if parts[-1] == "run.json":
-            cands.add("/".join(parts[:-1]) or ".")
-        if "tb" in parts[:-1]:
-            i = parts.index("tb")
-            cands.add("/".join(parts[:i]) or ".")
-    # outermost only: a run does not contain runs
-    out = []
-    for c in sorted(cands, key=lambda p: (p.count("/"), p)):
-        if c == ".":
-            return ["."]
-        if any(c == o or c.startswith(o + "/") for o in out):
-            continue
-        out.append(c)
-    return sorted(out)
-
-
-def find_run_dirs(root: str, storage_options: Optional[Mapping[str, Any]] = None) -> List[str]:
-    """Run directories under ``root``, relative to it (``"."`` when the root is a run)."""
-    if _is_url(root) and not str(root).startswith("file://"):
-        fs, path = _fs(root, storage_options)
-        return _run_dirs_from_files(_rel_files_remote(fs, path))
-    root = str(root)[len("file://"):] if str(root).startswith("file://") else str(root)
-    return _find_local(root)
-
-
-def _wanted_file(rel_in_run: str) -> bool:
-    parts = rel_in_run.split("/")
-    if len(parts) == 1:
-        return parts[0] in RUN_FILES or parts[0] == "LOCK"
-    if parts[0] == "tb":
-        return True
-    if parts[0] == "eval" and parts[-1] == "metrics.json":
-        return True
-    return False
-
-
-def _stage_remote(root: str, dest: str, storage_options: Optional[Mapping[str, Any]] = None
-                  ) -> List[str]:
-    """Copies the run files of a remote root to ``dest``; returns the run dirs (relative)."""
-    fs, path = _fs(root, storage_options)
-    fs.invalidate_cache()
-    path = path.rstrip("/")
-    rel_files = _rel_files_remote(fs, path)
-    run_dirs = _run_dirs_from_files(rel_files)
-    remote, local = [], []
-    for rel in rel_files:
-        for rd in run_dirs:
-            prefix = "" if rd == "." else rd + "/"
-            if rel.startswith(prefix) and _wanted_file(rel[len(prefix):]):
-                remote.append(f"{path}/{rel}")
-                lp = os.path.join(dest, *rel.split("/"))
-                os.makedirs(os.path.dirname(lp), exist_ok=True)
-                local.append(lp)
-                break
-    if remote:
-        fs.get(remote, local)
-    return run_dirs
-
-
-# --------------------------------------------------------------------------------------------
-# Events
-
-
-def _event_files(tb_dir: str) -> List[str]:
-    files = [f for f in glob.glob(os.path.join(tb_dir, "**", "*tfevents*"), recursive=True)
-             if os.path.isfile(f)]
-    return sorted(files)
-
-
-def _prefer_tensorboard_stub() -> None:
-    """Makes tensorboard use its TensorFlow stub instead of importing TensorFlow (~3 s).
-
-    Reading local event files needs nothing from TensorFlow. Only done when TensorFlow is not
-    imported already and ``TRM_ANALYSIS_TB_USE_TF`` is unset; it affects tensorboard's own
-    internals in this process only (its ``tf.io.gfile`` then handles local paths only).
-    """
-    if os.environ.get("TRM_ANALYSIS_TB_USE_TF") or "tensorflow" in sys.modules:
-        return
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-
-
-def _read_event_file(path: str) -> pd.DataFrame:
-    _prefer_tensorboard_stub()
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
-    acc = ea.EventAccumulator(
-        path,
-        size_guidance={ea.SCALARS: 0, ea.TENSORS: 0, ea.HISTOGRAMS: 1, ea.IMAGES: 1,
-                       ea.AUDIO: 1, ea.COMPRESSED_HISTOGRAMS: 1},
-        purge_orphaned_data=False)
-    acc.Reload()
-    tags = acc.Tags()
-    steps: List[int] = []
-    tagl: List[str] = []
-    vals: List[float] = []
-    walls: List[float] = []
-    for tag in tags.get(ea.SCALARS, []):
-        for e in acc.Scalars(tag):
-            steps.append(int(e.step))
-            tagl.append(tag)
-            vals.append(float(e.value))
-            walls.append(float(e.wall_time))
-    tensor_tags = tags.get(ea.TENSORS, [])
-    if tensor_tags:
-        from tensorboard.util import tensor_util
-
-        for tag in tensor_tags:
-            for e in acc.Tensors(tag):
-                try:
-                    arr = tensor_util.make_ndarray(e.tensor_proto)
-                except Exception:  # noqa: BLE001 - not a numeric tensor
-                    continue
-                if arr.size != 1 or arr.dtype.kind not in "biuf":
-                    continue
-                steps.append(int(e.step))
-                tagl.append(tag)
-                vals.append(float(arr.reshape(())))
-                walls.append(float(e.wall_time))
-    return pd.DataFrame({"step": np.asarray(steps, dtype=np.int64), "tag": tagl,
-                         "value": np.asarray(vals, dtype=float),
-                         "wall_time": np.asarray(walls, dtype=float)})
-
-
-def read_events(tb_dir: str) -> pd.DataFrame:
-    """All scalar points of a ``tb/`` folder: ``step, tag, value, wall_time`` (deduplicated).
-
-    Resumed runs: files are ordered by their first wall time; a later file whose first step
-    (ignoring ``params/`` tags) is ``s`` drops earlier files' points at steps ``>= s``.
-    """
-    frames = []
-    for i, f in enumerate(_event_files(tb_dir)):
-        df = _read_event_file(f)
-        if len(df):
-            df["_file"] = i
-            frames.append(df)
-    if not frames:
-        return pd.DataFrame({"step": pd.Series(dtype=np.int64), "tag": pd.Series(dtype=object),
-                             "value": pd.Series(dtype=float),
-                             "wall_time": pd.Series(dtype=float)})
-    frames.sort(key=lambda d: float(d["wall_time"].min()))
-    kept: List[pd.DataFrame] = []
-    for df in frames:
-        body = df[~df["tag"].str.startswith("params/")]
-        start = int(body["step"].min()) if len(body) else None
-        if start is not None:
-            kept = [k[k["step"] < start] for k in kept]
-        kept.append(df)
-    out = pd.concat(kept, ignore_index=True)
-    out = out.sort_values(["wall_time"], kind="stable")
-    out = out.drop_duplicates(["tag", "step"], keep="last")
-    return out.drop(columns="_file").sort_values(["tag", "step"]).reset_index(drop=True)
-
-
-def _read_eval_metrics(run_dir: str) -> pd.DataFrame:
-    rows = []
-    for f in sorted(glob.glob(os.path.join(run_dir, "eval", "step_*", "metrics.json"))):
-        m = re.search(r"step_(\d+)", f)
-        if not m:
-            continue
-        step = int(m.group(1))
-        try:
-            with open(f) as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            continue
-        wall = os.path.getmtime(f)
-
-        def add(prefix: str, d: Mapping[str, Any]) -> None:
-            for k, v in d.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "step":
-                    continue
-                # keys with a "/" are full tags already (the trainer writes {"eval/...": v})
-                rows.append((step, k if "/" in k else prefix + k, float(v), wall))
-
-        if isinstance(data, dict):
-            add("eval/", {k: v for k, v in data.items() if not isinstance(v, dict)})
-            for sname, d in data.items():
-                if isinstance(d, dict):
-                    add("eval/" if sname == "all" else f"eval/{sname}/", d)
-    return pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,32 +108,6 @@ def _parse_time(v: Any) -> Optional[float]:
     return None
 
 
-def _read_json(path: str) -> Dict[str, Any]:
-    """A run file's JSON object; {} if it is missing; a warning naming the file (and {}) if it
-    is corrupt, so one bad run.json never hides the other runs."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"{path}: unreadable ({type(e).__name__}: {str(e)[:200]}); the run is "
-                      "loaded without it")
-        return {}
-    if not isinstance(d, dict):
-        warnings.warn(f"{path}: not a JSON object; the run is loaded without it")
-        return {}
-    return d
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 @dataclasses.dataclass
 class Run:
     """One loaded run (its tables live in :class:`Runs`)."""
@@ -387,25 +128,31 @@ class Run:
 
 
 def _load_one(local_dir: str, run_id: str, path: str, experiment: str
-              ) -> Tuple[Run, pd.DataFrame]:
-    meta = _read_json(os.path.join(local_dir, "run.json"))
-    command = _read_json(os.path.join(local_dir, "command.json"))
-    resolved = _read_text(os.path.join(local_dir, "hparams.json"))
-    op = _read_text(os.path.join(local_dir, "operative_config.gin"))
+              ) -> Tuple[Run, pd.DataFrame, pd.DataFrame]:
+    meta = _rd.read_json(os.path.join(local_dir, "run.json"))
+    command = _rd.read_json(os.path.join(local_dir, "command.json"))
+    resolved = _rd.read_text(os.path.join(local_dir, "hparams.json"))
+    op = _rd.read_text(os.path.join(local_dir, "operative_config.gin"))
     cfg = _hp.GinConfig()
     if resolved:
-        # Written by trm.train: gin's own resolution of every binding.
+        # Written by trm.train: gin's own resolution of every binding; it wins over the
+        # operative config, which adds the defaults the run used (values no binding set).
         try:
-            cfg.update(_hp.from_hparams_json(json.loads(resolved)))
+            data = json.loads(resolved)
+            if op:
+                cfg.update(_hp.parse_gin(op, "operative_config.gin"))
+            cfg.update(_hp.from_hparams_json(data))
         except ValueError as e:
             warnings.warn(f"{path}/hparams.json is not valid JSON ({e}); reading config.gin "
                           "instead.")
             resolved = None
     if not resolved:  # runs that predate hparams.json: parse the gin text
-        text = _read_text(os.path.join(local_dir, "config.gin"))
+        cfg = _hp.GinConfig()
+        text = _rd.read_text(os.path.join(local_dir, "config.gin"))
         if text:
             cfg.update(_hp.parse_gin(text, "config.gin"))
-        bindings = command.get("gin_bindings") or command.get("bindings") or []
+        bindings = (command.get("gin_params") or command.get("gin_bindings")
+                    or command.get("bindings") or [])
         if isinstance(bindings, list) and bindings:
             cfg.update(_hp.parse_bindings_list(bindings))
         if op:
@@ -416,8 +163,8 @@ def _load_one(local_dir: str, run_id: str, path: str, experiment: str
     run = Run(id=run_id, path=path, experiment=experiment, meta=meta, command=command,
               config=cfg, hparams=hp, status=status, has_operative_config=bool(op))
 
-    ev = read_events(os.path.join(local_dir, "tb"))
-    em = _read_eval_metrics(local_dir)
+    ev, cli = _rd.read_tb(os.path.join(local_dir, _rd.TB_DIR))
+    em = _rd.read_eval_metrics(local_dir)
     if len(em):
         have = set(zip(ev["tag"], ev["step"]))
         em = em[[(t, s) not in have for t, s in zip(em["tag"], em["step"])]]
@@ -432,7 +179,8 @@ def _load_one(local_dir: str, run_id: str, path: str, experiment: str
     ev["kind"] = [s[0] for s in split]
     ev["set"] = [s[1] for s in split]
     ev["metric"] = [s[2] for s in split]
-    return run, ev[SCALAR_COLUMNS]
+    cli.insert(0, "run", run_id)
+    return run, ev[SCALAR_COLUMNS], cli
 
 
 def _final_best(ev: pd.DataFrame) -> Dict[str, Any]:
@@ -526,11 +274,13 @@ class Runs:
     """Loaded runs and their tables (see the module docstring)."""
 
     def __init__(self, root: str, runs: List[Run], scalars: pd.DataFrame,
-                 summary: pd.DataFrame):
+                 summary: pd.DataFrame, eval_cli: Optional[pd.DataFrame] = None):
         self.root = root
         self._runs = {r.id: r for r in runs}
         self.scalars = scalars
         self.summary = summary
+        self.eval_cli = eval_cli if eval_cli is not None else pd.DataFrame(
+            {c: pd.Series(dtype=object) for c in EVAL_CLI_COLUMNS})
 
     # --- containers
     def __len__(self) -> int:
@@ -586,7 +336,8 @@ class Runs:
         ids = list(s.loc[mask, "run"])
         return Runs(self.root, [self._runs[i] for i in ids],
                     self.scalars[self.scalars["run"].isin(ids)].reset_index(drop=True),
-                    s[mask].reset_index(drop=True))
+                    s[mask].reset_index(drop=True),
+                    self.eval_cli[self.eval_cli["run"].isin(ids)].reset_index(drop=True))
 
     def column(self, name: str) -> pd.Series:
         """A per-run column aligned with ``summary``: a summary column, else a raw gin value
@@ -677,17 +428,18 @@ def load_runs(root: str, *, include: Optional[str] = None, exclude: Optional[str
     root = str(root)
     tmp = None
     try:
-        if _is_url(root) and not root.startswith("file://"):
+        if is_remote(root):
             tmp = tempfile.mkdtemp(prefix="trm_runs_")
-            rel_dirs = _stage_remote(root, tmp, storage_options)
+            rel_dirs = _rd.stage(root, tmp, storage_options)
             local_root = tmp
         else:
             local_root = root[len("file://"):] if root.startswith("file://") else root
             if not os.path.isdir(local_root):
                 raise FileNotFoundError(f"runs root not found: {root}")
-            rel_dirs = _find_local(local_root)
+            rel_dirs = find_run_dirs(local_root)
         runs: List[Run] = []
         frames: List[pd.DataFrame] = []
+        cli_frames: List[pd.DataFrame] = []
         rows: List[Dict[str, Any]] = []
         base = root.rstrip("/").split("/")[-1] or root
         for rel in rel_dirs:
@@ -698,11 +450,12 @@ def load_runs(root: str, *, include: Optional[str] = None, exclude: Optional[str
                 continue
             local_dir = local_root if rel == "." else os.path.join(local_root, *rel.split("/"))
             url = root if rel == "." else root.rstrip("/") + "/" + rel
-            meta = _read_json(os.path.join(local_dir, "run.json"))
-            run, ev = _load_one(local_dir, run_id, url,
-                                _experiment_of(run_id if rel != "." else "", meta))
+            meta = _rd.read_json(os.path.join(local_dir, "run.json"))
+            run, ev, cli = _load_one(local_dir, run_id, url,
+                                     _experiment_of(run_id if rel != "." else "", meta))
             runs.append(run)
             frames.append(ev)
+            cli_frames.append(cli)
             rows.append({**_summary_row(run, ev), **run.hparams})
     finally:
         if tmp is not None:
@@ -719,4 +472,6 @@ def load_runs(root: str, *, include: Optional[str] = None, exclude: Optional[str
     summary = pd.DataFrame(rows)
     if not len(summary):
         summary = pd.DataFrame(columns=["run", "experiment", "status", "last_step"] + hp_cols)
-    return Runs(root, runs, scalars, summary)
+    eval_cli = (pd.concat(cli_frames, ignore_index=True)[EVAL_CLI_COLUMNS]
+                if cli_frames else None)
+    return Runs(root, runs, scalars, summary, eval_cli)

@@ -1,37 +1,45 @@
-"""Confidence intervals and aggregation over seeds.
+"""Confidence intervals: one method, used by every report, table and figure.
 
-Every interval comes from scipy; this module only picks the method and handles the edge cases.
+The question a study asks is how a configuration does *over training runs*, so its interval
+is over seeds: each seed gives one value (the mean of that seed's runs), and
+:func:`seed_interval` is the Student-t interval of the mean of those per-seed values. The
+evaluation puzzles of different seeds are never pooled into one sample: puzzles within a run
+are not independent trials of the configuration (they share the run's weights), and pooling
+them gives intervals that shrink with the number of puzzles however much seeds disagree.
 
-* :func:`wilson_interval` — Wilson score interval of a binomial proportion (an accuracy over
-  ``n`` evaluation puzzles): ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``.
-* :func:`t_interval` — Student-t CI of a mean over seeds: ``scipy.stats.t.interval``.
-* :func:`bootstrap_interval` — percentile bootstrap CI over seeds: ``scipy.stats.bootstrap``.
-* :func:`aggregate` — groups a per-run summary by hyperparameters and reports, per group, the
-  number of runs, seeds and steps behind each number, mean, std, an across-seed CI (t-based or
-  bootstrap) and the pooled Wilson interval over all runs' evaluation puzzles. The across-seed
-  CI falls back to the pooled Wilson interval when it cannot be computed or would have zero
-  width (a single run, or seeds that all give the same value), and, for accuracies, is kept
-  inside [0, 1].
+* :func:`seed_interval` -- t interval over per-seed values (``scipy.stats.t.interval``,
+  ``n - 1`` degrees of freedom). When the seeds' spread is below the measurement's resolution
+  (``floor_sd``; for an accuracy over ``N`` puzzles, one puzzle: ``1 / N``) the standard
+  deviation is floored there, so seeds that all agree never give a zero-width interval; the
+  method then reads ``"t, sd floor"``. Without a resolution (e.g. a loss) all-equal seeds give
+  no interval (``"none"``), and the table says so.
+* :func:`paired_seed_interval` -- the same for a contrast of two arms trained with the same
+  seeds: the t interval of the per-seed differences.
+* :func:`single_run_interval` -- the Wilson score interval of one run's whole-puzzle accuracy
+  (``k`` of ``N`` puzzles solved): the only place a binomial interval is used.
+* :func:`aggregate` -- groups a per-run summary and reports, per group, the runs, seeds and
+  steps behind each number, mean, std, and the interval above (``ci_method`` says which).
+* :func:`interval_label` -- the words for a legend or caption (``"95% t interval over
+  seeds"``); every error bar says what it is.
 
-Why these methods: an accuracy over ``n`` puzzles is a binomial proportion, and the Wilson
-interval has close to nominal coverage even near 0 % / 100 % and for small ``n`` while, unlike
-the Wald interval, never leaving [0, 1] or collapsing to zero width at ``k = 0`` or ``k = n``
-(Newcombe 1998; Brown, Cai & DasGupta 2001). Across seeds the quantity of interest is the mean
-over training runs; with the usual 2-5 seeds the t interval is the honest (wide) choice, the
-percentile bootstrap is available for larger seed counts (with 2-3 seeds it is far too narrow).
+:func:`t_interval`, :func:`wilson_interval` and :func:`bootstrap_interval` are the primitives
+(scipy's, with the edge cases handled). Wilson: close to nominal coverage near 0 % / 100 % and
+for small ``N``, never leaving [0, 1] (Newcombe 1998; Brown, Cai & DasGupta 2001).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-__all__ = ["wilson_interval", "t_interval", "bootstrap_interval", "aggregate", "counts",
-           "is_proportion", "AGG_COLUMNS"]
+__all__ = ["Interval", "METHODS", "interval_label", "seed_interval", "paired_seed_interval",
+           "single_run_interval", "per_seed", "wilson_interval", "t_interval",
+           "bootstrap_interval", "aggregate", "counts", "is_proportion", "AGG_COLUMNS"]
 
 Bounds = Optional[Tuple[float, float]]
 
@@ -78,22 +86,13 @@ def wilson_interval(successes: Union[int, float], n: Union[int, float],
 def t_interval(values: Sequence[float], confidence: float = 0.95,
                bounds: Bounds = None) -> Tuple[float, float]:
     """Student-t CI of the mean of ``values`` (``scipy.stats.t.interval`` with ``n - 1``
-    degrees of freedom and the standard error ``s / sqrt(n)``).
-
-    (nan, nan) with fewer than 2 finite values; ``(m, m)`` when all values are equal (zero
-    spread: :func:`aggregate` then uses the pooled Wilson interval instead). ``bounds``
-    (e.g. ``(0, 1)`` for an accuracy) intersects the interval with the range the mean can take,
-    which never lowers its coverage.
+    degrees of freedom and the standard error ``s / sqrt(n)``): :func:`seed_interval`'s
+    bounds. (nan, nan) with fewer than 2 finite values or when all values are equal (never a
+    zero-width interval). ``bounds`` (e.g. ``(0, 1)`` for an accuracy) intersects the interval
+    with the range the mean can take, which never lowers its coverage.
     """
-    x = _finite(values)
-    if len(x) < 2:
-        return (math.nan, math.nan)
-    m = float(x.mean())
-    se = float(_sps.sem(x))
-    if not se > 0:
-        return _clip(m, m, bounds)
-    lo, hi = _sps.t.interval(confidence, len(x) - 1, loc=m, scale=se)
-    return _clip(float(lo), float(hi), bounds)
+    ci = seed_interval(values, confidence, bounds=bounds)
+    return (ci.low, ci.high)
 
 
 def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, n_boot: int = 2000,
@@ -112,9 +111,83 @@ def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, n_boot
     return _clip(float(res.confidence_interval.low), float(res.confidence_interval.high), bounds)
 
 
+#: ``ci_method`` values and what they mean (legends and captions use :func:`interval_label`).
+METHODS = {
+    "t": "t interval over seeds",
+    "t, sd floor": "t interval over seeds, spread floored at one puzzle",
+    "wilson": "Wilson interval over one run's puzzles",
+    "none": "no interval",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A confidence interval, the method that gave it and the number of values behind it."""
+
+    low: float
+    high: float
+    method: str  # a key of METHODS
+    n: int
+
+
+def interval_label(methods: Union[str, Sequence[str]], confidence: float = 0.95) -> str:
+    """What an error bar is, for a legend or caption: ``"95% t interval over seeds"`` (several
+    methods are joined with ``"; "``, in the order given, without repeats)."""
+    methods = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
+    names = [METHODS[m] for m in methods if m in METHODS and m != "none"]
+    return f"{confidence:.0%} " + "; ".join(names) if names else METHODS["none"]
+
+
+def seed_interval(per_seed: Sequence[float], confidence: float = 0.95, *,
+                  floor_sd: Optional[float] = None, bounds: Bounds = None) -> Interval:
+    """The t interval of the mean of ``per_seed`` (one value per seed; see the module
+    docstring). The sample standard deviation is raised to ``floor_sd`` when it is smaller
+    (method ``"t, sd floor"``); with fewer than 2 values, or no spread and no floor, there is
+    no interval (``"none"``, nan bounds)."""
+    x = _finite(per_seed)
+    if len(x) < 2:
+        return Interval(math.nan, math.nan, "none", len(x))
+    sd = float(np.std(x, ddof=1))
+    method = "t"
+    if floor_sd is not None and floor_sd > 0 and sd < floor_sd:
+        sd, method = float(floor_sd), "t, sd floor"
+    if not sd > 0:
+        return Interval(math.nan, math.nan, "none", len(x))
+    lo, hi = _sps.t.interval(confidence, len(x) - 1, loc=float(x.mean()),
+                             scale=sd / math.sqrt(len(x)))
+    lo, hi = _clip(float(lo), float(hi), bounds)
+    return Interval(lo, hi, method, len(x))
+
+
+def paired_seed_interval(a: Mapping[Any, float], b: Mapping[Any, float],
+                         confidence: float = 0.95, *, floor_sd: Optional[float] = None
+                         ) -> Interval:
+    """The t interval of ``b - a`` over the seeds both arms ran (``{seed: value}`` each):
+    :func:`seed_interval` of the per-seed differences."""
+    common = sorted(set(a) & set(b), key=str)
+    return seed_interval([b[s] - a[s] for s in common], confidence, floor_sd=floor_sd)
+
+
+def single_run_interval(accuracy: float, count: float, confidence: float = 0.95) -> Interval:
+    """The Wilson interval of one run's whole-puzzle accuracy over ``count`` puzzles."""
+    k = round(min(max(float(accuracy), 0.0), 1.0) * float(count))
+    lo, hi = wilson_interval(k, count, confidence)
+    return Interval(lo, hi, "wilson" if np.isfinite(lo) else "none", 1)
+
+
+def per_seed(group: pd.DataFrame, value: str, seed: str = "seed") -> pd.Series:
+    """One value per seed: the mean of ``value`` over the group's runs of each seed (a run
+    without a seed counts as a seed of its own)."""
+    g = group[[value]].copy()
+    g["_seed"] = (group[seed].astype(object).where(group[seed].notna(),
+                                                  pd.Series(range(len(group)), index=group.index)
+                                                  .map(lambda i: f"run{i}"))
+                  if seed in group.columns else [f"run{i}" for i in range(len(group))])
+    return g.groupby(g["_seed"].astype(str), sort=True)[value].mean()
+
+
 AGG_COLUMNS = ["n_runs", "n_seeds", "seeds", "runs", "step_min", "step_max", "eval_count",
-               "mean", "std", "min", "max", "ci_low", "ci_high", "ci_method",
-               "wilson_low", "wilson_high"]
+               "mean", "std", "min", "max", "ci_low", "ci_high", "ci_method"]
 
 
 def _as_list(by: Union[str, Sequence[str], None]) -> List[str]:
@@ -127,9 +200,8 @@ def _as_list(by: Union[str, Sequence[str], None]) -> List[str]:
 
 def aggregate(summary: pd.DataFrame, by: Union[str, Sequence[str], None],
               value: str = "final_eval_exact_accuracy", *, confidence: float = 0.95,
-              ci: str = "t", count: str = "eval_count", step: str = "final_eval_step",
-              seed: str = "seed", run: str = "run", n_boot: int = 2000,
-              boot_seed: int = 0,
+              count: str = "eval_count", step: str = "final_eval_step",
+              seed: str = "seed", run: str = "run",
               bounds: Union[str, None, Tuple[float, float]] = "auto") -> pd.DataFrame:
     """Aggregates ``value`` per group of ``by`` columns of a per-run ``summary``.
 
@@ -137,26 +209,19 @@ def aggregate(summary: pd.DataFrame, by: Union[str, Sequence[str], None],
       summary: one row per run (``Runs.summary``).
       by: grouping columns (a list or a comma-separated string); empty = one group.
       value: the column to aggregate (e.g. ``final_eval_exact_accuracy``).
-      ci: ``"t"`` (Student t over runs) or ``"bootstrap"`` (percentile bootstrap over runs).
-      count: column with the number of evaluation examples behind an accuracy (for Wilson).
+      count: column with the number of evaluation puzzles behind an accuracy (for the sd
+        floor and a single run's Wilson interval).
       step: column with the step at which ``value`` was taken.
-      bounds: range the mean can take; the across-seed CI is intersected with it. ``"auto"``:
+      bounds: range the mean can take; the interval is intersected with it. ``"auto"``:
         ``(0, 1)`` for accuracies (:func:`is_proportion` of ``value``), else none.
 
     Returns:
-      one row per group: the ``by`` columns, then :data:`AGG_COLUMNS`. ``ci_method`` says which
-      interval ``ci_low``/``ci_high`` are:
-
-      * ``"t"`` / ``"bootstrap"``: over seeds (runs), with 2+ runs whose values differ;
-      * ``"wilson"``: the count-based Wilson interval pooled over the group's evaluated
-        examples (correct answers summed over runs / ``eval_count`` summed over runs), used for
-        a single run, and for 2+ runs that all give the same value, where the seed spread is 0
-        and a t/bootstrap interval would have zero width — the pooled examples are then the
-        only measure of the noise left;
-      * ``"none"``: neither is available (one run, or identical runs, without an eval count).
-
-      The pooled Wilson interval is always in ``wilson_low``/``wilson_high`` when counts are
-      known.
+      one row per group: the ``by`` columns, then :data:`AGG_COLUMNS`. ``mean`` and ``std``
+      are over the per-seed values (:func:`per_seed`); ``eval_count`` is the smallest number
+      of puzzles of the group's runs; ``ci_method`` (a key of :data:`METHODS`) says which
+      interval ``ci_low`` / ``ci_high`` are: :func:`seed_interval` with 2+ seeds (the sd
+      floored at one puzzle, ``1 / eval_count``, for accuracies), :func:`single_run_interval`
+      for a group of one seed's run(s) with a known puzzle count, else ``"none"``.
     """
     by = _as_list(by)
     if isinstance(bounds, str):
@@ -181,56 +246,43 @@ def aggregate(summary: pd.DataFrame, by: Union[str, Sequence[str], None],
         for k, part in key.groupby(by, sort=False, dropna=False):
             groups.append((k if isinstance(k, tuple) else (k,), df.loc[part.index]))
     for k, g in groups:
-        vals = g[value].astype(float).to_numpy()
-        row: Dict[str, Any] = {}
-        for col in by:
-            v = g[col].iloc[0]
-            row[col] = None if (isinstance(v, float) and math.isnan(v)) else v
-        row["n_runs"] = int(len(g))
-        if seed in g.columns and g[seed].notna().any():
-            seeds = sorted({int(s) for s in g[seed].dropna()})
-            row["n_seeds"] = len(seeds) + int(g[seed].isna().sum())
-        else:
-            seeds = []
-            row["n_seeds"] = int(len(g))
-        row["seeds"] = seeds
-        row["runs"] = list(g[run]) if run in g.columns else []
-        if step in g.columns and g[step].notna().any():
-            row["step_min"] = int(g[step].min())
-            row["step_max"] = int(g[step].max())
-        else:
-            row["step_min"] = row["step_max"] = None
-        row["mean"] = float(np.mean(vals))
-        row["std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
-        row["min"] = float(np.min(vals))
-        row["max"] = float(np.max(vals))
-        n_known = count in g.columns and g[count].notna().all() and (g[count] > 0).all()
-        row["eval_count"] = int(g[count].astype(float).sum()) if n_known else None
-        # Wilson only makes sense for a proportion (not, e.g., a loss with an eval count)
-        counts_known = bool(n_known and proportion)
-        if counts_known:
-            n = g[count].astype(float).to_numpy()
-            succ = np.clip(np.round(np.clip(vals, 0, 1) * n), 0, n)
-            row["wilson_low"], row["wilson_high"] = wilson_interval(succ.sum(), n.sum(), confidence)
-        else:
-            row["wilson_low"] = row["wilson_high"] = math.nan
-        spread = len(vals) >= 2 and float(np.ptp(vals)) > 0
-        if spread:
-            if ci == "bootstrap":
-                lo, hi = bootstrap_interval(vals, confidence, n_boot=n_boot, seed=boot_seed,
-                                            bounds=bounds)
-            else:
-                lo, hi = t_interval(vals, confidence, bounds=bounds)
-            row["ci_low"], row["ci_high"], row["ci_method"] = lo, hi, ci
-        elif counts_known:
-            row["ci_low"], row["ci_high"] = row["wilson_low"], row["wilson_high"]
-            row["ci_method"] = "wilson"
-        else:
-            row["ci_low"] = row["ci_high"] = math.nan
-            row["ci_method"] = "none"
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=by + AGG_COLUMNS)
-    return out
+        rows.append(_aggregate_group(g, by, value, confidence, count, step, seed, run,
+                                     bounds, proportion))
+    return pd.DataFrame(rows, columns=by + AGG_COLUMNS)
+
+
+def _aggregate_group(g: pd.DataFrame, by: List[str], value: str, confidence: float,
+                     count: str, step: str, seed: str, run: str, bounds: Bounds,
+                     proportion: bool) -> Dict[str, Any]:
+    row: Dict[str, Any] = {}
+    for col in by:
+        v = g[col].iloc[0]
+        row[col] = None if (isinstance(v, float) and math.isnan(v)) else v
+    vals = per_seed(g, value, seed).to_numpy(dtype=float)
+    row["n_runs"] = int(len(g))
+    row["n_seeds"] = int(len(vals))
+    row["seeds"] = (sorted({int(s) for s in g[seed].dropna()})
+                    if seed in g.columns and g[seed].notna().any() else [])
+    row["runs"] = list(g[run]) if run in g.columns else []
+    if step in g.columns and g[step].notna().any():
+        row["step_min"], row["step_max"] = int(g[step].min()), int(g[step].max())
+    else:
+        row["step_min"] = row["step_max"] = None
+    row["mean"] = float(np.mean(vals))
+    row["std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+    row["min"] = float(g[value].astype(float).min())
+    row["max"] = float(g[value].astype(float).max())
+    known = count in g.columns and g[count].notna().all() and bool((g[count] > 0).all())
+    row["eval_count"] = int(g[count].astype(float).min()) if known else None
+    if len(vals) >= 2:
+        floor = 1.0 / row["eval_count"] if proportion and known else None
+        ci = seed_interval(vals, confidence, floor_sd=floor, bounds=bounds)
+    elif proportion and known and len(g) == 1:
+        ci = single_run_interval(row["mean"], row["eval_count"], confidence)
+    else:
+        ci = Interval(math.nan, math.nan, "none", len(vals))
+    row["ci_low"], row["ci_high"], row["ci_method"] = ci.low, ci.high, ci.method
+    return row
 
 
 def counts(summary: pd.DataFrame, by: Union[str, Sequence[str], None] = None) -> pd.DataFrame:

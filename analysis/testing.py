@@ -1,10 +1,12 @@
 """Synthetic run directories that follow the DESIGN.md workdir contract (for tests and demos).
 
 :func:`write_run` writes one run the way the trainer does: ``run.json``, ``command.json``,
-``config.gin``, ``operative_config.gin``, real TensorBoard event files under ``tb/`` (torch's
-``SummaryWriter``, ``simple_value`` scalars; or TF2-style tensor scalars with
-``scalar_format="tensor"``), ``eval/step_XXXXXXXXX/metrics.json`` and, for a running run, a
-``LOCK`` file. Metric values follow a simple deterministic model of the hyperparameters (deeper
+``config.gin``, ``operative_config.gin``, ``hparams.json``, TensorBoard event files under
+``tb/`` and ``eval/step_XXXXXXXXX/metrics.json``, all through trm's own writers
+(:class:`trm.run.record.RunRecord`, :class:`trm.run.tensorboard.EventFileWriter`, a resumed
+process's ``purge_step``; ``hparams.json`` is gin's own resolution of the config, as
+``trm.train`` writes it), or TF2-style tensor scalars with ``scalar_format="tensor"``. Metric
+values follow a simple deterministic model of the hyperparameters (deeper
 recursion, EMA, the MLP mixer and more parameters help), so analyses have something to find.
 
 :func:`write_tiny_study` writes a small study (T/n sweep, EMA on/off, mixer, size ladder, data
@@ -167,7 +169,7 @@ class _TensorWriter:
 
         self._w = EventFileWriter(logdir, filename_suffix=suffix)
 
-    def add_scalar(self, tag: str, value: float, global_step: int, walltime: float) -> None:
+    def add_scalar(self, tag: str, value: float, step: int, wall_time: float) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[float(value)])
@@ -175,22 +177,34 @@ class _TensorWriter:
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
         summ = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor,
                                                                     metadata=meta)])
-        self._w.add_event(event_pb2.Event(summary=summ, step=int(global_step),
-                                          wall_time=float(walltime)))
+        self._w.add_event(event_pb2.Event(summary=summ, step=int(step),
+                                          wall_time=float(wall_time)))
 
     def close(self) -> None:
         self._w.close()
 
 
-def _writer(logdir: str, fmt: str, suffix: str):
-    from analysis.runs import _prefer_tensorboard_stub
+def _writer(logdir: str, fmt: str, suffix: str, purge_step: Optional[int] = None):
+    """trm's own event writer (as the trainer writes ``tb/``), or a TF2-style one."""
+    from analysis.reader import prefer_tensorboard_stub
+    from trm.run.tensorboard import EventFileWriter
 
-    _prefer_tensorboard_stub()
+    prefer_tensorboard_stub()
     if fmt == "tensor":
         return _TensorWriter(logdir, suffix)
-    from torch.utils.tensorboard import SummaryWriter
+    return EventFileWriter(logdir, purge_step=purge_step)
 
-    return SummaryWriter(log_dir=logdir, filename_suffix=suffix)
+
+def _resolved_hparams(config_text: str) -> Dict[str, Any]:
+    """``hparams.json`` as trm.train writes it: gin's own resolution of the config."""
+    from trm import gin_edge
+
+    gin_edge.clear()
+    try:
+        gin_edge.parse([], [], config_texts=[config_text])
+        return gin_edge.resolved_hparams()
+    finally:
+        gin_edge.clear()
 
 
 def _metrics_at(r: SyntheticRun, step: int, rng: np.random.Generator, final: float,
@@ -209,7 +223,10 @@ def _metrics_at(r: SyntheticRun, step: int, rng: np.random.Generator, final: flo
 def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any) -> SyntheticRun:
     """Writes one synthetic run under ``workdir`` (created); returns its description."""
     r = dataclasses.replace(run or SyntheticRun(), **overrides)
-    os.makedirs(workdir, exist_ok=True)
+    from trm.run import record as rec
+    from trm.run.storage import Storage
+
+    record = rec.RunRecord(Storage(workdir), best_metric="eval/exact_accuracy")
     tb = os.path.join(workdir, "tb")
     os.makedirs(tb, exist_ok=True)
     rng = np.random.default_rng(zlib.crc32(json.dumps(dataclasses.asdict(r), sort_keys=True)
@@ -248,10 +265,11 @@ def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any
                 tagged[f"eval/{s}/count"] = float(r.eval_count // 3)
             w.add_scalar("perf/eval_time_s", 1.5, step, walltime)
             tagged["perf/eval_time_s"] = 1.5
-            d = os.path.join(workdir, "eval", f"step_{step:09d}")
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, "metrics.json"), "w") as f:  # as trm.trainer writes it
-                json.dump({"step": step, **tagged}, f, indent=1)
+            if r.with_run_json:  # eval/step_X/metrics.json and run.json's best, as trm.train
+                record.evaluation(step, tagged)
+            else:
+                record.storage.write_json(f"{rec.eval_dir(step)}/metrics.json",
+                                          {"step": step, **tagged})
 
     end_of_first = last if r.resumed_at is None else min(last, r.resumed_at + 2 * r.log_every)
     w = _writer(tb, r.scalar_format, ".0")
@@ -261,7 +279,7 @@ def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any
     if r.resumed_at is not None:
         # A second process resumed from the checkpoint at ``resumed_at`` and re-logged the
         # steps after it (values differ slightly: the rng moved on); later wall times.
-        w = _writer(tb, r.scalar_format, ".1")
+        w = _writer(tb, r.scalar_format, ".1", purge_step=r.resumed_at + 1)
         restart = start + (end_of_first + 60) * r.step_time_s
         for step in range(r.resumed_at + 1, last + 1):
             log(w, step, restart + (step - r.resumed_at) * r.step_time_s, bump=0.001)
@@ -285,21 +303,18 @@ def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any
         }
         if r.with_flops:
             meta["flops_per_example"] = r.flops_per_example
-        with open(os.path.join(workdir, "run.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-    with open(os.path.join(workdir, "command.json"), "w") as f:
-        json.dump({"argv": ["python", "-m", "trm.train", "--gin_file=cpu_e1_1_baseline.gin",
-                            f"--gin_param=SEED={r.seed}"],
-                   "gin_files": ["gin/experiments/cpu/cpu_e1_1_baseline.gin"],
-                   "gin_bindings": [f"SEED={r.seed}"]}, f, indent=1)
-    with open(os.path.join(workdir, "config.gin"), "w") as f:
-        f.write(_config_gin(r, operative=False))
+        record.update(**meta)
+    bindings = [f"SEED={r.seed}"]
+    record.storage.write_json(rec.COMMAND_JSON, {
+        "argv": ["python", "-m", "trm.train", "--gin_file=cpu_e1_1_baseline.gin",
+                 *[f"--gin_param={b}" for b in bindings]],
+        "gin_files": ["gin/experiments/cpu/cpu_e1_1_baseline.gin"], "gin_params": bindings,
+        "cwd": "/tmp"})
+    config = _config_gin(r, operative=False)
+    record.ensure_config(config)
+    record.storage.write_json(rec.HPARAMS_JSON, _resolved_hparams(config))
     if last >= 1:
-        with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
-            f.write(_config_gin(r, operative=True))
-    if r.status == "running":
-        with open(os.path.join(workdir, "LOCK"), "w") as f:
-            json.dump({"host": "localhost", "pid": 1, "expires": _iso(end_wall + 600)}, f)
+        record.write_operative_config(_config_gin(r, operative=True))
     return r
 
 

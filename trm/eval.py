@@ -7,17 +7,24 @@ The run's saved ``config.gin`` is read as data (trm configurables and literal va
 ``import``, ``include`` or unknown configurable is refused, see docs/RUN_STATE.md, "Trust
 boundaries"), then the ``--gin_param`` bindings are parsed; the model is built,
 the checkpoint's weights loaded (the EMA weights by default when the run kept an EMA), and the
-test split evaluated exactly once per example. Metrics are printed, written as JSON
-(``--output_json``, default ``WORKDIR/eval/cli_step_<step>[_<tag>].json``) and to TensorBoard
-under ``WORKDIR/tb/eval_cli`` (tags ``eval_cli/...``). ``--export_state_dict`` writes the
-model's plain ``state_dict`` (with the chosen weights) for use elsewhere.
+test split evaluated exactly once per example. Each setting (checkpoint step, weights, --tag,
+--gin_param bindings) has its own name (:func:`setting_name`, e.g.
+``step_000000030_ema_EVAL_HALT_MAX_STEPS=32``), so settings never overwrite each other.
+Metrics are printed, written as JSON (``--output_json``, default
+``WORKDIR/eval/cli/<setting>.json``) and to TensorBoard as a run of its own,
+``WORKDIR/tb/eval_cli/<setting>/`` (tags ``eval_cli[_<tag>]/...``), beside the training curves
+and never inside them. ``--checkpoint=best`` picks the checkpoint with the best
+``best_metric`` by run.json's rule (a tie goes to the earlier step). ``--export_state_dict``
+writes the model's plain ``state_dict`` (with the chosen weights) for use elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -47,6 +54,10 @@ def define_flags() -> None:
 
 
 log = logging.getLogger("trm.eval")
+#: Where the JSON (``<setting>.json``) and evaluator outputs (``<setting>/``) go by default.
+EVAL_CLI_OUTPUT = "eval/cli"
+#: Where the TensorBoard events go: one TensorBoard run per setting (``<setting>/``).
+EVAL_CLI_TB = "tb/eval_cli"
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -98,7 +109,8 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if which not in ("latest", "best") and not isinstance(which, int):
         raise EvalError(f"--checkpoint must be latest, best or a step number, not {checkpoint!r}.")
     try:
-        restored = mgr.restore(which, check=check_train_state)
+        restored = (_restore_best(mgr) if which == "best"
+                    else mgr.restore(which, check=check_train_state))
     except CheckpointError as e:
         raise EvalError(str(e)) from e
     if restored is None:
@@ -132,7 +144,8 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     batches = EvalStream(test_dir, cfg.eval_batch_size or cfg.global_batch_size,
                          process_index=rt.process_index, process_count=rt.process_count)
     suffix = f"_{tag}" if tag else ""
-    out_dir = wd.url(f"eval/cli_step_{step:09d}{suffix}")
+    setting = setting_name(step, result["weights"], tag, bindings or [])
+    out_dir = wd.url(f"{EVAL_CLI_OUTPUT}/{setting}")
     total = len(batches)
 
     def show(done: int) -> None:
@@ -149,19 +162,62 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
             _write_text(output_json, text)
             result["json"] = output_json
         else:  # through the workdir: never through a link out of it
-            name = f"eval/cli_step_{step:09d}{suffix}.json"
+            name = f"{EVAL_CLI_OUTPUT}/{setting}.json"
             wd.write_text(name, text)
             result["json"] = wd.url(name)
         from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
         prefix = f"eval_cli{suffix}"
+        tb_dir = f"{EVAL_CLI_TB}/{setting}"
         try:
-            writer = SummaryWriterSync(wd, subdir="tb/eval_cli")
+            writer = SummaryWriterSync(wd, subdir=tb_dir)
             writer.scalars({f"{prefix}/{k[len('eval/'):]}" if k.startswith("eval/") else
                             f"{prefix}/{k}": v for k, v in metrics.items()}, step)
             writer.close()
         except OSError as e:  # e.g. a read-only workdir: the JSON went elsewhere
-            log.warning("TensorBoard summary not written to %s: %s", wd.url("tb/eval_cli"), e)
+            log.warning("TensorBoard summary not written to %s: %s", wd.url(tb_dir), e)
+        result["setting"] = setting
     return result
+
+
+def setting_name(step: int, weights: str, tag: str, bindings: List[str]) -> str:
+    """The name of one evaluation setting (checkpoint step, weights, --tag, --gin_param
+    bindings), unique per setting: its outputs never overwrite another setting's.
+
+    ``step_000000030_ema_EVAL_HALT_MAX_STEPS=32``. Characters other than letters, digits and
+    ``_.=-`` become ``-``; when that (or shortening a long name) loses information, a hash of
+    the exact bindings is appended.
+    """
+    slugs = [re.sub(r"[^A-Za-z0-9_.=-]+", "-", b).strip("-") for b in bindings]
+    name = "_".join([f"step_{int(step):09d}", weights] + ([tag] if tag else []) + slugs)
+    if len(name) > 120 or any(s != b for s, b in zip(slugs, bindings)):
+        digest = hashlib.sha1("\n".join(bindings).encode("utf-8")).hexdigest()[:8]
+        name = f"{name[:110]}_{digest}"
+    return name
+
+
+def _restore_best(mgr: Any) -> Any:
+    """The best committed checkpoint, by the rule of run.json's ``best`` (the higher
+    ``best_metric``; a tie goes to the earlier step, the one the run recorded first). A
+    corrupt candidate is skipped with a warning for the next best, as ``restore("best")``
+    does; one that is unsafe to load is raised."""
+    from trm.run.checkpoints import (  # pylint: disable=import-outside-toplevel
+        CheckpointError, UnsafeCheckpointError)
+    if not mgr.best_metric:
+        raise EvalError("--checkpoint=best needs the run's best_metric (trm.TrainConfig."
+                        "best_metric); name a step instead, e.g. --checkpoint=1000.")
+    scored = []
+    for s in mgr.steps():
+        value = (mgr.commit_info(s) or {}).get("metrics", {}).get(mgr.best_metric)
+        if value is not None and math.isfinite(value):
+            scored.append((-value, s))
+    for _, s in sorted(scored):
+        try:
+            return mgr.restore(s, check=check_train_state)
+        except UnsafeCheckpointError:
+            raise  # never fall back silently past a file that may be an attack
+        except CheckpointError as e:
+            log.warning("Skipping checkpoint step %d for --checkpoint=best: %s", s, e)
+    return None
 
 
 def _write_text(path: str, text: str) -> None:

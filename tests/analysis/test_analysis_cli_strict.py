@@ -67,3 +67,45 @@ def test_corrupt_run_json_is_named_in_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=str(bad).replace("\\", "\\\\")):
         runs = load_runs(str(tmp_path))
     assert len(runs) >= 2  # the other runs are all there, and this one too
+
+
+@pytest.mark.parametrize("module", ["analysis.compare", "analysis.report",
+                                    "analysis.dashboard"])
+def test_a_closed_pipe_ends_quietly(root, tmp_path, module):
+    """``... | head``: the reader is gone before the command writes; no traceback."""
+    extra = {"analysis.compare": [], "analysis.report": [f"--out={tmp_path / 'o'}"],
+             "analysis.dashboard": [f"--logdir={tmp_path / 'tb'}"]}[module]
+    proc = subprocess.Popen([sys.executable, "-m", module, f"--runs={root}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc.stdout.close()  # like `head` exiting
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 1
+
+
+def test_filters_that_match_nothing_say_so(root):
+    _one_line(_cli("analysis.compare", f"--runs={root}", "--include=t9*"),
+              "--include='t9*' matches none of the 2 runs", "t2_n2_s0")
+    _one_line(_cli("analysis.compare", f"--runs={root}", "--status=complete"),
+              "matches none", "Did you mean completed")
+    _one_line(_cli("analysis.report", f"--runs={root}", "--out=/tmp/never-written",
+                   "--include=zz*"), "matches none")
+
+
+def test_experiment_filter_suggests(tmp_path):
+    synth.write_tiny_study(str(tmp_path), seeds=(0,), train_steps=10,
+                           experiments=["e2_1_ema"])
+    _one_line(_cli("analysis.compare", f"--runs={tmp_path}", "--experiment=e2_1_em"),
+              "--experiment='e2_1_em'", "Did you mean e2_1_ema")
+
+
+def test_unknown_options_and_gin_names_get_suggestions(root):
+    proc = _cli("analysis.compare", f"--runs={root}", "--group-by=T")
+    _one_line(proc, "unrecognized arguments: --group-by=T", "Did you mean --group_by")
+    # a raw gin name is a valid column; a misspelt one is answered with the gin names
+    ok = _cli("analysis.compare", f"--runs={root}", "--group_by=H_CYCLES")
+    assert ok.returncode == 0 and "| H_CYCLES |" in ok.stdout, ok.stderr[-2000:]
+    _one_line(_cli("analysis.compare", f"--runs={root}", "--group_by=H_CYCLE"),
+              "'H_CYCLE'", "Did you mean H_CYCLES")

@@ -21,11 +21,9 @@ def test_comparison_table_numbers(study_runs):
     vals = s[(s["T"] == 2) & (s["n"] == 2)]["final_eval_exact_accuracy"]
     row = t.loc["T=2, n=2"]
     assert row["mean"] == pytest.approx(vals.mean())
-    if vals.nunique() > 1:
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-            stats.t_interval(list(vals), bounds=(0, 1)))
-    else:  # identical seeds: the pooled Wilson interval, never a zero-width one
-        assert row["ci_method"] == "wilson" and row["ci_high"] > row["ci_low"]
+    want = stats.seed_interval(list(vals), floor_sd=1 / 500, bounds=(0, 1))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((want.low, want.high))
+    assert row["ci_method"] == want.method and row["ci_high"] > row["ci_low"]
     assert (row["n_runs"], row["n_seeds"], row["step_min"]) == (2, 2, 40)
     assert row["published"] == pytest.approx(0.737)
     assert t.loc["T=3, n=6", "published"] == pytest.approx(0.874)

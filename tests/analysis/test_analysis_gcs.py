@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from analysis import load_runs
-from analysis import runs as runs_mod
+from analysis import reader
 from analysis import testing as synth
 from gcs_upload import upload_tree
 
@@ -24,18 +24,20 @@ def test_gs_root_loads_like_local(gcs_emulator, gcs_fs_bucket, tmp_path):
     assert len(fs.find(f"{bucket}/study")) == n
 
     root = f"gs://{bucket}/study"
-    assert runs_mod.find_run_dirs(root) == ["e2_1_ema/ema_off_s0", "e2_1_ema/ema_on_s0",
+    assert reader.find_run_dirs(root) == ["e2_1_ema/ema_off_s0", "e2_1_ema/ema_on_s0",
                                             "misc/preempted", "misc/resumed", "misc/running",
                                             "misc/tf2_no_runjson"]
-    fetched = []
-    real_get_file = type(fs)._get_file
+    from trm.run.storage import Storage
 
-    async def spy(self, rpath, lpath, *a, **k):  # every file gcsfs downloads
-        fetched.append(rpath)
-        return await real_get_file(self, rpath, lpath, *a, **k)
+    fetched = []
+    real_read = Storage.read_bytes
+
+    def spy(self, name):  # every file the reader copies, through trm's storage layer
+        fetched.append(name)
+        return real_read(self, name)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(type(fs), "_get_file", spy)
+    mp.setattr(Storage, "read_bytes", spy)
     try:
         remote = load_runs(root)
     finally:

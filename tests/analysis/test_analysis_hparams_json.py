@@ -48,3 +48,20 @@ def test_from_hparams_json_references_and_scopes():
     assert cfg.bindings["m.p"].value == "plain"
     bad = hp.from_hparams_json({"bindings": {"nodot": 1}})
     assert bad.errors
+
+
+def test_synthetic_runs_carry_the_trainers_files(tmp_path):
+    """analysis.testing writes through trm.run (RunRecord, trm's event writer) and writes
+    hparams.json with gin's own resolution, like trm.train."""
+    from trm.run.record import RunRecord
+    from trm.run.storage import Storage
+
+    wd = str(tmp_path / "r")
+    synth.write_run(wd, synth.SyntheticRun(T=2, n=5, train_steps=20))
+    record = RunRecord(Storage(wd))
+    saved = record.hparams()
+    assert saved["macros"]["H_CYCLES"] == 2 and saved["bindings"]["model.trm.L_cycles"] == 5
+    assert record.read()["best"]["metric"] == "eval/exact_accuracy"
+    assert json.load(open(os.path.join(wd, "command.json")))["gin_params"] == ["SEED=0"]
+    row = load_runs(wd).summary.iloc[0]
+    assert (row["T"], row["n"]) == (2, 5)

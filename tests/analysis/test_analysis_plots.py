@@ -232,7 +232,7 @@ def test_ablation_intervals_inside_0_100_and_inside_the_axes():
     assert "(%)" in ax.get_xlabel()
     assert ax.get_title() == "e_x"
     leg = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("t over seeds" in l and "Wilson" in l for l in leg)
+    assert any("95% t interval over seeds" in l and "Wilson" in l for l in leg)
     # a zoomed axis still holds every interval and the paper number
     t = _table([0.90, 0.92], [0.85, 0.91], [0.95, 0.93], published=[0.70, np.nan])
     fig = plots.plot_ablation(t)
@@ -256,7 +256,9 @@ def test_tn_heatmap_annotated_with_intervals(study_runs):
     row = agg.set_index(["T", "n"]).loc[(2, 2)]
     want = f"{100 * row['mean']:.1f}%\n[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
     assert any(t.startswith(want) and t.endswith("2 runs") for t in texts), texts
-    # identical seeds: the pooled Wilson interval, not a zero-width one
+    # identical seeds: the sd floored at one puzzle, not a zero-width interval; the caption
+    # under the plot says what the intervals are
+    assert any("t interval over seeds, spread floored" in t.get_text() for t in fig.texts)
     same = [t for t in texts if t.startswith("50.0%")]
     assert same and "[50.0, 50.0]" not in same[0] and "[" in same[0]
     assert any(t == "not run" for t in texts)  # (T=2, n=6)

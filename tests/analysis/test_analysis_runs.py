@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis import load_runs, read_events
-from analysis import runs as runs_mod
+from analysis import reader
 from analysis import testing as synth
 
 
@@ -102,7 +102,7 @@ def test_more_than_ten_thousand_points(tmp_path):
     """Default EventAccumulator size guidance keeps 10,000 scalars; we keep all."""
     from torch.utils.tensorboard import SummaryWriter
 
-    runs_mod._prefer_tensorboard_stub()
+    reader.prefer_tensorboard_stub()
     d = tmp_path / "big" / "tb"
     w = SummaryWriter(str(d))
     for s in range(12_500):

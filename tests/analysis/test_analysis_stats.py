@@ -52,12 +52,11 @@ def test_aggregate_counts_and_intervals():
         "final_eval_step": [40, 40, 20]})
     agg = stats.aggregate(s, "T").set_index("T")
     a = agg.loc[2]
-    assert (a["n_runs"], a["n_seeds"], a["seeds"], a["eval_count"]) == (2, 2, [0, 1], 200)
+    assert (a["n_runs"], a["n_seeds"], a["seeds"], a["eval_count"]) == (2, 2, [0, 1], 100)
     assert a["mean"] == pytest.approx(0.55)
     assert a["ci_method"] == "t"
     assert (a["ci_low"], a["ci_high"]) == pytest.approx(stats.t_interval([0.5, 0.6],
                                                                          bounds=(0, 1)))
-    assert (a["wilson_low"], a["wilson_high"]) == pytest.approx(stats.wilson_interval(110, 200))
     b = agg.loc[3]
     assert b["ci_method"] == "wilson" and (b["step_min"], b["step_max"]) == (20, 20)
     assert (b["ci_low"], b["ci_high"]) == pytest.approx(stats.wilson_interval(160, 200))
@@ -87,7 +86,7 @@ def test_t_interval_is_scipys_and_bounded():
     lo, hi = stats.t_interval([0.95, 1.0], bounds=(0, 1))
     assert hi == 1.0 and 0 <= lo < 0.95
     assert stats.t_interval([0.95, 1.0])[1] > 1.0  # unbounded without bounds
-    assert stats.t_interval([0.5, 0.5]) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in stats.t_interval([0.5, 0.5]))  # never zero width
 
 
 def test_bootstrap_is_scipys():
@@ -105,32 +104,54 @@ def _summary(vals, count=100):
                          "eval_count": count, "final_eval_step": 40})
 
 
-def test_identical_seeds_pool_the_puzzles():
+def test_identical_seeds_get_a_floor_never_pooled_puzzles():
     agg = stats.aggregate(_summary([0.9, 0.9, 0.9], count=100), "T").iloc[0]
-    assert agg["ci_method"] == "wilson"
-    assert (agg["ci_low"], agg["ci_high"]) == pytest.approx(stats.wilson_interval(270, 300))
-    assert agg["ci_high"] - agg["ci_low"] > 0.02
-    assert agg["ci_low"] < 0.9 < agg["ci_high"]
-    # with bootstrap too
-    agg = stats.aggregate(_summary([0.9, 0.9]), "T", ci="bootstrap").iloc[0]
-    assert agg["ci_method"] == "wilson" and agg["ci_high"] > agg["ci_low"]
-    # without an eval count there is nothing honest to report
+    assert agg["ci_method"] == "t, sd floor"  # the sd is floored at one puzzle (1/100)
+    half = sps.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert (agg["ci_low"], agg["ci_high"]) == pytest.approx((0.9 - half, 0.9 + half))
+    # a spread below one puzzle is floored too; a larger one is the plain t interval
+    assert stats.aggregate(_summary([0.9, 0.901]), "T").iloc[0]["ci_method"] == "t, sd floor"
+    assert stats.aggregate(_summary([0.8, 0.9]), "T").iloc[0]["ci_method"] == "t"
+    # without an eval count there is no resolution to floor at: no interval, and it says so
     agg = stats.aggregate(_summary([0.9, 0.9], count=None), "T").iloc[0]
     assert agg["ci_method"] == "none" and math.isnan(agg["ci_low"])
     # all seeds at 100 %: the interval still has width and stays <= 1
     agg = stats.aggregate(_summary([1.0, 1.0]), "T").iloc[0]
-    assert agg["ci_high"] == 1.0 and 0.95 < agg["ci_low"] < 1.0
+    assert agg["ci_high"] == 1.0 and 0.8 < agg["ci_low"] < 1.0
+    # many puzzles never narrow a seed interval: 2 seeds that disagree stay wide
+    wide = stats.aggregate(_summary([0.5, 0.7], count=10**6), "T").iloc[0]
+    assert wide["ci_high"] - wide["ci_low"] > 0.5
 
 
-@pytest.mark.parametrize("ci", ["t", "bootstrap"])
-def test_accuracy_intervals_stay_in_0_1(ci):
+def test_one_run_is_wilson_and_seeds_are_averaged_first():
+    one = stats.aggregate(_summary([0.8], count=200), "T").iloc[0]
+    assert one["ci_method"] == "wilson"
+    assert (one["ci_low"], one["ci_high"]) == pytest.approx(stats.wilson_interval(160, 200))
+    # two runs of one seed are one per-seed value: no interval over seeds, and no Wilson
+    s = _summary([0.6, 0.8]).assign(seed=[0, 0])
+    agg = stats.aggregate(s, "T").iloc[0]
+    assert (agg["n_seeds"], agg["mean"], agg["ci_method"]) == (1, pytest.approx(0.7), "none")
+
+
+def test_paired_interval_and_labels():
+    a = {0: 0.50, 1: 0.60, 2: 0.55, 9: 0.1}
+    b = {0: 0.60, 1: 0.65, 2: 0.70}
+    ci = stats.paired_seed_interval(a, b)
+    assert ci.n == 3 and ci.method == "t"
+    assert (ci.low, ci.high) == pytest.approx(stats.t_interval([0.10, 0.05, 0.15]))
+    assert stats.interval_label("t") == "95% t interval over seeds"
+    assert stats.interval_label(["t", "wilson", "t"], 0.9) == (
+        "90% t interval over seeds; Wilson interval over one run's puzzles")
+    assert stats.interval_label("none") == "no interval"
+
+
+def test_accuracy_intervals_stay_in_0_1():
     for vals in ([0.97, 1.0], [0.0, 0.04], [0.5, 0.99, 0.01]):
-        a = stats.aggregate(_summary(vals), "T", ci=ci, n_boot=200).iloc[0]
+        a = stats.aggregate(_summary(vals), "T").iloc[0]
         assert 0.0 <= a["ci_low"] <= a["mean"] <= a["ci_high"] <= 1.0
-        assert 0.0 <= a["wilson_low"] <= a["wilson_high"] <= 1.0
-    # a loss is not bounded and gets no Wilson interval even with an eval count
+    # a loss is not bounded and gets no floor even with an eval count
     s = _summary([0.5, 1.5]).rename(columns={"final_eval_exact_accuracy": "final_eval_lm_loss"})
     a = stats.aggregate(s, "T", "final_eval_lm_loss").iloc[0]
-    assert a["ci_low"] < 0 and math.isnan(a["wilson_low"]) and a["eval_count"] == 200
+    assert a["ci_low"] < 0 and a["eval_count"] == 100
     s = _summary([0.5, 0.5]).rename(columns={"final_eval_exact_accuracy": "final_eval_lm_loss"})
     assert stats.aggregate(s, "T", "final_eval_lm_loss").iloc[0]["ci_method"] == "none"

@@ -523,6 +523,21 @@ class Storage:
             return sorted({posixpath.basename(e.rstrip("/")) for e in entries} - {""})
         return self._retry(ls, f"listing {self.url(name)}")
 
+    def find(self, name: str = "") -> List[str]:
+        """Every file under folder ``name``, recursively, as object names relative to this
+        folder (``/``-separated, sorted; [] if it does not exist). Names are the store's own:
+        a remote store may return names such as ``a/../../x`` (callers copying them to disk
+        must check them)."""
+        if self.is_local:
+            top = self.url(name)
+            return sorted(os.path.relpath(os.path.join(d, f), self.path).replace(os.sep, "/")
+                          for d, _, files in os.walk(top) for f in files)
+        root = self._root + "/"
+        self._invalidate(name)
+        found = self._retry(lambda: self.fs.find(self._fs_path(name), withdirs=False),
+                            f"listing {self.url(name)}")
+        return sorted(f[len(root):] for f in found if f.startswith(root))
+
     def remove(self, name: str, missing_ok: bool = True) -> None:
         """Removes file ``name``."""
         def rm() -> None:

@@ -107,12 +107,39 @@ class EventFileWriter:
     def _write(self, event) -> None:
         self._pending.append(tfrecord_frame(event.SerializeToString()))
 
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
+    def add_scalar(self, tag: str, value: float, step: int,
+                   wall_time: Optional[float] = None) -> None:
+        """A scalar (``simple_value``); ``wall_time`` defaults to now."""
         from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
             tag=tag, simple_value=float(value))])
-        self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                                          summary=summary))
+        self._write(self._event_pb2.Event(
+            wall_time=time.time() if wall_time is None else float(wall_time), step=int(step),
+            summary=summary))
+
+    def add_hparams(self, hparams: Mapping[str, object], group_name: str,
+                    start_time_s: Optional[float] = None) -> None:
+        """The HParams plugin's session start (tag ``_hparams_/session_start_info``): this
+        folder is one trial with these hyperparameters (numbers, strings, booleans; None and
+        other values are written as text). TensorBoard's HParams dashboard lists every such
+        folder under its logdir, with the final value of each of its scalar tags as metrics."""
+        from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+        from tensorboard.plugins.hparams import (  # pylint: disable=import-outside-toplevel
+            metadata, plugin_data_pb2)
+        start = time.time() if start_time_s is None else float(start_time_s)
+        info = plugin_data_pb2.SessionStartInfo(group_name=group_name, start_time_secs=start)
+        for name, value in sorted(hparams.items()):
+            if isinstance(value, bool):
+                info.hparams[name].bool_value = value
+            elif isinstance(value, (int, float)):
+                info.hparams[name].number_value = float(value)
+            else:
+                info.hparams[name].string_value = "None" if value is None else str(value)
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=metadata.SESSION_START_INFO_TAG, tensor=metadata.NULL_TENSOR,
+            metadata=metadata.create_summary_metadata(
+                plugin_data_pb2.HParamsPluginData(session_start_info=info)))])
+        self._write(self._event_pb2.Event(wall_time=start, step=0, summary=summary))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         """A text summary (the text plugin's format: a string tensor, tag ``<tag>/text_summary``)."""
@@ -266,6 +293,12 @@ class SummaryWriterSync:
         """Logs ``{tag: value}`` at ``step`` (``prefix`` is prepended to every tag)."""
         for tag, value in values.items():
             self.scalar(f"{prefix}{tag}", value, step)
+
+    def hparams(self, values: Mapping[str, object], group_name: str,
+                start_time_s: Optional[float] = None) -> None:
+        """Logs the run's hyperparameters for TensorBoard's HParams dashboard (see
+        :meth:`EventFileWriter.add_hparams`)."""
+        self.writer.add_hparams(values, group_name, start_time_s)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Logs a text summary (markdown; wrap configs in a code block to keep them verbatim)."""
