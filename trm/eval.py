@@ -28,7 +28,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app, flags
 
@@ -41,7 +41,8 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
     flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],
                       "Which weights: the EMA shadow or the raw weights (auto: EMA when saved).")
-    flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'EVAL_HALT_MAX_STEPS=32'.")
+    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    define_gin_flags()  # --gin_file / --gin_param / --gin_bindings / --gin.K=V / search paths
     flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
     flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
     flags.DEFINE_string("tag", "", "Suffix for the default JSON name and TensorBoard tags.")
@@ -68,7 +69,8 @@ class EvalError(RuntimeError):
 def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto",
                  bindings: Optional[List[str]] = None, output_json: Optional[str] = None,
                  export_path: Optional[str] = None, tag: str = "", skip_eval: bool = False,
-                 trust_checkpoint: bool = False, progress: bool = False) -> Dict[str, Any]:
+                 trust_checkpoint: bool = False, progress: bool = False,
+                 gin_files: Sequence[str] = ()) -> Dict[str, Any]:
     """Library form of the CLI; returns ``{"step", "weights", "metrics", "json"}``.
 
     Metrics are named as in training (``eval/exact_accuracy``, ``eval/<set>/...``,
@@ -99,7 +101,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
         raise EvalError(f"{workdir} has no config.gin: is it a trm run directory?")
     gin_edge.clear()
     gin_edge.parse_saved_config(config_text, wd.url("config.gin"))  # data: runs no code
-    gin_edge.parse([], bindings or [])
+    gin_edge.parse(gin_files, bindings or [])  # your files and bindings, after the saved config
     cfg = gin_edge.build_train_config()
     rt = init_runtime(cfg.device)
 
@@ -144,16 +146,14 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     batches = EvalStream(test_dir, cfg.eval_batch_size or cfg.global_batch_size,
                          process_index=rt.process_index, process_count=rt.process_count)
     suffix = f"_{tag}" if tag else ""
-    setting = setting_name(step, result["weights"], tag, bindings or [])
+    setting = setting_name(step, result["weights"], tag,
+                           [f"file={os.path.basename(f)}" for f in gin_files] + list(bindings or []))
     out_dir = wd.url(f"{EVAL_CLI_OUTPUT}/{setting}")
-    total = len(batches)
-
-    def show(done: int) -> None:
-        if progress and rt.is_main and (done == total or done % max(1, total // 10) == 0):
-            print(f"eval step {step}: batch {done}/{total}", file=sys.stderr, flush=True)
-
-    metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir,
-                                   progress=show))
+    from trm import progress as progress_  # pylint: disable=import-outside-toplevel
+    with progress_.phase(f"eval step {step}", len(batches), unit="batches",
+                         enabled=progress and rt.is_main) as bar:
+        metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir,
+                                       progress=bar.update))
     result["metrics"] = metrics
     result["eval_halt_max_steps"] = model.eval_halt_max_steps
     if rt.is_main:
@@ -231,15 +231,19 @@ def main(argv: List[str]) -> None:
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
     logging.getLogger("trm").setLevel(logging.INFO)
+    from trm import gin_edge  # pylint: disable=import-outside-toplevel
     from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
     from trm.data import DataError  # pylint: disable=import-outside-toplevel
     from trm.experiment import TrainingError  # pylint: disable=import-outside-toplevel
     from trm.run.record import RunRecordError  # pylint: disable=import-outside-toplevel
     from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
     try:
-        result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, FLAGS.gin_param,
+        from trm.cli import gin_bindings  # pylint: disable=import-outside-toplevel
+        gin_edge.set_search_paths(FLAGS.gin_search_paths)
+        result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, gin_bindings(),
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
-                              FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress)
+                              FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress,
+                              gin_files=FLAGS.gin_file)
     except (EvalError, ConfigError, DataError, DeviceError, TrainingError, RunRecordError) as e:
         from trm.gin_edge import strip_gin_context  # pylint: disable=import-outside-toplevel
         sys.exit(f"trm.eval: {strip_gin_context(e)}")
