@@ -203,6 +203,41 @@ def gin_bindings(args) -> list[str]:
     return list(args.gin_param) + list(args.gin_bindings)
 
 
+def preflight(runs: Sequence[dict], python: str, module: str = "trm.preflight",
+              gin_search_paths: Sequence[str] = ()) -> list[dict]:
+    """Every run (``name``, ``gin_files``, ``bindings``, optional ``workdir``) checked as its
+    start would check it, by ``python -m <module>`` in one process (the runs as JSON on
+    stdin; :mod:`trm.preflight`): one result per run, in order.
+
+    Raises:
+      RuntimeError: the preflight process itself failed (its last line says why).
+    """
+    check_module(module, "--preflight_module")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if gin_search_paths:
+        env["TRM_GIN_SEARCH_PATHS"] = os.pathsep.join(os.path.abspath(p)
+                                                      for p in gin_search_paths)
+    proc = subprocess.run([python, "-m", module], input=json.dumps(list(runs)), text=True,
+                          capture_output=True, env=env, check=False)
+    results = []
+    for line in proc.stdout.splitlines():
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            continue
+    if len(results) != len(runs):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the preflight (python -m {module}) failed with exit code "
+                           f"{proc.returncode}: {last}")
+    return results
+
+
+def preflight_errors(runs: Sequence[dict], results: Sequence[dict]) -> list[str]:
+    """``"<run>: <one line>"`` for every run the preflight refused."""
+    return [f"{run['name']}: {result.get('error')}" for run, result in zip(runs, results)
+            if not result.get("ok")]
+
+
 def check_extra_bindings(extra: Sequence[str], swept: Iterable[str]) -> None:
     """Rejects extra ``--gin_param`` s that would override a swept macro (or are malformed).
 

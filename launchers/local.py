@@ -91,32 +91,11 @@ def plan(runs: Sequence[Run], root: str, python: str, train_module: str,
 
 def preflight(jobs: Sequence[Job], python: str, module: str,
               gin_search_paths: Sequence[str] = ()) -> list[dict]:
-    """Every job checked as its start would check it (``python -m <module>``, one process,
-    the runs as JSON on stdin): one result per job, in order (see :mod:`trm.preflight`).
-
-    Raises:
-      RuntimeError: the preflight process itself failed (its last line says why).
-    """
-    common.check_module(module, "--preflight_module")
-    runs = [{"name": j.run.name, "gin_files": j.run.gin_files, "bindings": j.run.bindings,
-             "workdir": j.workdir} for j in jobs]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    if gin_search_paths:
-        env["TRM_GIN_SEARCH_PATHS"] = os.pathsep.join(os.path.abspath(p)
-                                                      for p in gin_search_paths)
-    proc = subprocess.run([python, "-m", module], input=json.dumps(runs), text=True,
-                          capture_output=True, env=env, check=False)
-    results = []
-    for line in proc.stdout.splitlines():
-        try:
-            results.append(json.loads(line))
-        except ValueError:
-            continue
-    if len(results) != len(jobs):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the preflight (python -m {module}) failed with exit code "
-                           f"{proc.returncode}: {last}")
-    return results
+    """Every job checked as its start would check it, its workdir included (see
+    :func:`launchers.common.preflight`)."""
+    return common.preflight([{"name": j.run.name, "gin_files": j.run.gin_files,
+                              "bindings": j.run.bindings, "workdir": j.workdir} for j in jobs],
+                            python, module, gin_search_paths)
 
 
 def completed_without_preflight(job: Job) -> bool:

@@ -48,7 +48,8 @@ import sys
 from typing import Mapping, Sequence
 
 from launchers import common, cost, gcloud, remote, tpu_config, watch
-from launchers.named_sweeps import Run, add_sweep_module_flag, get_sweep
+from launchers.named_sweeps import Run, add_sweep_module_flag
+from launchers.sweep_files import resolve_sweep
 
 def _config_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
@@ -78,8 +79,19 @@ def _config_flags() -> argparse.ArgumentParser:
     return p
 
 
+def _gin_flags(p: argparse.ArgumentParser, help_text: str, preflight: bool = True) -> None:
+    """``--gin_param`` with the spellings of every trm tool (``--gin_bindings``, and
+    ``--gin.K=V`` through :func:`launchers.common.parse_args`) and the local preflight."""
+    p.add_argument("--gin_param", action="append", default=[],
+                   help=help_text + "; also --gin_bindings=K=V and --gin.K=V")
+    p.add_argument("--gin_bindings", action="append", default=[], help=argparse.SUPPRESS)
+    if preflight:
+        p.add_argument("--no_preflight", action="store_true",
+                       help="skip checking every run here (trm.preflight) before any VM starts")
+
+
 def _runs_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sweep", help="a sweep's runs (launchers.named_sweeps)")
+    p.add_argument("--sweep", help="a sweep's runs: a registered name or a sweep file")
     p.add_argument("--seeds", help="comma-separated seeds for --sweep")
     p.add_argument("--run", action="append", default=[], help="a run name (repeatable)")
 
@@ -143,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--find_links", help="extra pip -f index (default: libtpu releases)")
     p = verb("launch", "start one run on all workers (re-run to resume)")
     p.add_argument("--gin_file", action="append", required=True, help="gin file (repeatable)")
-    p.add_argument("--gin_param", action="append", default=[], help="gin binding (repeatable)")
+    _gin_flags(p, "gin binding (repeatable)")
     p.add_argument("--run_name", help="default: the last gin file's name without .gin")
     p = verb("sweep", "queue a sweep's runs on one or several VMs")
     p.add_argument("--sweep", required=True)
     p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
-    p.add_argument("--gin_param", action="append", default=[], help="extra binding for every run")
+    _gin_flags(p, "extra binding for every run")
     p.add_argument("--vms", help=vms_help + "; runs are dealt round-robin")
     p.add_argument("--watch", action="store_true",
                    help="then keep the sweep going until every run is completed (see watch)")
@@ -156,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("watch", "keep a sweep going on preemptible VMs until every run is completed")
     p.add_argument("--sweep", required=True)
     p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
-    p.add_argument("--gin_param", action="append", default=[], help="extra binding for every run")
+    _gin_flags(p, "extra binding for every run")
     p.add_argument("--vms", help=vms_help + "; runs are dealt round-robin")
     _watch_flags(p)
     p = verb("cost", "estimated device-hours (and cost) of a sweep or a run")
@@ -164,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default: the sweep's)")
     p.add_argument("--gin_file", action="append", default=[],
                    help="one run's gin file(s) instead of --sweep (repeatable)")
-    p.add_argument("--gin_param", action="append", default=[], help="extra binding (repeatable)")
+    _gin_flags(p, "extra binding (repeatable)", preflight=False)
     _cost_flags(p)
     p = verb("status", "VM state, running jobs, last logged step of each run")
     p.add_argument("--vms", help=vms_help)
@@ -210,7 +222,7 @@ def _vms(cfg: tpu_config.TpuConfig, args) -> list[str]:
 def _selected_runs(args) -> list[str] | None:
     names = list(args.run or [])
     if args.sweep:
-        names += [r.name for r in get_sweep(args.sweep).runs(common.parse_seeds(args.seeds))]
+        names += [r.name for r in resolve_sweep(args.sweep).runs(common.parse_seeds(args.seeds))]
     elif args.seeds:
         raise ValueError("--seeds needs --sweep")
     return [tpu_config.check_run_name(n, "--run") for n in names] or None
@@ -218,7 +230,7 @@ def _selected_runs(args) -> list[str] | None:
 
 def sweep_runs(args) -> tuple[str, list[Run]]:
     """The sweep's name and runs of ``--sweep`` / ``--seeds`` / ``--gin_param``."""
-    sweep = get_sweep(args.sweep)
+    sweep = resolve_sweep(args.sweep)
     common.check_extra_bindings(args.gin_param, sweep.swept_keys())
     runs = [
         Run(r.name, r.gin_files, r.bindings + list(args.gin_param))
@@ -239,6 +251,33 @@ def _launch_run(args) -> Run:
         name = posixpath.basename(args.gin_file[-1]).removesuffix(".gin")
         setting = "run name (from the last --gin_file; pass --run_name)"
     return Run(tpu_config.check_run_name(name, setting), list(args.gin_file), bindings)
+
+
+def _preflight_ok(args) -> bool:
+    """``launch`` / ``sweep`` / ``watch``: every run checked here, as its start would check it
+    (:mod:`trm.preflight`, this machine's Python), before any VM or run starts; one line per
+    bad run. Skipped with a note where trm (torch) is not installed here; ``--no_preflight``
+    or ``TRM_LAUNCH_PREFLIGHT=0`` skips it."""
+    if args.verb not in ("launch", "sweep", "watch") or args.no_preflight or \
+            os.environ.get("TRM_LAUNCH_PREFLIGHT") == "0":
+        return True
+    runs = [_launch_run(args)] if args.verb == "launch" else sweep_runs(args)[1]
+    specs = [{"name": r.name, "gin_files": r.gin_files, "bindings": r.bindings} for r in runs]
+    try:
+        results = common.preflight(specs, sys.executable)
+    except RuntimeError as e:
+        if "No module named" not in str(e):
+            raise
+        print(f"note: preflight skipped: trm is not importable by {sys.executable} "
+              "(install trm here to check every run before the VMs start)", file=sys.stderr)
+        return True
+    errors = common.preflight_errors(specs, results)
+    if errors:
+        print(f"error: {len(errors)} of {len(specs)} runs would not start; nothing was "
+              "started:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+    return not errors
 
 
 def build_commands(args, cfg: tpu_config.TpuConfig) -> list[list[str]]:
@@ -372,11 +411,15 @@ def _cost(args, cfg: tpu_config.TpuConfig) -> int:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          runner=None) -> int:
     """Entry point; ``runner`` replaces ``subprocess.run`` (tests)."""
-    args = build_parser().parse_args(argv)
+    args = common.parse_args(build_parser(), argv)
+    if hasattr(args, "gin_bindings"):
+        args.gin_param = list(args.gin_param) + list(args.gin_bindings)
     try:
         cfg = _config_from_args(args, os.environ if environ is None else environ)
         commands = build_commands(args, cfg)
-    except (ValueError, KeyError, OSError) as e:
+        if not _preflight_ok(args):
+            return 2
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if args.verb == "cost":

@@ -205,6 +205,7 @@ def _restore_best(mgr: Any) -> Any:
     if not mgr.best_metric:
         raise EvalError("--checkpoint=best needs the run's best_metric (trm.TrainConfig."
                         "best_metric); name a step instead, e.g. --checkpoint=1000.")
+    from trm.run.guards import check_train_state  # pylint: disable=import-outside-toplevel
     scored = []
     for s in mgr.steps():
         value = (mgr.commit_info(s) or {}).get("metrics", {}).get(mgr.best_metric)
