@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 from typing import Callable, Iterable, Sequence, TextIO
@@ -266,14 +267,32 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
 
 
+MAX_JSON_BYTES = 16 << 20  # run.json / command.json are kilobytes
+
+
+def read_json_file(path: str) -> dict | None:
+    """A small JSON object from a local file others may write, or ``None`` if missing,
+    unreadable or not an object. Only a regular file of at most ``MAX_JSON_BYTES`` is read:
+    opened without blocking and checked with ``fstat`` first, so a FIFO or a device there
+    never hangs the launcher."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JSON_BYTES:
+            return None
+        try:
+            data = json.loads(f.read(MAX_JSON_BYTES + 1))
+        except (OSError, ValueError):
+            return None
+    return data if isinstance(data, dict) else None
+
+
 def read_run_json(workdir: str) -> dict | None:
     """The parsed ``run.json`` of a local workdir, or ``None`` if missing or unreadable."""
-    try:
-        with open(os.path.join(workdir, RUN_JSON)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_file(os.path.join(workdir, RUN_JSON))
 
 
 def is_completed(run_json: dict | None) -> bool:

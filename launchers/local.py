@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import json
 import os
 import signal
 import subprocess
@@ -103,10 +102,8 @@ def completed_without_preflight(job: Job) -> bool:
     (command.json)."""
     if not common.is_completed(common.read_run_json(job.workdir)):
         return False
-    try:
-        with open(os.path.join(job.workdir, "command.json")) as f:
-            command = json.load(f)
-    except (OSError, ValueError):
+    command = common.read_json_file(os.path.join(job.workdir, "command.json"))
+    if command is None:
         return False
     files = [os.path.basename(f) for f in command.get("gin_files", [])]
     return (files == [os.path.basename(f) for f in job.run.gin_files]

@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = [["trm.train"], ["trm.eval"], ["trm.bench"], ["trm.registry"], ["trm.interop.replay"],
          ["trm.data.build"], ["trm.data.inspect"], ["trm.data.bench"], ["launchers.sweep"],
          ["launchers.local"], ["launchers.tpu"], ["launchers.gpu_check"], ["analysis.report"],
-         ["analysis.compare"], ["studies.cpu_study.analysis"]]
+         ["analysis.compare"], ["analysis.dashboard"], ["studies.cpu_study.analysis"],
+         ["launchers.tpu_check"], ["trm.runtime.eval_compile_bench"]]
 BUILDERS = ["sudoku_csv", "sudoku_gen", "maze_csv", "maze_gen", "arc", "reference_npy"]
 TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost",
              "check"]

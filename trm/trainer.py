@@ -769,6 +769,11 @@ class Trainer:
                   f"{fields['torch_threads']} torch threads", flush=True)
         if not resumed:
             self.writer.scalars({"params/num_params": float(self.model.num_params())}, 0)
+            # TensorBoard's HParams dashboard: this run is one trial, its macros the columns
+            macros = (self.hparams or {}).get("macros", {})
+            self.writer.hparams({k: v for k, v in macros.items()
+                                 if v is None or isinstance(v, (bool, int, float, str))},
+                                group_name=self.workdir_path)
 
     def _finish(self, status: str) -> Dict[str, Any]:
         rt = self.runtime

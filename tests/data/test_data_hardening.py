@@ -422,3 +422,19 @@ def test_metadata_with_nan_or_huge_values_is_one_line(sudoku6, tmp_path, edit, f
     with pytest.raises(DataError, match=f"metadata.json: field .*{field}") as e:
         load_metadata(ds)
     _one_line(e)
+
+
+def test_a_fifo_or_oversized_metadata_is_a_data_error_not_a_hang(tmp_path):
+    import os as _os
+    from trm.data import DataError, load_metadata
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    _os.mkfifo(fifo_dir / "metadata.json")
+    with pytest.raises(DataError, match="cannot be read as a trm metadata file"):
+        load_metadata(str(fifo_dir))
+    big_dir = tmp_path / "big"
+    big_dir.mkdir()
+    with open(big_dir / "metadata.json", "wb") as f:
+        f.truncate((64 << 20) + 1)
+    with pytest.raises(DataError, match="cannot be read as a trm metadata file"):
+        load_metadata(str(big_dir))

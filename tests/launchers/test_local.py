@@ -178,3 +178,13 @@ def test_dry_run_and_bad_flags(trainer, tmp_path):
     assert rc == 2
     rc, _ = _run(["--gin_param=SEED=1"], root)
     assert rc == 2
+
+
+def test_a_fifo_run_json_never_hangs_the_launcher(trainer, tmp_path):
+    root = tmp_path / "runs"
+    workdir = root / "cpu_e2_2_tn" / "t2_n2_s0"
+    workdir.mkdir(parents=True)
+    os.mkfifo(workdir / "run.json")
+    os.mkfifo(workdir / "command.json")
+    rc, out = _run(["--runs=*t2_n2*", "--dry_run"], root)  # would block on open() before
+    assert rc == 0 and "--workdir=" in out and "skip" not in out

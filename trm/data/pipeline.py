@@ -154,7 +154,11 @@ def read_dataset_file(path: str, name: str, meta: dict | None = None) -> bytes:
     info = meta["files"].get(name)
     if info is None:
         raise DataError(f"{path}: dataset has no {name}")
-    data = fsutil.read_bytes(fsutil.join(path, meta["data_dir"], name))
+    try:
+        data = fsutil.read_bytes(fsutil.join(path, meta["data_dir"], name),
+                                 max_bytes=int(info.get("num_bytes") or 0) or None)
+    except PermissionError as e:  # not a regular file, or larger than metadata says
+        raise DataError(f"{path}: {name} cannot be read ({e})") from None
     if fmt.sha256_bytes(data) != info["sha256"]:
         raise DataError(f"{path}: {name} does not match its checksum in {fmt.METADATA_FILE}")
     return data

@@ -113,16 +113,21 @@ def _write_shard(path: str, index_path: str, s: SetArrays, groups: np.ndarray,
                 index_num_bytes=len(index_bytes), index_sha256=fmt.sha256_bytes(index_bytes))
 
 
+MAX_METADATA_BYTES = 64 << 20  # a dataset's metadata.json is kilobytes; bigger is not ours
+
+
 def read_committed_metadata(output_dir: str) -> dict | None:
     """The metadata of the committed dataset at ``output_dir``, or None if there is none."""
     path = fsutil.join(output_dir, fmt.METADATA_FILE)
     try:
-        data = fsutil.read_bytes(path)
+        data = fsutil.read_bytes(path, max_bytes=MAX_METADATA_BYTES)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a trm metadata file; choose another "
                         "--output_dir") from None
+    except PermissionError as e:  # not a regular file (a FIFO, a device), or unreadable
+        raise DataError(f"{path}: cannot be read as a trm metadata file ({e})") from None
     fix = ("if this folder should hold a trm dataset, delete that file by hand and build "
            "again; otherwise choose another --output_dir")
     try:

@@ -872,12 +872,13 @@ def _not_readable(path: str, kind: Optional[str], size: int, max_bytes: Optional
             "trm does not read it")
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole of the file at ``path`` (a regular file; see :meth:`Storage.read_bytes`)."""
+def read_bytes(path: str, max_bytes: Optional[int] = None) -> bytes:
+    """The whole of the file at ``path`` (a regular file of at most ``max_bytes``; see
+    :meth:`Storage.read_bytes`)."""
     if not is_remote(path):
-        return read_local_file(path)
+        return read_local_file(path, max_bytes)
     folder, name = _parent(path)
-    return folder.read_bytes(name)
+    return folder.read_bytes(name, max_bytes)
 
 
 def write_bytes(path: str, data: bytes) -> None:
