@@ -29,6 +29,7 @@ import torch
 from absl import app, flags
 
 from trm import gin_edge
+from trm.errors import TrmError, one_line
 from trm.cli import gin_bindings
 from trm.experiment import DataShape, TrainConfig
 from trm.models import TRM
@@ -277,8 +278,13 @@ def main(argv: List[str]) -> None:
         torch.set_num_threads(FLAGS.threads)
     try:
         gin_edge.set_search_paths(FLAGS.gin_search_paths)
-    except gin_edge.ConfigError as e:
-        sys.exit(f"trm.bench: {e}")
+        _report()
+    except TrmError as e:  # every error a user can fix: one line (trm.errors)
+        sys.exit(f"trm.bench: {one_line(e)}")
+
+
+def _report() -> None:
+    """Runs the benchmark the flags ask for and prints it."""
     if FLAGS.suite:
         rows = run_suite()
         table = suite_markdown(rows)

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app, flags
 
+from trm.errors import TrmError, one_line
+
 FLAGS = flags.FLAGS
 @functools.lru_cache(maxsize=None)
 def define_flags() -> None:
@@ -62,7 +64,7 @@ EVAL_CLI_TB = "tb/eval_cli"
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class EvalError(RuntimeError):
+class EvalError(TrmError, RuntimeError):
     """The run cannot be evaluated as asked."""
 
 
@@ -233,11 +235,6 @@ def main(argv: List[str]) -> None:
         raise app.UsageError("--workdir is required.")
     logging.getLogger("trm").setLevel(logging.INFO)
     from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.gin_edge import ConfigError  # pylint: disable=import-outside-toplevel
-    from trm.data import DataError  # pylint: disable=import-outside-toplevel
-    from trm.experiment import TrainingError  # pylint: disable=import-outside-toplevel
-    from trm.run.record import RunRecordError  # pylint: disable=import-outside-toplevel
-    from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
     try:
         from trm.cli import gin_bindings  # pylint: disable=import-outside-toplevel
         gin_edge.set_search_paths(FLAGS.gin_search_paths)
@@ -245,9 +242,8 @@ def main(argv: List[str]) -> None:
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
                               FLAGS.skip_eval, FLAGS.trust_checkpoint, FLAGS.progress,
                               gin_files=FLAGS.gin_file)
-    except (EvalError, ConfigError, DataError, DeviceError, TrainingError, RunRecordError) as e:
-        from trm.gin_edge import strip_gin_context  # pylint: disable=import-outside-toplevel
-        sys.exit(f"trm.eval: {strip_gin_context(e)}")
+    except TrmError as e:  # every error a user can fix: one line (trm.errors)
+        sys.exit(f"trm.eval: {one_line(e)}")
     except OSError as e:
         sys.exit(f"trm.eval: {type(e).__name__}: {e}")
     print(json.dumps(result, indent=2, sort_keys=True, default=str))

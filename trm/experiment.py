@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
+from trm.errors import TrmError
 from trm.losses import ACTLoss
 from trm.models import TRM
 from trm.optim import EMA, AdamATan2, SignSGD, cosine_with_warmup
@@ -25,7 +26,7 @@ PathLike = Union[str, Sequence[str]]
 DEFAULT_DATA_ROOT = "~/.cache/trm/datasets"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TrmError, RuntimeError):
     """The run cannot continue (non-finite loss, bad configuration, ...)."""
 
 

@@ -31,10 +31,11 @@ from typing import Any, Iterable, List, NamedTuple, Optional, Sequence
 import gin
 from gin import config_parser
 
+from trm.errors import TrmError, one_line
 from trm.registry import REGISTRY, Component, load_plugins
 
 
-class ConfigError(ValueError):
+class ConfigError(TrmError, ValueError):
     """A gin file or binding is missing, ambiguous or invalid."""
 
 
@@ -215,10 +216,9 @@ def _syntax(e: SyntaxError) -> str:
     return f"{e.msg} ({where}{': ' if where and text else ''}{text})" if (where or text) else str(e.msg)
 
 
-def strip_gin_context(message: str) -> str:
-    """An error message without the lines gin appends (``In call to configurable ...``)."""
-    return "\n".join(line for line in str(message).splitlines()
-                     if not line.strip().startswith("In call to configurable")).strip()
+def strip_gin_context(message) -> str:
+    """An error message without the lines gin appends (see :func:`trm.errors.one_line`)."""
+    return one_line(message)
 
 
 def clear() -> None:

@@ -35,6 +35,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from trm.errors import TrmError
+
 STATES = ("new", "resume", "completed", "conflict", "invalid")
 
 
@@ -51,7 +53,7 @@ class Preflight:
     summary: Dict[str, Any]
 
 
-class PreflightError(ValueError):
+class PreflightError(TrmError, ValueError):
     """The run would not start; the message is the one line a real start prints."""
 
 

@@ -33,6 +33,8 @@ from typing import List, Optional, Sequence
 
 from absl import app, flags
 
+from trm.errors import TrmError, one_line
+
 FLAGS = flags.FLAGS
 @functools.lru_cache(maxsize=None)
 def define_flags() -> None:
@@ -166,19 +168,8 @@ def main(argv: List[str]) -> None:
         result = train(FLAGS.gin_file, bindings, FLAGS.workdir, FLAGS.allow_config_change,
                        FLAGS.progress, list(sys.argv), FLAGS.force_unlock,
                        FLAGS.trust_checkpoint)
-    except gin_edge.ConfigError as e:
-        sys.exit(f"trm.train: {e}")
-    except Exception as e:  # noqa: BLE001 - known errors get a one-line message
-        from trm.data import DataError  # pylint: disable=import-outside-toplevel
-        from trm.registry import RegistryError  # pylint: disable=import-outside-toplevel
-        from trm.trainer import TrainingError  # pylint: disable=import-outside-toplevel
-        from trm.run.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
-        from trm.run.lock import WorkdirLockedError  # pylint: disable=import-outside-toplevel
-        from trm.runtime import DeviceError  # pylint: disable=import-outside-toplevel
-        if isinstance(e, (TrainingError, DataError, RegistryError, WorkdirLockedError,
-                          CheckpointError, DeviceError)):
-            sys.exit(f"trm.train: {gin_edge.strip_gin_context(e)}")
-        raise
+    except TrmError as e:  # every error a user can fix: one line (trm.errors)
+        sys.exit(f"trm.train: {one_line(e)}")
     if result.get("status") == "preempted":
         sys.exit(0)
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from trm.data.builders import BUILDERS, COMMON_ARGS, build_dataset
-from trm.data.format import DataError
+from trm.errors import TrmError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         out = build_dataset(ns.builder, ns.output_dir, overwrite=ns.overwrite, **args)
-    except DataError as e:
+    except TrmError as e:  # DataError, UntrustedFileError, ...: one line (trm.errors)
         print(f"error: {e}", file=sys.stderr)
         return 2
     from trm.data.writer import read_committed_metadata

@@ -49,6 +49,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from trm.errors import TrmError
+
 FORMAT_NAME = "trm-tfrecord"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -60,7 +62,7 @@ SPLITS = ("train", "test")
 INT_FEATURES = ("puzzle_identifier", "group_index", "puzzle_index", "example_index")
 
 
-class DataError(ValueError):
+class DataError(TrmError, ValueError):
     """Bad input data, or a dataset that is missing, corrupt or inconsistent."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from trm.errors import TrmError
 from trm.halting import HaltContinue, HaltOnly
 from trm.models import TRM
 
@@ -44,7 +45,7 @@ _FUSE_RULES = (
 )
 
 
-class ReferenceImportError(ValueError):
+class ReferenceImportError(TrmError, ValueError):
     """The checkpoint or config cannot be mapped onto a trm model."""
 
 

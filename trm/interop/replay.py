@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from trm.errors import TrmError
 from trm.interop.reference import (ReferenceImportError, build_model_from_reference,
                                    model_kwargs_from_reference_config, trm_key_to_reference)
 from trm.losses import ACTLoss
@@ -183,7 +184,7 @@ def _optim_checks(golden: Mapping[str, Any]) -> List[Check]:
     return checks
 
 
-class GoldenError(ValueError):
+class GoldenError(TrmError, ValueError):
     """The file is not a readable golden file of the reference."""
 
 

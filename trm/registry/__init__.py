@@ -32,6 +32,8 @@ import sys
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from trm.errors import TrmError
+
 #: The kinds trm itself uses. Plugins may add new kinds with :func:`register` as well.
 KINDS: Tuple[str, ...] = (
     "mixer", "position", "core", "halting", "loss", "optimizer", "schedule", "ema",
@@ -41,7 +43,7 @@ KINDS: Tuple[str, ...] = (
 PLUGIN_GROUP = "trm.plugins"
 
 
-class RegistryError(Exception):
+class RegistryError(TrmError):
     """Base class of registry errors."""
 
 

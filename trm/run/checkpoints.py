@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from trm.errors import TrmError
 from trm.run import storage
 from trm.run.storage import StorageDeadlineError, is_transient, utc_now_iso
 from trm.run.workdir import as_workdir
@@ -61,7 +62,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_COMMIT_FILES = 64
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TrmError, RuntimeError):
     """A checkpoint could not be saved, or a requested one is missing or corrupt."""
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
+from trm.errors import TrmError
 from trm.run.storage import Storage, UntrustedFileError, call_bounded, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ MAX_STALE_AFTER_S = 86400.0   # a LOCK claiming a longer lease is not one trm wr
 _UNREADABLE = {"owner_id": "unparseable", "host": "?", "pid": -1, "heartbeat": 0.0}
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(TrmError, RuntimeError):
     """Another live run owns the workdir's lease lock."""
 
 

@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any, Dict, Mapping, Optional
 
+from trm.errors import TrmError
 from trm.run.storage import (BackgroundWriter, Storage, UntrustedFileError, call_bounded,
                              json_bytes, retry_budget_s, utc_now_iso)
 
@@ -50,11 +51,11 @@ OPERATIVE_GIN = "operative_config.gin"
 HPARAMS_JSON = "hparams.json"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(TrmError, ValueError):
     """A saved config file differs from the one given (see :meth:`RunRecord.ensure_config`)."""
 
 
-class RunRecordError(ValueError):
+class RunRecordError(TrmError, ValueError):
     """A run file in the workdir (run.json, config.gin) is not what trm writes: not valid
     JSON / UTF-8, not a JSON object, not a regular file or too large. One line naming it."""
 

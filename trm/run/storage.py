@@ -34,6 +34,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from trm.errors import TrmError
+
 # gcsfs >= 2026 asks a gRPC API for the bucket type on every open unless this is off
 # (against the GCS emulator each open then waits ~60 s). Must be set before gcsfs is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -66,7 +68,7 @@ class ShortWriteError(OSError):
     """The stored object's size differs from what was written (retried as transient)."""
 
 
-class UntrustedFileError(PermissionError):
+class UntrustedFileError(TrmError, PermissionError):
     """A folder's content is not what trm reads or removes: a path that leads out of the folder
     (``..``, a symbolic link), a file that is not a regular file (a FIFO, a device), or one
     larger than its bound. Never retried; the message names the path (docs/RUN_STATE.md,

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from trm.errors import TrmError
+
 
 @functools.lru_cache(maxsize=None)
 def is_xla_available() -> bool:
@@ -28,7 +30,7 @@ def is_xla_available() -> bool:
     return True
 
 
-class DeviceError(RuntimeError):
+class DeviceError(TrmError, RuntimeError):
     """The requested device is not available here (the message names what to install)."""
 
 

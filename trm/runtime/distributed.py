@@ -28,12 +28,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 
+from trm.errors import TrmError
 from trm.runtime.device import is_xla_available, select_device, tune_cpu_allocator
 
 _WIDE_DTYPES = (torch.int64, torch.float64, torch.complex128, torch.uint64)
 
 
-class CollectiveDtypeError(TypeError):
+class CollectiveDtypeError(TrmError, TypeError):
     """A 64-bit tensor was about to enter a collective (unsupported on TPU)."""
 
 
