@@ -9,7 +9,7 @@ XPIP := $(XLA_VENV)/bin/python -m pip
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev install-xla quickstart test test-fast cpu-study clean-venv
+.PHONY: install install-dev install-xla quickstart lint test test-fast cpu-study clean-venv
 
 $(VENV)/.trm-installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ install-xla: $(XLA_VENV)/.trm-xla
 quickstart: install
 	$(VENV)/bin/python -m trm.train --gin_file=quickstart.gin --workdir=$(WORKDIR)
 
-test: install-dev install-xla
+lint: install-dev
+	$(VENV)/bin/ruff check .
+
+test: install-dev install-xla lint
 	TRM_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python OMP_NUM_THREADS=1 \
 		$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 

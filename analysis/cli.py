@@ -33,7 +33,7 @@ def suggest(value: str, known: Iterable[str], n: int = 4) -> str:
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` that suggests the closest options for an unknown one."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's hook
+    def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
             options = {o.lstrip("-"): o for a in self._actions for o in a.option_strings}
             for arg in message.split(":", 1)[1].split():

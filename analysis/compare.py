@@ -26,8 +26,8 @@ from analysis import require_extra
 # Without the analysis extra: one line saying how to install it, not a traceback.
 require_extra("analysis.compare", ("pandas", "scipy"), cli=__name__ == "__main__")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 from analysis import published as _pub
 from analysis import stats as _stats

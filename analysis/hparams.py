@@ -605,7 +605,7 @@ def extract_hparams(cfg: GinConfig) -> Dict[str, Any]:
                 continue
             try:
                 value = conv(raw)
-            except Exception:  # noqa: BLE001 - a bad value is a missing value
+            except Exception:
                 value = None
             if value is not None or raw is None:
                 break

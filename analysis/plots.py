@@ -536,7 +536,7 @@ def plot_scaling(x: Sequence[float], y: Sequence[float], fit=None, out: Optional
     if fit is not None and len(x):
         xs = np.geomspace(x.min(), x.max(), 100)
         if percent:
-            lab = f"fit: a·x^(-α)" + (f" + c, c = {fit.c * scale:.3g}%" if fit.saturating
+            lab = "fit: a·x^(-α)" + (f" + c, c = {fit.c * scale:.3g}%" if fit.saturating
                                         else "")
         else:
             lab = f"fit: {fit.formula}"

@@ -124,7 +124,7 @@ def _equal(a: Any, b: Any) -> bool:
         return a.lower() == b.lower()
     try:
         return bool(a == b)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 

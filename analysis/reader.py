@@ -259,7 +259,7 @@ def _scalars(acc) -> pd.DataFrame:
         for e in acc.Tensors(tag):
             try:
                 arr = tensor_util.make_ndarray(e.tensor_proto)
-            except Exception:  # noqa: BLE001 - not a numeric tensor (text, hparams)
+            except Exception:
                 continue
             if arr.size == 1 and arr.dtype.kind in "biuf":
                 rows.append((int(e.step), tag, float(arr.reshape(())), float(e.wall_time)))

@@ -33,8 +33,8 @@ from analysis import require_extra
 # Without the analysis extra: one line saying how to install it, not a traceback.
 require_extra("analysis.report", ("pandas", "scipy", "matplotlib"), cli=__name__ == "__main__")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 from analysis import stats as _stats
 from analysis import compare as _cmp
@@ -318,11 +318,11 @@ def _eval_cli(runs: Runs) -> List[Dict[str, Any]]:
         return []
     cli = cli.assign(metric=cli["tag"].str.rsplit("/", n=1).str[-1])
     rows = []
-    for (run, setting, step), g in cli.groupby(["run", "setting", "step"], sort=True):
+    for (run_id, setting, step), g in cli.groupby(["run", "setting", "step"], sort=True):
         vals = dict(zip(g["metric"], g["value"]))
         acc, count = vals.get("exact_accuracy"), vals.get("count")
         ci = (_stats.single_run_interval(acc, count) if acc is not None and count else None)
-        rows.append({"run": run, "setting": setting, "step": int(step), "exact_accuracy": acc,
+        rows.append({"run": run_id, "setting": setting, "step": int(step), "exact_accuracy": acc,
                      "count": count, "ci_low": ci.low if ci else None,
                      "ci_high": ci.high if ci else None,
                      "ci_method": ci.method if ci else "none"})

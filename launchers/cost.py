@@ -75,22 +75,22 @@ class RunCost:
 
 
 def _metadata(cfg, split: str):
-    from trm import data  # pylint: disable=import-outside-toplevel
-    from trm.experiment import resolve_data_path  # pylint: disable=import-outside-toplevel
+    from trm import data
+    from trm.experiment import resolve_data_path
     try:
         path = cfg.test_data_dir if split == "test" and getattr(cfg, "test_data_dir", None) \
             else cfg.data_dir
         return data.load_metadata(resolve_data_path(path, cfg.dataset_builder_args), split)
-    except Exception:  # noqa: BLE001 - not built (or not readable from here): estimate
+    except Exception:
         return None
 
 
 def run_cost(run: Run, examples_per_epoch: float | None = None,
              eval_examples: float | None = None) -> RunCost:
     """Builds ``run``'s model and counts its FLOPs (see the module docstring)."""
-    import torch  # pylint: disable=import-outside-toplevel
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.experiment import DataShape, build_model  # pylint: disable=import-outside-toplevel
+    import torch
+    from trm import gin_edge
+    from trm.experiment import DataShape, build_model
 
     notes: list[str] = []
     gin_edge.clear()

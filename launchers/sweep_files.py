@@ -87,7 +87,7 @@ def load_sweep_file(path: str) -> Sweep:
 def _parse(path: str, text: str) -> Any:
     if path.endswith((".yaml", ".yml")):
         try:
-            import yaml  # pylint: disable=import-outside-toplevel
+            import yaml
         except ImportError:
             raise SweepFileError(f"{path} is YAML but PyYAML is not installed: "
                                  "`pip install pyyaml`, or write the sweep as JSON") from None

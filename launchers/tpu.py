@@ -401,7 +401,7 @@ def _cost(args, cfg: tpu_config.TpuConfig) -> int:
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - gin / model errors: one line, not a traceback
+    except Exception as e:
         print(f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
         return 2
     print(text)

@@ -47,11 +47,11 @@ Result = Tuple[bool, str]
 
 
 # -- the checks that run inside XLA processes -----------------------------------------------
-def _collectives(index: int, out: str) -> None:  # noqa: ARG001 - torch_xla.launch's index
-    import torch  # pylint: disable=import-outside-toplevel
-    import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
-    from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
-    from trm.runtime.distributed import check_collective_dtypes  # pylint: disable=import-outside-toplevel
+def _collectives(index: int, out: str) -> None:
+    import torch
+    import torch_xla.core.xla_model as xm
+    from trm.runtime import init_runtime
+    from trm.runtime.distributed import check_collective_dtypes
     rt = init_runtime("xla")
     n, rank = rt.process_count, rt.process_index
     ints = torch.tensor([rank + 1], dtype=torch.int32, device=rt.device)
@@ -70,9 +70,9 @@ def _collectives(index: int, out: str) -> None:  # noqa: ARG001 - torch_xla.laun
 
 
 def _rng(out: str) -> None:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torch_xla  # pylint: disable=import-outside-toplevel
-    from trm.halting import counter_randint, counter_uniform  # pylint: disable=import-outside-toplevel
+    import torch
+    import torch_xla
+    from trm.halting import counter_randint, counter_uniform
     device = torch_xla.device()
     same, hlo = True, ""
     for step in (0, 1, 5000, 4_000_000):  # the trainer's key: step * 1_000_003 + salt
@@ -80,7 +80,7 @@ def _rng(out: str) -> None:
         for dev in ("cpu", device):
             key = torch.tensor(step, dtype=torch.int32, device=dev) * 1_000_003 + 4567
             outs.append((counter_uniform(key, 257, 0), counter_randint(key, 257, 1, 2, 17)))
-        hlo += torch_xla._XLAC._get_xla_tensors_hlo(list(outs[1]))  # pylint: disable=protected-access
+        hlo += torch_xla._XLAC._get_xla_tensors_hlo(list(outs[1]))
         same = same and all(torch.equal(a, b.cpu()) for a, b in zip(*outs))
     with open(out, "w") as f:
         json.dump({"same": same, "int64_in_graph": "s64" in hlo}, f)
@@ -239,7 +239,7 @@ def _report_counters(workdir: str) -> Dict[str, int]:
 
 
 def _make_data(path: str) -> None:
-    from trm.data import ensure_dataset  # pylint: disable=import-outside-toplevel
+    from trm.data import ensure_dataset
     ensure_dataset(path, "sudoku_gen", box="2x2", num_train=200, num_test=48, blanks=6,
                    num_aug=4, seed=0, num_shards=4)
 
@@ -261,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("out", nargs="?", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker == "collectives":
-        import torch_xla  # pylint: disable=import-outside-toplevel
+        import torch_xla
         torch_xla.launch(_collectives, args=(args.out,))
         return 0
     if args.worker == "rng":
@@ -285,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.time()
             try:
                 ok, detail = getattr(check, name)()
-            except Exception as e:  # noqa: BLE001 - a check that breaks is a failed check
+            except Exception as e:
                 ok, detail = False, f"{type(e).__name__}: {e}"
             failed |= not ok
             rows.append([name, "PASS" if ok else "FAIL", f"{time.time() - t0:.0f} s", detail])

@@ -13,9 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import gin  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import gin
+import pytest
+import torch
 
 torch.set_num_threads(1)
 

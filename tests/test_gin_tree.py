@@ -38,7 +38,7 @@ def _resolve(value):
     if isinstance(value, gin_config.ConfigurableReference):
         if value.configurable.selector == "gin.macro":
             scope = value.scoped_selector.rsplit("/", 1)[0]
-            return _resolve(gin_config._CONFIG[(scope, "gin.macro")]["value"])  # pylint: disable=protected-access
+            return _resolve(gin_config._CONFIG[(scope, "gin.macro")]["value"])
         return "@" + value.scoped_selector + ("()" if value.evaluate else "")
     if isinstance(value, (list, tuple)):
         return type(value)(_resolve(v) for v in value)
@@ -52,7 +52,7 @@ def resolved_config(gin_files, bindings=()):
     gin.clear_config()
     gin_edge.parse([str(f) for f in gin_files], bindings, finalize=False)
     out = {}
-    for (scope, selector), params in gin_config._CONFIG.items():  # pylint: disable=protected-access
+    for (scope, selector), params in gin_config._CONFIG.items():
         if selector == "gin.macro":
             continue
         for name, value in params.items():

@@ -13,9 +13,9 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from trm import registry  # noqa: E402
-from trm.registry import REGISTRY, register  # noqa: E402
-from trm import evaluators, halting, losses, models, optim  # noqa: E402,F401
+from trm import registry
+from trm.registry import REGISTRY, register
+from trm import evaluators, halting, losses, models, optim
 
 __all__ = ["REGISTRY", "register", "registry", "evaluators", "halting", "losses", "models", "optim",
            "__version__"]

@@ -34,15 +34,14 @@ from trm.cli import gin_bindings
 from trm.experiment import DataShape, TrainConfig
 from trm.models import TRM
 from trm.runtime.device import device_peak_flops
-from trm.runtime import (default_forward_dtype, matmul_flops, peak_memory_bytes, select_device,
-                         synchronize, tune_cpu_allocator)
+from trm.runtime import (matmul_flops, peak_memory_bytes, synchronize, tune_cpu_allocator)
 
 FLAGS = flags.FLAGS
 @functools.lru_cache(maxsize=None)
 def define_flags() -> None:
     """Defines this command's absl flags, once, at run time (importing several trm entry
     points in one process must not define the same flag twice)."""
-    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    from trm.cli import define_gin_flags
     define_gin_flags()
     flags.DEFINE_string("reference_config", None, "JSON file of reference config fields.")
     flags.DEFINE_integer("batch", 64, "Batch size (examples per step).")
@@ -90,7 +89,7 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
                           FLAGS.num_puzzle_identifiers)
         factory = cfg.model
     elif FLAGS.reference_config:
-        from trm.interop.reference import model_kwargs_from_reference_config  # pylint: disable=import-outside-toplevel
+        from trm.interop.reference import model_kwargs_from_reference_config
         with open(FLAGS.reference_config) as f:
             ref = json.load(f)
         kwargs = model_kwargs_from_reference_config({**dataclasses.asdict(shape), **ref})
@@ -113,7 +112,7 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
 def run_benchmark() -> Dict[str, Any]:
     """Times :meth:`trm.trainer.Trainer.train_step` -- the step users run: forward, ACT loss,
     backward, all-reduce, clipping, LR schedule, both optimizers, EMA -- on a fixed batch."""
-    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    from trm.trainer import Trainer
     cfg, shape = bench_config()
     trainer = Trainer(cfg, None, progress=False)
     device = trainer.runtime.device
@@ -168,9 +167,9 @@ def run_benchmark() -> Dict[str, Any]:
 
 def run_loop_benchmark() -> Dict[str, Any]:
     """Steps/s of ``trm.trainer.Trainer``'s loop vs its bare ``train_step`` on one batch."""
-    import tempfile  # pylint: disable=import-outside-toplevel
+    import tempfile
 
-    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    from trm.trainer import Trainer
     if not FLAGS.gin_file:
         raise app.UsageError("--mode=loop needs --gin_file (an experiment with a dataset).")
     total = FLAGS.warmup + FLAGS.steps + 1
@@ -187,7 +186,7 @@ def run_loop_benchmark() -> Dict[str, Any]:
         first, last = FLAGS.warmup, total - 1   # the last step also writes the final checkpoint
         loop_s = (stamps[last] - stamps[first]) / (last - first)
         rt = trainer.runtime
-        from trm.data import TrainStream  # pylint: disable=import-outside-toplevel
+        from trm.data import TrainStream
         stream = TrainStream(trainer.data_dir, b := cfg.global_batch_size, seed=cfg.seed)
         batch = rt.to_device(next(iter(stream)))
         stream.close()
@@ -225,7 +224,7 @@ def run_suite() -> List[Dict[str, Any]]:
                 FLAGS.gin_file, FLAGS.compile = [gin_file], compiled
                 try:
                     r = run_benchmark()
-                except Exception as e:  # noqa: BLE001 - a failing variant is reported
+                except Exception as e:
                     r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                 rows.append({"label": label, "gin_file": gin_file, "compile": compiled, **r})
     finally:
@@ -234,8 +233,8 @@ def run_suite() -> List[Dict[str, Any]]:
 
 
 def suite_markdown(rows: List[Dict[str, Any]]) -> str:
-    import datetime  # pylint: disable=import-outside-toplevel
-    import platform  # pylint: disable=import-outside-toplevel
+    import datetime
+    import platform
     ok = [r for r in rows if "error" not in r]
     device = ok[0]["device"] if ok else FLAGS.device
     name = (torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda")
@@ -319,7 +318,7 @@ def _report() -> None:
 
 def run(argv: Optional[List[str]] = None) -> None:
     define_flags()
-    from trm.cli import run_app  # pylint: disable=import-outside-toplevel
+    from trm.cli import run_app
     run_app(main, argv or sys.argv)
 
 

@@ -37,10 +37,10 @@ from trm.run.workdir import Workdir
 
 
 def build(carry_batch: int):
-    from trm.bench import BASELINE  # pylint: disable=import-outside-toplevel
-    from trm.losses import ACTLoss  # pylint: disable=import-outside-toplevel
-    from trm.models import TRM  # pylint: disable=import-outside-toplevel
-    from trm.optim import EMA, AdamATan2, SignSGD  # pylint: disable=import-outside-toplevel
+    from trm.bench import BASELINE
+    from trm.losses import ACTLoss
+    from trm.models import TRM
+    from trm.optim import EMA, AdamATan2, SignSGD
 
     torch.manual_seed(0)
     model = TRM(vocab_size=11, seq_len=81, num_puzzle_identifiers=1, **BASELINE)
@@ -150,7 +150,7 @@ def start_emulator():
         except OSError:
             time.sleep(0.1)
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    import gcsfs  # pylint: disable=import-outside-toplevel
+    import gcsfs
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     gcsfs.GCSFileSystem(token="anon").mkdir(bucket)
     return proc, f"gs://{bucket}/run"

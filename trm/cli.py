@@ -27,7 +27,7 @@ GIN_DOT_PREFIX = "--gin."
 def define_gin_flags(files: bool = True) -> None:
     """Defines the gin flags (see the module docstring); ``files=False`` for a tool whose
     config comes from elsewhere (it still takes bindings and search paths)."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
+    from absl import flags
     if files:
         flags.DEFINE_multi_string("gin_file", [], "Gin file: a path, or a file name in "
                                   "--gin_search_paths or the shipped tree (repeatable).")
@@ -41,7 +41,7 @@ def define_gin_flags(files: bool = True) -> None:
 
 def gin_bindings() -> List[str]:
     """The bindings of the gin flags, in the order they apply."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
+    from absl import flags
     return list(flags.FLAGS.gin_param) + list(flags.FLAGS.gin_bindings)
 
 
@@ -61,7 +61,7 @@ def expand_gin_dot_flags(argv: List[str]) -> List[str]:
 
 def run_app(main: Callable[[List[str]], None], argv: Optional[List[str]] = None) -> None:
     """``absl.app.run(main, argv)``, with a help request ending in exit status 0."""
-    from absl import app  # pylint: disable=import-outside-toplevel
+    from absl import app
     argv = expand_gin_dot_flags(list(argv or sys.argv))
     asked_help = any(a in HELP_FLAGS for a in argv[1:])
     try:

@@ -43,7 +43,7 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number.")
     flags.DEFINE_enum("weights", "auto", ["auto", "ema", "raw"],
                       "Which weights: the EMA shadow or the raw weights (auto: EMA when saved).")
-    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    from trm.cli import define_gin_flags
     define_gin_flags()  # --gin_file / --gin_param / --gin_bindings / --gin.K=V / search paths
     flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
     flags.DEFINE_string("export_state_dict", None, "Write the model state_dict to this file.")
@@ -79,18 +79,18 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     ``ARC/pass@K``). Nothing is written into the workdir when ``output_json`` points
     elsewhere and the workdir is read-only (the TensorBoard summary is then skipped).
     """
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.data import EvalStream, load_metadata  # pylint: disable=import-outside-toplevel
-    from trm.eval_loop import evaluate, tag_results  # pylint: disable=import-outside-toplevel
-    from trm.experiment import (build_model, resolve_data_path,  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge
+    from trm.data import EvalStream, load_metadata
+    from trm.eval_loop import evaluate, tag_results
+    from trm.experiment import (build_model, resolve_data_path,
                                 resolve_forward_dtype)
-    from trm.optim import EMA  # pylint: disable=import-outside-toplevel
-    from trm.run.checkpoints import (CheckpointError, CheckpointManager,  # pylint: disable=import-outside-toplevel
+    from trm.optim import EMA
+    from trm.run.checkpoints import (CheckpointError, CheckpointManager,
                                      export_state_dict)
-    from trm.run.guards import check_train_state  # pylint: disable=import-outside-toplevel
-    from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
-    from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
-    from trm.runtime import init_runtime  # pylint: disable=import-outside-toplevel
+    from trm.run.guards import check_train_state
+    from trm.run.record import RunRecord
+    from trm.run.workdir import Workdir
+    from trm.runtime import init_runtime
 
     if tag and not _TAG_RE.match(tag):
         raise EvalError(f"--tag={tag!r} must be a plain name (letters, digits, '_', '-', '.'; "
@@ -151,7 +151,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     setting = setting_name(step, result["weights"], tag,
                            [f"file={os.path.basename(f)}" for f in gin_files] + list(bindings or []))
     out_dir = wd.url(f"{EVAL_CLI_OUTPUT}/{setting}")
-    from trm import progress as progress_  # pylint: disable=import-outside-toplevel
+    from trm import progress as progress_
     with progress_.phase(f"eval step {step}", len(batches), unit="batches",
                          enabled=progress and rt.is_main) as bar:
         metrics = tag_results(evaluate(model, cfg.loss(), batches, rt, evaluators, out_dir,
@@ -167,7 +167,7 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
             name = f"{EVAL_CLI_OUTPUT}/{setting}.json"
             wd.write_text(name, text)
             result["json"] = wd.url(name)
-        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
+        from trm.run.tensorboard import SummaryWriterSync
         prefix = f"eval_cli{suffix}"
         tb_dir = f"{EVAL_CLI_TB}/{setting}"
         try:
@@ -202,12 +202,12 @@ def _restore_best(mgr: Any) -> Any:
     ``best_metric``; a tie goes to the earlier step, the one the run recorded first). A
     corrupt candidate is skipped with a warning for the next best, as ``restore("best")``
     does; one that is unsafe to load is raised."""
-    from trm.run.checkpoints import (  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import (
         CheckpointError, UnsafeCheckpointError)
     if not mgr.best_metric:
         raise EvalError("--checkpoint=best needs the run's best_metric (trm.TrainConfig."
                         "best_metric); name a step instead, e.g. --checkpoint=1000.")
-    from trm.run.guards import check_train_state  # pylint: disable=import-outside-toplevel
+    from trm.run.guards import check_train_state
     scored = []
     for s in mgr.steps():
         value = (mgr.commit_info(s) or {}).get("metrics", {}).get(mgr.best_metric)
@@ -224,7 +224,7 @@ def _restore_best(mgr: Any) -> Any:
 
 
 def _write_text(path: str, text: str) -> None:
-    from trm.run import storage  # pylint: disable=import-outside-toplevel
+    from trm.run import storage
     storage.write_bytes(path, text.encode("utf-8"))
 
 
@@ -234,9 +234,9 @@ def main(argv: List[str]) -> None:
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
     logging.getLogger("trm").setLevel(logging.INFO)
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge
     try:
-        from trm.cli import gin_bindings  # pylint: disable=import-outside-toplevel
+        from trm.cli import gin_bindings
         gin_edge.set_search_paths(FLAGS.gin_search_paths)
         result = evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.weights, gin_bindings(),
                               FLAGS.output_json, FLAGS.export_state_dict, FLAGS.tag,
@@ -251,7 +251,7 @@ def main(argv: List[str]) -> None:
 
 def run(argv: Optional[List[str]] = None) -> None:
     define_flags()
-    from trm.cli import run_app  # pylint: disable=import-outside-toplevel
+    from trm.cli import run_app
     run_app(main, argv or sys.argv)
 
 

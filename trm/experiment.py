@@ -183,7 +183,7 @@ def resolve_forward_dtype(config: TrainConfig, device: torch.device) -> Any:
     """The forward dtype of a run: ``config.forward_dtype``, or the device's default for
     ``"auto"`` (bfloat16 on TPU/GPU and on CPUs with native bf16, float32 on other CPUs; see
     :func:`trm.runtime.default_forward_dtype`)."""
-    from trm.runtime import default_forward_dtype  # pylint: disable=import-outside-toplevel
+    from trm.runtime import default_forward_dtype
     return (default_forward_dtype(device) if config.forward_dtype == "auto"
             else config.forward_dtype)
 
@@ -203,7 +203,7 @@ def build_model(config: TrainConfig, shape: Any, *, forward_dtype: Any = "float3
                          num_puzzle_identifiers=shape.num_puzzle_identifiers,
                          forward_dtype=forward_dtype)
     if init_from_reference and config.init_from_reference:
-        from trm.interop.reference import load_reference_checkpoint  # pylint: disable=import-outside-toplevel
+        from trm.interop.reference import load_reference_checkpoint
         info = load_reference_checkpoint(model, config.init_from_reference)
         log.info("Initialised from reference checkpoint %s (%s)", config.init_from_reference,
                  info)
@@ -228,7 +228,7 @@ def dataset_shape(config: TrainConfig, macro: Callable[..., Any]) -> tuple:
     Raises:
         TrainingError: the data is not built and the task file declares no VOCAB_SIZE/SEQ_LEN.
     """
-    from trm import data  # pylint: disable=import-outside-toplevel
+    from trm import data
     try:
         return data.load_metadata(resolve_data_path(config.data_dir, config.dataset_builder_args),
                                   "train"), "dataset metadata"

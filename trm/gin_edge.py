@@ -143,7 +143,7 @@ def _set_include_paths(roots: Sequence[str]) -> None:
     """Puts ``roots`` (the search paths, then the shipped tree) first on gin's include path,
     before the working directory, so ``include 'runs/base.gin'`` finds the file from any
     directory, quietly; folders this module added earlier and no longer wants are dropped."""
-    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    prefixes = gin.config._LOCATION_PREFIXES
     for root in _ADDED_PREFIXES + list(roots):
         while root in prefixes:
             prefixes.remove(root)
@@ -157,7 +157,7 @@ _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
 def _defined_macros() -> set:
     """Names of the macros bound so far."""
     out = set()
-    for (scope, selector), _ in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for (scope, selector), _ in gin.config._CONFIG.items():
         if selector == "gin.macro":
             out.add(scope)
     return out
@@ -167,7 +167,7 @@ def _defined_macros() -> set:
 # gin keeps one global registry of configurables with no public "unregister"; the few
 # operations needed to follow trm's registry (restored in tests) reach into it here, only here.
 def _gin_registry():
-    return gin.config._REGISTRY  # pylint: disable=protected-access
+    return gin.config._REGISTRY
 
 
 def _gin_rebind(selector: str, obj) -> None:
@@ -204,7 +204,7 @@ def register_configurables() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from trm.experiment import TrainConfig  # pylint: disable=import-outside-toplevel
+    from trm.experiment import TrainConfig
     gin.register("TrainConfig", module="trm")(TrainConfig)
     _REGISTERED = True
 
@@ -404,7 +404,7 @@ def build_train_config():
     when called: the config builds the same model after :func:`clear`.
     """
     register_configurables()
-    from trm.experiment import TrainConfig  # pylint: disable=import-outside-toplevel
+    from trm.experiment import TrainConfig
     bindings = gin.get_bindings(TRAIN_CONFIG_SELECTOR, resolve_references=False)
     return TrainConfig(**{name: _plain_python(value, f"{TRAIN_CONFIG_SELECTOR}.{name}")
                           for name, value in bindings.items()})
@@ -452,7 +452,7 @@ def config_text(operative: bool = False) -> str:
     """The parsed config (``gin.config_str()``), or the operative one (what was used)."""
     try:
         return gin.operative_config_str() if operative else gin.config_str()
-    except Exception:  # noqa: BLE001 - nothing parsed / gin state unavailable
+    except Exception:
         return ""
 
 
@@ -482,10 +482,10 @@ def resolved_hparams() -> dict:
     (``hparams.json`` of a run) instead of re-parsing gin text.
     """
     macros, bindings = {}, {}
-    for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for (scope, selector), params in gin.config._CONFIG.items():
         if selector == "gin.macro":
             macros[scope] = params.get("value")
-    for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for (scope, selector), params in gin.config._CONFIG.items():
         if selector == "gin.macro":
             continue
         prefix = f"{scope}/{selector}" if scope else selector

@@ -18,11 +18,12 @@ step (even at probability 0), as in the reference, so the RNG stream is the same
 Where the draws come from: by default torch's generator of the device (``torch.rand_like``),
 as in the reference. Given an ``rng_key`` (a device integer tensor; the trainer passes one on
 XLA, see ``trm.TrainConfig.halting_rng``), they come from :func:`counter_uniform` /
-:func:`counter_randint`, a counter-based generator: a murmur3-style hash of (key, stream, row) computed with integer ops on
-the device. torch_xla uploads a fresh RNG seed to the device for every graph that calls
-``torch.rand``; a hash of the device step counter needs no upload, so a training step moves only
-its batch. The draws are still independent uniforms per row and step (tested), reproducible
-from (seed, step, micro-batch, process) on any device and after a resume.
+:func:`counter_randint`, a counter-based generator: a murmur3-style hash of (key, stream,
+row) computed with integer ops on the device. torch_xla uploads a fresh RNG seed to the
+device for every graph that calls ``torch.rand``; a hash of the device step counter needs no
+upload, so a training step moves only its batch. The draws are still independent uniforms per
+row and step (tested), reproducible from (seed, step, micro-batch, process) on any device and
+after a resume.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from trm.registry import register
 
 _MASK32 = 0xFFFFFFFF
 
@@ -92,7 +95,6 @@ def counter_randint(key: torch.Tensor, n: int, stream: int, low: int, high: int
     r = torch.remainder(h, span)  # for a negative int32 word, add 2**32 mod span
     return low + torch.where(_negative(h), torch.remainder(r + (1 << 32) % span, span), r)
 
-from trm.registry import register
 
 
 class HaltingPolicy:

@@ -64,13 +64,13 @@ def check_config(gin_files: Sequence[str], bindings: Sequence[str],
     Raises:
         PreflightError: with the one-line message of the first problem.
     """
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
 
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.data import DataError  # pylint: disable=import-outside-toplevel
-    from trm.experiment import (TrainingError, build_model,  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge
+    from trm.data import DataError
+    from trm.experiment import (TrainingError, build_model,
                                 dataset_shape, total_steps)
-    from trm.registry import RegistryError  # pylint: disable=import-outside-toplevel
+    from trm.registry import RegistryError
     try:
         gin_edge.clear()
         resolved = gin_edge.parse(gin_files, bindings)
@@ -127,8 +127,8 @@ def _build_training_parts(cfg, model) -> None:
 def workdir_state(workdir: str, config_text: str) -> tuple:
     """``(state, detail)``: what a start with ``config_text`` would do with ``workdir`` (see
     the table in the module docstring). Reads run.json and config.gin; writes nothing."""
-    from trm.run.record import CONFIG_GIN, RUN_JSON  # pylint: disable=import-outside-toplevel
-    from trm.run.storage import Storage  # pylint: disable=import-outside-toplevel
+    from trm.run.record import CONFIG_GIN, RUN_JSON
+    from trm.run.storage import Storage
     storage = Storage(workdir, max_retries=1)
     try:
         if not storage.exists(RUN_JSON) and not storage.exists(CONFIG_GIN):
@@ -169,7 +169,7 @@ def check_run(gin_files: Sequence[str], bindings: Sequence[str], workdir: Option
 def main(stdin=None, stdout=None) -> int:
     """Reads a JSON list of runs (``name``, ``gin_files``, ``bindings``, optional ``workdir``)
     on stdin; prints one JSON line per run; exit status 1 if any run fails."""
-    import logging  # pylint: disable=import-outside-toplevel
+    import logging
     logging.disable(logging.WARNING)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:

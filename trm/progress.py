@@ -63,7 +63,7 @@ class Progress:
         self._tqdm = None
         if self.enabled and (bar if bar is not None else _is_terminal(self.stream)):
             try:
-                from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+                from tqdm import tqdm
             except ImportError:
                 tqdm = None
             if tqdm is not None:
@@ -119,7 +119,7 @@ class Progress:
 class _Nothing(Progress):
     """The phase reported to when none is open: every call does nothing."""
 
-    def __init__(self) -> None:  # pylint: disable=super-init-not-called
+    def __init__(self) -> None:
         self.enabled, self.done, self.total, self.lines = False, 0, None, 0
 
 

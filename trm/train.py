@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines this command's absl flags, once, at run time (importing several trm entry
     points in one process must not define the same flag twice)."""
-    from trm.cli import define_gin_flags  # pylint: disable=import-outside-toplevel
+    from trm.cli import define_gin_flags
     define_gin_flags()
     flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/prefix).")
     flags.DEFINE_bool("dry_run", False, "Check the run exactly as a start would (bindings, values, "
@@ -69,7 +69,7 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str],
     the model, optimizers, schedule and EMA) and, with ``workdir``, what a start would do with
     it. Prints the resolved config and a summary; raises :class:`trm.preflight.PreflightError`
     with the start's one-line message."""
-    from trm import preflight  # pylint: disable=import-outside-toplevel
+    from trm import preflight
     found = preflight.check_config(gin_files, bindings)
     summary = dict(found.summary)
     if workdir:
@@ -87,9 +87,9 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           allow_config_change: bool = False, progress: bool = True, argv: Optional[List[str]] = None,
           force_unlock: bool = False, trust_checkpoint: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.runtime.device import init_xla_compile_cache  # pylint: disable=import-outside-toplevel
-    from trm.trainer import Trainer  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge
+    from trm.runtime.device import init_xla_compile_cache
+    from trm.trainer import Trainer
     init_xla_compile_cache()  # before the first XLA computation ($TRM_XLA_CACHE_DIR)
     gin_edge.clear()
     resolved = gin_edge.parse(gin_files, bindings)
@@ -114,7 +114,7 @@ def single_tpu_device_env(env) -> None:
     env.setdefault("TPU_PROCESS_PORT", "8476")
 
 
-def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force,  # noqa: ARG001
+def _xla_process(index, gin_files, bindings, workdir, allow, progress, argv, force,
                  trust):
     logging.getLogger("trm").setLevel(logging.INFO)  # a spawned process: set it again
     train(gin_files, bindings, workdir, allow, progress, argv, force, trust)
@@ -124,17 +124,17 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (use --gin_param for bindings).")
     logging.getLogger("trm").setLevel(logging.INFO)
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
+    from trm import gin_edge
     if FLAGS.list_experiments:
         for name, hypothesis in gin_edge.list_experiments():
             print(f"{name:<36} {hypothesis}")
         return
-    from trm.cli import gin_bindings  # pylint: disable=import-outside-toplevel
+    from trm.cli import gin_bindings
     bindings = gin_bindings()
     try:
         gin_edge.set_search_paths(FLAGS.gin_search_paths)
         if FLAGS.dry_run:
-            from trm.preflight import PreflightError  # pylint: disable=import-outside-toplevel
+            from trm.preflight import PreflightError
             try:
                 summary = dry_run(FLAGS.gin_file, bindings, FLAGS.workdir)
             except PreflightError as e:
@@ -152,14 +152,14 @@ def main(argv: List[str]) -> None:
                                  "unset to use every local device.")
         if FLAGS.num_devices == 1 and os.environ.get("PJRT_DEVICE", "").upper() == "TPU":
             single_tpu_device_env(os.environ)
-        from trm.runtime import is_xla_available  # pylint: disable=import-outside-toplevel
+        from trm.runtime import is_xla_available
         if FLAGS.num_devices != 1 and is_xla_available():
             # One process per local device (TPU), or one child on XLA:CPU (the same path);
             # training runs in a worker thread there, so signals are forwarded (SIGTERM /
             # SIGINT: checkpoint and stop; SIGUSR1: metrics report).
-            from trm.runtime.signals import forwarded_signals  # pylint: disable=import-outside-toplevel
+            from trm.runtime.signals import forwarded_signals
             with forwarded_signals():
-                import torch_xla  # pylint: disable=import-outside-toplevel
+                import torch_xla
                 torch_xla.launch(_xla_process, args=(list(FLAGS.gin_file), bindings,
                                                      FLAGS.workdir, FLAGS.allow_config_change,
                                                      FLAGS.progress, list(sys.argv),
@@ -176,7 +176,7 @@ def main(argv: List[str]) -> None:
 
 def run(argv: Optional[List[str]] = None) -> None:
     define_flags()
-    from trm.cli import run_app  # pylint: disable=import-outside-toplevel
+    from trm.cli import run_app
     run_app(main, argv or sys.argv)
 
 

@@ -104,7 +104,7 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_data(self) -> None:
-        from trm import data  # pylint: disable=import-outside-toplevel
+        from trm import data
         cfg, rt = self.cfg, self.runtime
         if cfg.dataset_builder:
             if isinstance(cfg.data_dir, (list, tuple)):
@@ -120,7 +120,7 @@ class Trainer:
                 try:
                     data.ensure_dataset(path, cfg.dataset_builder, show_progress=self.progress,
                                         **dict(cfg.dataset_builder_args))
-                except Exception as e:  # noqa: BLE001 - shared with the other processes
+                except Exception as e:
                     failure = f"{type(e).__name__}: {e}"
             failure = rt.gather_objects(failure)[0]  # also the barrier
             if failure is not None:
@@ -224,7 +224,7 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _train_state(self) -> Dict[str, Any]:
         """Everything needed to continue exactly (gathered to every process)."""
-        from trm.run.checkpoints import capture_rng_state  # pylint: disable=import-outside-toplevel
+        from trm.run.checkpoints import capture_rng_state
         carries = None if self.carries is None else [
             {k: v.detach().cpu() for k, v in c.state_dict().items()} for c in self.carries]
         local = {
@@ -248,7 +248,7 @@ class Trainer:
         }
 
     def _load_state(self, state: Dict[str, Any]) -> None:
-        from trm.run.checkpoints import restore_rng_state  # pylint: disable=import-outside-toplevel
+        from trm.run.checkpoints import restore_rng_state
         rt = self.runtime
         if state.get("process_count", 1) != rt.process_count:
             raise TrainingError(
@@ -388,9 +388,9 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         """Trains (resuming if the workdir has a checkpoint) and returns the final metrics."""
-        from trm.data import TrainStream  # pylint: disable=import-outside-toplevel
-        from trm.run.checkpoints import CheckpointManager  # pylint: disable=import-outside-toplevel
-        from trm.run.record import RunRecord  # pylint: disable=import-outside-toplevel
+        from trm.data import TrainStream
+        from trm.run.checkpoints import CheckpointManager
+        from trm.run.record import RunRecord
 
         cfg, rt = self.cfg, self.runtime
         if not self.workdir_path:
@@ -470,7 +470,7 @@ class Trainer:
                     continue
                 try:
                     close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("Closing the %s failed.", name)
 
     def _loop(self, stopper: StopSignal) -> str:
@@ -619,8 +619,8 @@ class Trainer:
 
     def _evaluate(self) -> Optional[Dict[str, float]]:
         """Evaluates the current weights (EMA if kept); None if a stop request ended it."""
-        from trm.data import EvalStream  # pylint: disable=import-outside-toplevel
-        from trm.run.record import eval_dir  # pylint: disable=import-outside-toplevel
+        from trm.data import EvalStream
+        from trm.run.record import eval_dir
         cfg, rt = self.cfg, self.runtime
         self._check_finite()
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
@@ -708,7 +708,7 @@ class Trainer:
     def _check_config(self) -> str:
         """Compares this run's config with the workdir's config.gin, after checking that the
         workdir's run.json is readable (nothing is written)."""
-        from trm.run.record import ConfigMismatchError, RunRecordError  # pylint: disable=import-outside-toplevel
+        from trm.run.record import ConfigMismatchError, RunRecordError
         try:
             self.record.read()
             if not self.config_text:
@@ -731,7 +731,7 @@ class Trainer:
         self.runtime.on_main(self._record_start)
 
     def _record_start(self) -> None:
-        from trm.run.tensorboard import SummaryWriterSync  # pylint: disable=import-outside-toplevel
+        from trm.run.tensorboard import SummaryWriterSync
         resumed = self._resumed
         start_step = self._start_step
         if self.config_text:

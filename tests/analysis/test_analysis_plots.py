@@ -40,7 +40,6 @@ def test_plots_write_png_and_svg(study_runs, tmp_path):
 
 # ----------------------------------------------------------------- what a paper figure needs
 
-import math  # noqa: E402
 
 import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -3,7 +3,6 @@ across rows, steps and streams, a pure function of its key, and used by the trai
 trm.TrainConfig.halting_rng asks for it (on XLA by default, so a training step uploads no RNG seed)."""
 
 import numpy as np
-import pytest
 import torch
 from scipy import stats
 

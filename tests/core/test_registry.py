@@ -25,7 +25,7 @@ def test_builtin_kinds_and_names():
 
 def test_duplicate_name_raises():
     @register("mixer", "dup_test")
-    class A:  # noqa: D401
+    class A:
         """A."""
 
     with pytest.raises(DuplicateComponentError, match="already registered"):

@@ -92,7 +92,7 @@ def sha256_of(path: str) -> str:
 
 
 def make(src_path: str, out_path: str) -> Dict[str, Any]:
-    from trm.interop.replay import load_golden  # pylint: disable=import-outside-toplevel
+    from trm.interop.replay import load_golden
     small = compact(load_golden(src_path), os.path.basename(src_path), sha256_of(src_path))
     torch.save(small, out_path)
     return small

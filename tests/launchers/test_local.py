@@ -11,7 +11,6 @@ import os
 import shlex
 import sys
 import textwrap
-import time
 
 import pytest
 

@@ -17,7 +17,7 @@ from trm.run.checkpoints import CheckpointManager, export_state_dict, load_state
 from trm.run.tensorboard import SummaryWriterSync
 from trm.run.lock import LockLostError, WorkdirLockedError
 from trm.run.workdir import Workdir
-from trm.run.record import RunRecord  # noqa: E402
+from trm.run.record import RunRecord
 
 
 def test_gcs_checkpoints_round_trip_retention_and_corruption(gcs_bucket, caplog):
@@ -107,7 +107,7 @@ def _poll_restores(url, stop, seen, errors):
             if out is not None:
                 seen.add(out[0])
                 assert float(out[1]["x"][0]) == float(out[0])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
         time.sleep(0.05)
 

@@ -14,7 +14,7 @@ import torch
 import mini_train
 from trm.run.checkpoints import load_state_dict_file
 from trm.run.workdir import Workdir
-from trm.run.record import RunRecord  # noqa: E402
+from trm.run.record import RunRecord
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini_train.py")
 TOTAL, EVERY = 40, 4

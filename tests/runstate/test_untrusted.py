@@ -36,7 +36,7 @@ def _bounded(fn, seconds=30):
     def target():
         try:
             box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
+        except BaseException as e:
             box["error"] = e
     t = threading.Thread(target=target, daemon=True)
     t.start()

@@ -147,8 +147,8 @@ def _read_state(source: Union[str, Mapping[str, torch.Tensor]]) -> Mapping[str, 
     """The state dict at ``source``, read as data (a regular file, ``weights_only`` loading:
     no code from the file runs); anything that is not a mapping of names to tensors is a
     one-line :class:`ReferenceImportError` naming the file."""
-    from trm.run import storage  # pylint: disable=import-outside-toplevel
-    from trm.run.checkpoints import CheckpointError, safe_load  # pylint: disable=import-outside-toplevel
+    from trm.run import storage
+    from trm.run.checkpoints import CheckpointError, safe_load
     if isinstance(source, Mapping):
         state: Any = source
     else:
@@ -160,7 +160,7 @@ def _read_state(source: Union[str, Mapping[str, torch.Tensor]]) -> Mapping[str, 
         except CheckpointError as e:  # not a torch file, or one that needs unpickling
             raise ReferenceImportError("Reference weights: " + str(e).split(
                 " If you wrote this file yourself")[0]) from None
-        except Exception as e:  # noqa: BLE001 - not a torch file at all
+        except Exception as e:
             raise ReferenceImportError(f"{source} is not a weights file (not a torch file: "
                                        f"{type(e).__name__}).") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):

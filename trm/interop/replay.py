@@ -195,8 +195,8 @@ def load_golden(path: str) -> Dict[str, Any]:
     """Reads a golden file without running code from it (``weights_only`` loading; the only
     non-container class allowed is ``TorchVersion``, a ``str``). Raises :class:`GoldenError`
     (one line naming the file) for anything else."""
-    from trm.run import storage  # pylint: disable=import-outside-toplevel
-    from trm.run.checkpoints import (CheckpointError, UnsafeCheckpointError,  # pylint: disable=import-outside-toplevel
+    from trm.run import storage
+    from trm.run.checkpoints import (CheckpointError, UnsafeCheckpointError,
                                      safe_load)
     try:
         data = storage.read_bytes(path)
@@ -209,7 +209,7 @@ def load_golden(path: str) -> Dict[str, Any]:
                                          "it with --trust_checkpoint.", "")) from e
     except CheckpointError as e:
         raise GoldenError(f"{path} is not a golden file ({e.__cause__ or e}).") from e
-    except Exception as e:  # noqa: BLE001 - not a torch file at all
+    except Exception as e:
         raise GoldenError(f"{path} is not a golden file (not a torch file: "
                           f"{type(e).__name__}).") from e
     missing = [k for k in GOLDEN_KEYS if not isinstance(golden, dict) or k not in golden]

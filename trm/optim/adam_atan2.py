@@ -48,7 +48,7 @@ class AdamATan2(torch.optim.Optimizer):
         return bool(params) and params[0].device.type in ("cuda", "cpu")
 
     @torch.no_grad()
-    def step(self, closure=None):  # pylint: disable=arguments-differ
+    def step(self, closure=None):
         if closure is not None:
             raise ValueError("AdamATan2.step() takes no closure.")
         for group in self.param_groups:

@@ -24,8 +24,8 @@ GatherFn = Callable[[torch.Tensor], torch.Tensor]
 
 def _default_gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenates ``t`` from every process of the default torch.distributed group."""
-    import torch.distributed as dist  # pylint: disable=import-outside-toplevel
-    from trm.runtime.distributed import check_collective_dtypes  # pylint: disable=import-outside-toplevel
+    import torch.distributed as dist
+    from trm.runtime.distributed import check_collective_dtypes
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
     check_collective_dtypes([t], "SignSGD's gather")
@@ -59,7 +59,7 @@ class SignSGD(torch.optim.Optimizer):
         return torch.cat([g for g, _ in pairs]), torch.cat([i for _, i in pairs])
 
     @torch.no_grad()
-    def step(self, closure=None):  # pylint: disable=arguments-differ
+    def step(self, closure=None):
         if closure is not None:
             raise ValueError("SignSGD.step() takes no closure.")
         local = self._local()

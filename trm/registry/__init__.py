@@ -227,7 +227,7 @@ def load_plugins(group: str = PLUGIN_GROUP) -> Dict[str, str]:
             continue
         try:
             ep.load()
-        except Exception as e:  # noqa: BLE001 - re-raised with context
+        except Exception as e:
             dist = getattr(getattr(ep, "dist", None), "name", "?")
             raise RegistryError(
                 f"Could not load trm plugin {ep.name!r} ({ep.value}) from distribution "
@@ -262,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         reg = Registry()
         for c in REGISTRY:
             if c.kind == args.kind:
-                reg._entries.setdefault(c.kind, {})[c.name] = c  # pylint: disable=protected-access
+                reg._entries.setdefault(c.kind, {})[c.name] = c
         print(format_table(reg))
     else:
         print(format_table())

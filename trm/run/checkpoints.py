@@ -34,7 +34,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 import pickle
 import random
 import re
@@ -48,7 +47,7 @@ import torch
 from trm.errors import TrmError
 from trm.run import storage
 from trm.run.storage import StorageDeadlineError, is_transient, utc_now_iso
-from trm.run.workdir import as_workdir
+from trm.run.workdir import Workdir, as_workdir
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def step_dir(step: int) -> str:
 
 def _trm_version() -> str:
     try:
-        from trm import __version__  # pylint: disable=import-outside-toplevel
+        from trm import __version__
         return __version__
     except ImportError:  # pragma: no cover
         return "unknown"
@@ -163,7 +162,7 @@ def to_cpu(obj: Any, _memo: Optional[Dict[int, Any]] = None) -> Any:
         return obj.copy()
     if isinstance(obj, dict):
         items = [(k, to_cpu(v, memo)) for k, v in obj.items()]
-        if type(obj) is dict:  # pylint: disable=unidiomatic-typecheck
+        if type(obj) is dict:
             return dict(items)
         out = copy.copy(obj)
         out.clear()
@@ -201,7 +200,7 @@ def capture_rng_state(device: Union[str, torch.device, None] = None) -> Dict[str
                           and torch.cuda.is_initialized()):
         state["cuda"] = torch.cuda.get_rng_state_all()
     if kind == "xla":
-        import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+        import torch_xla.core.xla_model as xm
         state["xla"] = int(xm.get_rng_state(device=device))
     return state
 
@@ -225,7 +224,7 @@ def restore_rng_state(state: Mapping[str, Any],
         for i, s in enumerate(saved[:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
     if "xla" in state and _device_type(device) == "xla":
-        import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+        import torch_xla.core.xla_model as xm
         xm.set_rng_state(int(state["xla"]), device=device)
 
 
@@ -404,7 +403,7 @@ class CheckpointManager:
                 return
             try:
                 future.set_result(self._write(step, snapshot, metrics, start))
-            except BaseException as exc:  # noqa: BLE001 (handed to wait())
+            except BaseException as exc:
                 future.set_exception(exc)
 
         threading.Thread(target=work, daemon=True, name=f"trm-checkpoint-{step}").start()
@@ -580,7 +579,7 @@ class CheckpointManager:
             except (storage.UntrustedFileError, IsADirectoryError, NotADirectoryError):
                 pass  # a link out of the run, or not a file / folder: remove_tree removes it
             self.workdir.remove_tree(folder)   # never follows a link
-        except Exception as exc:  # noqa: BLE001 (pruning must not kill training)
+        except Exception as exc:
             log.warning("Could not delete checkpoint %s: %s: %s", self.workdir.url(folder),
                         type(exc).__name__, exc)
             return
@@ -648,7 +647,7 @@ class CheckpointManager:
             with self._lock:
                 self._scan()
                 return sorted(s for s in self._commits if s not in self._invalid)
-        except Exception as exc:  # noqa: BLE001 (classified)
+        except Exception as exc:
             if not (self._scanned and is_transient(exc)):
                 raise
             log.warning("Listing the checkpoints of %s failed (%s: %s); using the ones this "
@@ -746,7 +745,7 @@ class CheckpointManager:
                     check(state)
             except UnsafeCheckpointError:
                 raise  # never fall back silently past a file that may be an attack
-            except Exception as exc:  # noqa: BLE001 (classified)
+            except Exception as exc:
                 if is_transient(exc):
                     raise
                 reason = f"{type(exc).__name__}: {exc}"

@@ -14,7 +14,7 @@ from trm.experiment import TrainingError
 
 def open_workdir(path: str):
     """The run's Workdir; a path that is a file is a one-line error."""
-    from trm.run.workdir import Workdir  # pylint: disable=import-outside-toplevel
+    from trm.run.workdir import Workdir
     if "://" not in str(path) and os.path.isfile(os.path.expanduser(str(path))):
         raise TrainingError(f"--workdir {path} is a file, not a folder; choose a folder (it is "
                             "created if missing).")
@@ -24,7 +24,7 @@ def open_workdir(path: str):
 def storage_error(e: Exception, what: str, workdir: str, latest: Optional[int]) -> Exception:
     """A one-line error for a storage failure while writing run state (other errors are
     returned unchanged)."""
-    import errno  # pylint: disable=import-outside-toplevel
+    import errno
     if not isinstance(e, OSError):
         cause = e.__cause__
         while cause is not None and not isinstance(cause, OSError):
@@ -78,10 +78,10 @@ def state_is_sound(model, loss_head, carry, batch, ema, runtime, global_batch_si
     RNG is restored afterwards, so training continues bitwise as without the check). So a
     diverged update (e.g. an LR far too high) never becomes a checkpoint, even between
     evaluations. Decided together by all processes."""
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
 
-    from trm.models import Carry  # pylint: disable=import-outside-toplevel
-    from trm.run.checkpoints import capture_rng_state, restore_rng_state  # pylint: disable=import-outside-toplevel
+    from trm.models import Carry
+    from trm.run.checkpoints import capture_rng_state, restore_rng_state
     tensors = [p.detach() for p in model.parameters()]
     if ema is not None:
         tensors += list(ema.shadow.values())
@@ -120,9 +120,9 @@ def check_train_state(state: Any) -> None:
     states are committed, see :func:`state_is_sound`, so a non-finite one was altered or
     written by something else). Given to ``CheckpointManager.restore(check=...)``, so such a
     checkpoint is skipped like a corrupt one and never called the last good checkpoint."""
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
 
-    from trm.run.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+    from trm.run.checkpoints import CheckpointError
 
     def tensors(obj: Any) -> bool:
         return isinstance(obj, dict) and bool(obj) and all(

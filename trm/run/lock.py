@@ -227,7 +227,7 @@ class LeaseLock:
                 except LockLostError as exc:
                     log.error("%s", exc)
                     return
-                except Exception as exc:  # noqa: BLE001 (storage hiccup: try next time)
+                except Exception as exc:
                     if failing_since is None:
                         failing_since = time.time()
                     log.warning("Lock heartbeat for %s failed (storage unreachable for %.0f s; "
@@ -274,7 +274,7 @@ class LeaseLock:
         try:
             if not call_bounded(drop, timeout_s, f"releasing the lock of {self.path}"):
                 log.warning("Not removing the lock of %s: it is no longer ours", self.path)
-        except Exception as exc:  # noqa: BLE001 (a lock left behind expires on its own)
+        except Exception as exc:
             log.warning("Could not remove the lock of %s (%s: %s); it goes stale %.0f s after "
                         "its last heartbeat, and at once for a restart on this host", self.path,
                         type(exc).__name__, exc,

@@ -316,7 +316,7 @@ class RunRecord:
             self.update(**fields)
             if self._writer is not None:
                 self._writer.flush(timeout=retry_budget_s(), raise_errors=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if status == "completed":
                 raise
             log.warning("Could not record status %r in %s: %s: %s", status,
@@ -343,7 +343,7 @@ class RunRecord:
             if self._writer is not None and not self._writer.flush(timeout=timeout_s):
                 log.error("Could not record the failure in %s (storage unreachable)",
                           self.storage.url(RUN_JSON))
-        except Exception as exc:  # noqa: BLE001 - one line: the original error is what matters
+        except Exception as exc:
             log.error("Could not record the failure in %s: %s: %s", self.storage.url(RUN_JSON),
                       type(exc).__name__, exc)
 

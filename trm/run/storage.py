@@ -205,7 +205,7 @@ class ExitDeadline:
             try:
                 if self._watch():
                     self.start()
-            except Exception:  # noqa: BLE001 (a broken watcher must not break a wait)
+            except Exception:
                 log.exception("exit deadline watcher failed")
 
     def remaining(self) -> Optional[float]:
@@ -230,7 +230,7 @@ def call_bounded(fn: Callable[[], T], timeout_s: Optional[float], what: str) -> 
     def run() -> None:
         try:
             box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True, name="trm-storage-call")
@@ -270,7 +270,7 @@ def retry(fn: Callable[[], T], *, what: str, max_retries: int = 5, base_delay_s:
             return call_bounded(fn, left, what) if left is not None else fn()
         except StorageDeadlineError:
             raise
-        except Exception as exc:  # noqa: BLE001 (classified below)
+        except Exception as exc:
             if not transient(exc):
                 raise
             elapsed = time.monotonic() - start
@@ -338,7 +338,7 @@ class Storage:
             self.fs = None
             self._root = self.path
         else:
-            import fsspec  # pylint: disable=import-outside-toplevel
+            import fsspec
 
             self.path = path.rstrip("/")
             self.protocol = path.split("://", 1)[0]
@@ -750,8 +750,8 @@ class BackgroundWriter:
                 return
             try:
                 payload = data() if callable(data) else data
-                self.storage._write_once(name, payload)  # pylint: disable=protected-access
-            except Exception as exc:  # noqa: BLE001 (classified; never raised into training)
+                self.storage._write_once(name, payload)
+            except Exception as exc:
                 if not is_transient(exc):
                     log.error("Could not write %s: %s: %s (not retried)",
                               self.storage.url(name), type(exc).__name__, exc)
@@ -814,7 +814,7 @@ def split(path: str) -> Tuple[str, str]:
 
 def filesystem(path: str):
     """The fsspec filesystem for a remote ``path`` (anonymous against a GCS emulator)."""
-    import fsspec  # pylint: disable=import-outside-toplevel
+    import fsspec
 
     protocol = str(path).split("://", 1)[0]
     kwargs = {}

@@ -54,7 +54,7 @@ _TABLE: Optional[List[int]] = None
 def crc32c(data: bytes) -> int:
     """CRC-32C (Castagnoli) of ``data`` (google_crc32c when installed, else pure Python)."""
     try:
-        import google_crc32c  # pylint: disable=import-outside-toplevel
+        import google_crc32c
         return int(google_crc32c.value(bytes(data)))
     except ImportError:
         pass
@@ -87,14 +87,14 @@ class EventFileWriter:
     _count = 0
 
     def __init__(self, folder: str, purge_step: Optional[int] = None) -> None:
-        from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+        from tensorboard.compat.proto import event_pb2
         self._event_pb2 = event_pb2
         os.makedirs(folder, exist_ok=True)
         EventFileWriter._count += 1
         name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
                 f"{os.getpid()}.{EventFileWriter._count}")
         self.path = os.path.join(folder, name)
-        self._file = open(self.path, "ab")  # pylint: disable=consider-using-with
+        self._file = open(self.path, "ab")
         self._pending: List[bytes] = []
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
                                     step=purge_step or 0))
@@ -110,7 +110,7 @@ class EventFileWriter:
     def add_scalar(self, tag: str, value: float, step: int,
                    wall_time: Optional[float] = None) -> None:
         """A scalar (``simple_value``); ``wall_time`` defaults to now."""
-        from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+        from tensorboard.compat.proto import summary_pb2
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
             tag=tag, simple_value=float(value))])
         self._write(self._event_pb2.Event(
@@ -123,8 +123,8 @@ class EventFileWriter:
         folder is one trial with these hyperparameters (numbers, strings, booleans; None and
         other values are written as text). TensorBoard's HParams dashboard lists every such
         folder under its logdir, with the final value of each of its scalar tags as metrics."""
-        from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
-        from tensorboard.plugins.hparams import (  # pylint: disable=import-outside-toplevel
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.hparams import (
             metadata, plugin_data_pb2)
         start = time.time() if start_time_s is None else float(start_time_s)
         info = plugin_data_pb2.SessionStartInfo(group_name=group_name, start_time_secs=start)
@@ -143,7 +143,7 @@ class EventFileWriter:
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         """A text summary (the text plugin's format: a string tensor, tag ``<tag>/text_summary``)."""
-        from tensorboard.compat.proto import (  # pylint: disable=import-outside-toplevel
+        from tensorboard.compat.proto import (
             summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2)
         tensor = tensor_pb2.TensorProto(
             dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
@@ -340,7 +340,7 @@ class SummaryWriterSync:
             self._queue()
             ok = self.mirror.wait(retry_budget_s() if timeout is None else timeout,
                                   raise_errors=True)
-        except Exception as exc:  # noqa: BLE001 (logging must not kill training)
+        except Exception as exc:
             log.warning("Could not upload TensorBoard events to %s (will retry): %s: %s",
                         self.workdir.url(self.subdir), type(exc).__name__, exc)
         return ok

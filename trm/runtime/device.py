@@ -24,7 +24,7 @@ def is_xla_available() -> bool:
     if not os.environ.get("PJRT_DEVICE"):
         return False
     try:
-        import torch_xla  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        import torch_xla  # noqa: F401
     except ImportError:
         return False
     return True
@@ -37,7 +37,7 @@ class DeviceError(TrmError, RuntimeError):
 def xla_unavailable_reason() -> str:
     """Why ``DEVICE='xla'`` cannot run in this process, with the fix."""
     try:
-        import torch_xla  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        import torch_xla  # noqa: F401
     except ImportError:
         return ("DEVICE='xla' needs the package torch_xla, which is not installed: on a TPU VM "
                 "pip install 'trm[tpu]' (docs/SETUP_GUIDE.md); for XLA on the CPU pip install "
@@ -55,7 +55,7 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference not in ("auto", "xla", "cuda", "cpu"):
         raise DeviceError(f"Unknown device {preference!r}; use auto, xla, cuda or cpu.")
     if preference in ("auto", "xla") and is_xla_available():
-        import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+        import torch_xla.core.xla_model as xm
         return xm.xla_device() if not hasattr(torch, "xla") else torch.device("xla")
     if preference == "xla":
         raise DeviceError(xla_unavailable_reason())
@@ -87,9 +87,9 @@ def init_xla_compile_cache(path: Optional[str] = None) -> Optional[str]:
     if "://" in path:
         raise DeviceError(f"The XLA compile cache must be a local folder, not {path!r}: set "
                           "TRM_XLA_CACHE_DIR to a path on the VM's disk.")
-    import torch_xla  # pylint: disable=import-outside-toplevel
-    import torch_xla.runtime as xr  # pylint: disable=import-outside-toplevel
-    if torch_xla._XLAC._xla_computation_cache_is_initialized():  # pylint: disable=protected-access
+    import torch_xla
+    import torch_xla.runtime as xr
+    if torch_xla._XLAC._xla_computation_cache_is_initialized():
         return None
     folder = os.path.join(os.path.expanduser(path),
                           f"process_{os.environ.get('PJRT_LOCAL_PROCESS_RANK', '0')}")
@@ -130,9 +130,9 @@ def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "xla":
-        import torch_xla  # pylint: disable=import-outside-toplevel
+        import torch_xla
         torch_xla.sync()
-        import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+        import torch_xla.core.xla_model as xm
         xm.wait_device_ops()
 
 
@@ -141,7 +141,7 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     if device.type == "xla":
-        import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+        import torch_xla.core.xla_model as xm
         info = xm.get_memory_info(device)
         return int(info.get("peak_bytes_used", info.get("bytes_used", 0)))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -176,11 +176,11 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: in
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
-        a @ b  # pylint: disable=pointless-statement
+        a @ b
     synchronize(device)
     reps, start = 0, time.perf_counter()
     while True:
-        a @ b  # pylint: disable=pointless-statement
+        a @ b
         reps += 1
         if reps % 4 == 0:
             synchronize(device)
@@ -206,7 +206,7 @@ def tune_cpu_allocator() -> bool:
     if os.environ.get("TRM_NO_MALLOPT"):
         return False
     try:
-        import ctypes  # pylint: disable=import-outside-toplevel
+        import ctypes
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False

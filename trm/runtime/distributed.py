@@ -110,7 +110,7 @@ class Runtime:
     def mark_step(self) -> None:
         """Ends one traced step on XLA (cuts and runs the graph); a no-op elsewhere."""
         if self.is_xla:
-            import torch_xla  # pylint: disable=import-outside-toplevel
+            import torch_xla
             torch_xla.sync()
 
     # -- collectives -----------------------------------------------------------------------
@@ -120,10 +120,10 @@ class Runtime:
             return
         check_collective_dtypes(tensors, "all_reduce_sum_")
         if self.backend == "xla":
-            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            import torch_xla.core.xla_model as xm
             xm.all_reduce(xm.REDUCE_SUM, tensors)
             return
-        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        import torch.distributed as dist
         by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
         for t in tensors:
             by_dtype.setdefault(t.dtype, []).append(t)
@@ -142,9 +142,9 @@ class Runtime:
             return t
         check_collective_dtypes([t], "all_gather")
         if self.backend == "xla":
-            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            import torch_xla.core.xla_model as xm
             return xm.all_gather(t, dim=0)
-        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        import torch.distributed as dist
         out = torch.empty((self.process_count * t.shape[0],) + tuple(t.shape[1:]),
                           dtype=t.dtype, device=t.device)
         dist.all_gather_into_tensor(out, t.contiguous())
@@ -175,7 +175,7 @@ class Runtime:
         if self.is_main:
             try:
                 result = fn()
-            except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            except Exception as e:
                 failure = e
         if failure is not None:
             if self.distributed:
@@ -192,15 +192,15 @@ class Runtime:
         if not self.distributed:
             return
         if self.backend == "xla":
-            import torch_xla.core.xla_model as xm  # pylint: disable=import-outside-toplevel
+            import torch_xla.core.xla_model as xm
             xm.rendezvous("trm_barrier")
         else:
-            import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+            import torch.distributed as dist
             dist.barrier()
 
     def shutdown(self) -> None:
         if self.backend in ("gloo", "nccl"):
-            import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+            import torch.distributed as dist
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -214,7 +214,7 @@ def _portable(e: Optional[Exception]) -> Optional[Exception]:
         copy = pickle.loads(pickle.dumps(e))
         if type(copy) is type(e) and str(copy) == str(e):
             return e
-    except Exception:  # noqa: BLE001 - an unpicklable error travels as its text
+    except Exception:
         pass
     return RuntimeError(f"{type(e).__name__}: {e}")
 
@@ -248,7 +248,7 @@ class _Prefetcher:
                     return
                 self._put(("item", fn(item)))
             self._put(("done", None))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as e:
             self._put(("error", e))
 
     def _put(self, entry) -> None:
@@ -276,8 +276,8 @@ class _Prefetcher:
 def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
     """Sets up this process's device and process group (see module docstring)."""
     if device in ("auto", "xla") and is_xla_available():
-        import torch_xla  # pylint: disable=import-outside-toplevel
-        import torch_xla.runtime as xr  # pylint: disable=import-outside-toplevel
+        import torch_xla
+        import torch_xla.runtime as xr
         dev = torch_xla.device()
         count = xr.world_size()
         return Runtime(dev, xr.global_ordinal(), count, "xla")
@@ -286,7 +286,7 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
     if dev.type == "cpu":
         tune_cpu_allocator()
     if world > 1:
-        import torch.distributed as dist  # pylint: disable=import-outside-toplevel
+        import torch.distributed as dist
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 
 def _batch(device, seed: int, batch: int):
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     g = torch.Generator().manual_seed(seed)
     return {"inputs": torch.randint(1, 11, (batch, 81), generator=g).to(device),
             "labels": torch.randint(1, 11, (batch, 81), generator=g).to(device),
@@ -24,8 +24,8 @@ def _batch(device, seed: int, batch: int):
 
 
 def _eval_batch(model, loss_head, batch, per_step: bool) -> None:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torch_xla  # pylint: disable=import-outside-toplevel
+    import torch
+    import torch_xla
     with torch.no_grad():
         carry = model.initial_carry(batch)
         for _ in range(model.eval_halt_max_steps):
@@ -44,11 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args(argv)
-    import torch  # pylint: disable=import-outside-toplevel
-    import torch_xla  # pylint: disable=import-outside-toplevel
-    import torch_xla.debug.metrics as met  # pylint: disable=import-outside-toplevel
-    from trm import gin_edge  # pylint: disable=import-outside-toplevel
-    from trm.experiment import DataShape, build_model  # pylint: disable=import-outside-toplevel
+    import torch
+    import torch_xla
+    import torch_xla.debug.metrics as met
+    from trm import gin_edge
+    from trm.experiment import DataShape, build_model
     gin_edge.parse(["cpu_e1_1_baseline.gin"], [f"HIDDEN_SIZE={args.hidden}",
                                                 f"HALT_MAX_STEPS={args.halt_steps}",
                                                 "FORWARD_DTYPE='float32'", "DEVICE='xla'"])

@@ -77,10 +77,10 @@ class StopSignal:
             else:
                 self._handle(sig.si_signo, None)
 
-    def _report(self, signum, frame) -> None:  # noqa: ARG002
+    def _report(self, signum, frame) -> None:
         self.report_requested = True
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+    def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         if self.received is None:
@@ -163,7 +163,7 @@ def forwarded_signals() -> Iterator[None]:
 
 def xla_metrics() -> Dict[str, float]:
     try:
-        import torch_xla.debug.metrics as met  # pylint: disable=import-outside-toplevel
+        import torch_xla.debug.metrics as met
     except ImportError:
         return {}
     out = {}
@@ -190,7 +190,7 @@ def xla_metrics() -> Dict[str, float]:
 def xla_fallback_counts() -> Dict[str, int]:
     """``{op: times executed on the CPU}`` of the XLA ops that fell back (empty off XLA)."""
     try:
-        import torch_xla.debug.metrics as met  # pylint: disable=import-outside-toplevel
+        import torch_xla.debug.metrics as met
     except ImportError:
         return {}
     out = {}
@@ -203,7 +203,7 @@ def xla_fallback_counts() -> Dict[str, int]:
 def xla_metrics_report() -> Optional[str]:
     """torch_xla's full metrics report (None off XLA)."""
     try:
-        import torch_xla.debug.metrics as met  # pylint: disable=import-outside-toplevel
+        import torch_xla.debug.metrics as met
     except ImportError:
         return None
     return met.metrics_report()
