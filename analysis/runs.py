@@ -55,6 +55,7 @@ import pandas as pd
 from analysis import hparams as _hp
 from analysis import reader as _rd
 from analysis.reader import RUN_FILES, find_run_dirs, read_events
+from trm import progress
 from trm.run.storage import is_remote
 
 __all__ = ["Run", "Runs", "load_runs", "load_run", "find_run_dirs", "read_events",
@@ -442,21 +443,25 @@ def load_runs(root: str, *, include: Optional[str] = None, exclude: Optional[str
         cli_frames: List[pd.DataFrame] = []
         rows: List[Dict[str, Any]] = []
         base = root.rstrip("/").split("/")[-1] or root
-        for rel in rel_dirs:
-            run_id = base if rel == "." else rel
-            if include and not fnmatch.fnmatch(run_id, include):
-                continue
-            if exclude and fnmatch.fnmatch(run_id, exclude):
-                continue
-            local_dir = local_root if rel == "." else os.path.join(local_root, *rel.split("/"))
-            url = root if rel == "." else root.rstrip("/") + "/" + rel
-            meta = _rd.read_json(os.path.join(local_dir, "run.json"))
-            run, ev, cli = _load_one(local_dir, run_id, url,
-                                     _experiment_of(run_id if rel != "." else "", meta))
-            runs.append(run)
-            frames.append(ev)
-            cli_frames.append(cli)
-            rows.append({**_summary_row(run, ev), **run.hparams})
+        with progress.phase(f"loading runs from {root}", len(rel_dirs), unit="runs") as bar:
+            for i, rel in enumerate(rel_dirs):
+                bar.update(i)
+                run_id = base if rel == "." else rel
+                if include and not fnmatch.fnmatch(run_id, include):
+                    continue
+                if exclude and fnmatch.fnmatch(run_id, exclude):
+                    continue
+                local_dir = (local_root if rel == "."
+                             else os.path.join(local_root, *rel.split("/")))
+                url = root if rel == "." else root.rstrip("/") + "/" + rel
+                meta = _rd.read_json(os.path.join(local_dir, "run.json"))
+                run, ev, cli = _load_one(local_dir, run_id, url,
+                                         _experiment_of(run_id if rel != "." else "", meta))
+                runs.append(run)
+                frames.append(ev)
+                cli_frames.append(cli)
+                rows.append({**_summary_row(run, ev), **run.hparams})
+            bar.update(len(rel_dirs))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

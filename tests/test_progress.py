@@ -65,3 +65,13 @@ def test_dataset_build_reports_in_a_log(tmp_path):
     assert "building sudoku_gen dataset" in err
     assert "generating train puzzles: 30/30 puzzles (100%)" in err
     assert "augmenting: 30/30 puzzles" in err and "writing train/all: 2/2 shards" in err
+
+
+def test_loading_many_runs_reports_progress(tmp_path, monkeypatch, capsys):
+    from analysis.runs import load_runs
+    from analysis.testing import write_run
+    for seed in range(3):
+        write_run(str(tmp_path / f"s{seed}"), seed=seed)
+    monkeypatch.setenv("TRM_PROGRESS_EVERY_S", "0")
+    assert len(load_runs(str(tmp_path)).summary) == 3
+    assert f"loading runs from {tmp_path}: 3/3 runs (100%)" in capsys.readouterr().err
