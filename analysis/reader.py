@@ -91,7 +91,7 @@ def _safe_names(store: Storage) -> List[str]:
     names = []
     for rel in store.find():
         if _unsafe(rel):
-            warnings.warn(f"{store.url(rel)}: skipped, the object name leaves its folder "
+            warnings.warn(f"{store.path}/{rel}: skipped, the object name leaves its folder "
                           "('..', '.', an empty or absolute part)")
         else:
             names.append(rel)
