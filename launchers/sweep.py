@@ -36,8 +36,8 @@ def format_runs(runs) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m launchers.sweep", description="List named sweeps and their runs."
-    )
+        prog="python -m launchers.sweep", description="List named sweeps and their runs.",
+        usage="%(prog)s [--sweep NAME|FILE | --grid MACRO=v1,v2 --gin_file F] [options]")
     parser.add_argument("--sweep", help="sweep name or sweep file (default: list all sweeps)")
     parser.add_argument("--grid", action="append", default=[], metavar="MACRO=v1,v2",
                         help="a command-line grid axis over --gin_file (repeatable)")

@@ -394,6 +394,7 @@ def _parse_one(parse, what: str) -> None:
 
 
 TRAIN_CONFIG_SELECTOR = "trm.TrainConfig"
+_USED: set = set()  # the configurables the last build_train_config() resolved
 
 
 def build_train_config():
@@ -405,6 +406,8 @@ def build_train_config():
     """
     register_configurables()
     from trm.experiment import TrainConfig
+    _USED.clear()
+    _USED.add(TRAIN_CONFIG_SELECTOR)
     bindings = gin.get_bindings(TRAIN_CONFIG_SELECTOR, resolve_references=False)
     return TrainConfig(**{name: _plain_python(value, f"{TRAIN_CONFIG_SELECTOR}.{name}")
                           for name, value in bindings.items()})
@@ -434,6 +437,7 @@ def _factory(selector: str, depth: int):
     if (kind, name) not in REGISTRY:
         raise ConfigError(f"@{selector} is not a registered trm component (kind.name); "
                           "`python -m trm.registry` lists them.")
+    _USED.add(selector)
     bindings = gin.get_bindings(selector, resolve_references=False)
     kwargs = {k: _plain_python(v, f"{selector}.{k}", depth + 1) for k, v in bindings.items()}
     obj = REGISTRY.get(kind, name)
@@ -449,11 +453,25 @@ def query_macro(name: str, default=None):
 
 
 def config_text(operative: bool = False) -> str:
-    """The parsed config (``gin.config_str()``), or the operative one (what was used)."""
+    """The parsed config (``gin.config_str()``), or the operative one: the macros and the
+    bindings of every configurable the last :func:`build_train_config` resolved (the
+    components are called as plain Python, so gin's own operative record stays empty)."""
     try:
-        return gin.operative_config_str() if operative else gin.config_str()
+        text = gin.config_str()
     except Exception:
         return ""
+    if not operative:
+        return text
+    used = {sel.rsplit("/", 1)[-1] for sel in _USED}
+    short = {sel.rsplit(".", 1)[-1] for sel in used}
+    kept = []
+    for block in text.split("\n\n"):
+        head = block.lstrip().splitlines()[0] if block.strip() else ""
+        name = head[len("# Parameters for "):-1] if head.startswith("# Parameters for ") else None
+        if head.startswith("# Macros") or (name is not None and (
+                name in used or name in short or name.rsplit("/", 1)[-1] in short)):
+            kept.append(block)
+    return "\n\n".join(kept) + "\n" if kept else ""
 
 
 def _plain(value):

@@ -169,8 +169,6 @@ def check_run(gin_files: Sequence[str], bindings: Sequence[str], workdir: Option
 def main(stdin=None, stdout=None) -> int:
     """Reads a JSON list of runs (``name``, ``gin_files``, ``bindings``, optional ``workdir``)
     on stdin; prints one JSON line per run; exit status 1 if any run fails."""
-    import logging
-    logging.disable(logging.WARNING)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
         runs = json.load(stdin)
@@ -189,4 +187,6 @@ def main(stdin=None, stdout=None) -> int:
 
 
 if __name__ == "__main__":
+    import logging
+    logging.disable(logging.WARNING)  # stdout is the JSON lines; warnings would only be noise
     sys.exit(main())
