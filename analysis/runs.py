@@ -136,7 +136,7 @@ def _load_one(local_dir: str, run_id: str, path: str, experiment: str
     op = _rd.read_text(os.path.join(local_dir, "operative_config.gin"))
     cfg = _hp.GinConfig()
     if resolved:
-        # Written by trm.train: gin's own resolution of every binding; it wins over the
+        # Written by trm.train from the resolved TrainConfig (trm.hparams); it wins over the
         # operative config, which adds the defaults the run used (values no binding set).
         try:
             data = json.loads(resolved)

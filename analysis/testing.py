@@ -4,8 +4,8 @@
 ``config.gin``, ``operative_config.gin``, ``hparams.json``, TensorBoard event files under
 ``tb/`` and ``eval/step_XXXXXXXXX/metrics.json``, all through trm's own writers
 (:class:`trm.run.record.RunRecord`, :class:`trm.run.tensorboard.EventFileWriter`, a resumed
-process's ``purge_step``; ``hparams.json`` is gin's own resolution of the config, as
-``trm.train`` writes it), or TF2-style tensor scalars with ``scalar_format="tensor"``. Metric
+process's ``purge_step``; ``hparams.json`` from the TrainConfig the config resolves to,
+as ``trm.train`` writes it), or TF2-style tensor scalars with ``scalar_format="tensor"``. Metric
 values follow a simple deterministic model of the hyperparameters (deeper
 recursion, EMA, the MLP mixer and more parameters help), so analyses have something to find.
 
@@ -196,13 +196,14 @@ def _writer(logdir: str, fmt: str, suffix: str, purge_step: Optional[int] = None
 
 
 def _resolved_hparams(config_text: str) -> Dict[str, Any]:
-    """``hparams.json`` as trm.train writes it: gin's own resolution of the config."""
+    """``hparams.json`` as trm.train writes it: from the TrainConfig the config resolves to."""
     from trm import gin_edge
+    from trm.hparams import hparams
 
     gin_edge.clear()
     try:
         gin_edge.parse([], [], config_texts=[config_text])
-        return gin_edge.resolved_hparams()
+        return hparams(gin_edge.build_train_config(), gin_edge.macro_values())
     finally:
         gin_edge.clear()
 

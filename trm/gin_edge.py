@@ -2,7 +2,8 @@
 
 It exposes the registry's components to gin (``@kind.name``), registers the run-level
 ``trm.TrainConfig``, finds the shipped experiment files, parses files and bindings, resolves the
-effective value of every binding (``hparams.json``) and writes the operative config. The rest
+config to plain Python (:func:`build_train_config`, :func:`macro_values`; ``hparams.json`` is
+written from them by :mod:`trm.hparams`) and writes the operative config. The rest
 of the library -- components, the trainer, the run state -- is plain Python; importing
 ``trm.models`` / ``trm.halting`` / ``trm.optim`` / ``trm.losses`` loads neither gin nor
 TensorFlow. Importing this module makes every registered component (and every one registered
@@ -154,40 +155,63 @@ def _set_include_paths(roots: Sequence[str]) -> None:
 _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
 
 
-def _defined_macros() -> set:
-    """Names of the macros bound so far."""
-    out = set()
-    for (scope, selector), _ in gin.config._CONFIG.items():
-        if selector == "gin.macro":
-            out.add(scope)
-    return out
+def _macro_names() -> List[str]:
+    """Names of the macros bound so far, in the order gin prints them (read from gin's public
+    config text, not its private tables)."""
+    try:
+        text = gin.config_str()
+    except Exception:
+        return []
+    return [st.selector for st in config_parser.ConfigParser(text, _InertDelegate())
+            if isinstance(st, config_parser.BindingStatement) and not st.arg_name
+            and not st.scope]
+
+
+def macro_values() -> dict:
+    """The value of every macro bound so far, in plain Python (macros and references resolved
+    as :func:`build_train_config` resolves them)."""
+    return {name: _plain_python(gin.query_parameter(f"%{name}"), f"%{name}")
+            for name in _macro_names()}
 
 
 # -- exposing the registry to gin -------------------------------------------------------------
-# gin keeps one global registry of configurables with no public "unregister"; the few
-# operations needed to follow trm's registry (restored in tests) reach into it here, only here.
-def _gin_registry():
-    return gin.config._REGISTRY
+# gin keeps one global registry with no "unregister", while trm's registry can change (plugins,
+# tests restoring a snapshot). So gin gets one stable stand-in per component name, registered
+# once, that always means "the component registered under this name now": gin checks parameter
+# names against the current object (it follows ``__wrapped__``), and build_train_config() looks
+# the name up in trm's registry.
+class _Current:
+    """gin's view of ``kind.name``: whatever trm's registry holds under that name now."""
+
+    def __init__(self, kind: str, name: str, obj: Any) -> None:
+        self._kind, self._name = kind, name
+        self.__name__ = self.__qualname__ = getattr(obj, "__name__", name)
+        self.__doc__ = getattr(obj, "__doc__", None)
+
+    @property
+    def __wrapped__(self):
+        # While the name is unregistered gin sees a function without parameters (so binding
+        # one is an error) and build_train_config() reports a reference to it in one line.
+        if (self._kind, self._name) not in REGISTRY:
+            return _unregistered
+        return REGISTRY.get(self._kind, self._name)
+
+    def __call__(self, *args, **kwargs):
+        return REGISTRY.get(self._kind, self._name)(*args, **kwargs)
 
 
-def _gin_rebind(selector: str, obj) -> None:
-    reg = _gin_registry()
-    if selector in reg and reg[selector].wrapped is obj:
-        return
-    if selector in reg:
-        reg.pop(selector)
-    module, name = selector.rsplit(".", 1)
-    gin.register(name, module=module)(obj)
+def _unregistered():
+    """Stands for a component name that is no longer registered."""
+
+
+_EXPOSED: set = set()  # gin names given a stand-in
 
 
 def _on_registry_event(event: str, comp: Component) -> None:
-    if event == "removed":
-        if comp.gin_name in _gin_registry():
-            _gin_registry().pop(comp.gin_name)
-    elif comp.gin_name in _gin_registry() or event == "restored":
-        _gin_rebind(comp.gin_name, comp.obj)
-    else:
-        gin.register(comp.name, module=comp.kind)(comp.obj)
+    if event == "added" and comp.gin_name not in _EXPOSED:
+        gin.external_configurable(_Current(comp.kind, comp.name, comp.obj), name=comp.name,
+                                  module=comp.kind)
+        _EXPOSED.add(comp.gin_name)
 
 
 REGISTRY.subscribe(_on_registry_event)
@@ -257,14 +281,11 @@ def _allowed_configurables() -> set:
 
 
 def _known(selector: str, allowed: set) -> bool:
-    """Whether ``selector`` (possibly partial, possibly scoped) names only allowed
-    configurables."""
+    """Whether ``selector`` (possibly partial, e.g. ``mlp_mixer``, possibly scoped) names an
+    allowed configurable. A partial name that also matches another gin configurable is
+    ambiguous, which gin itself refuses when binding."""
     name = selector.rsplit("/", 1)[-1]
-    try:
-        matches = _gin_registry().matching_selectors(name)
-    except (KeyError, ValueError):
-        return False
-    return bool(matches) and all(m in allowed for m in matches)
+    return any(full == name or full.endswith("." + name) for full in allowed)
 
 
 def _references(value: Any):
@@ -346,8 +367,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Iterable[str] = (),
                    f"gin file {path}")
     for binding in bindings:
         match = _MACRO_BINDING.match(binding)
-        if match and match.group(1) not in _defined_macros():
-            known = sorted(m for m in _defined_macros() if m.isupper())
+        if match and match.group(1) not in _macro_names():
+            known = sorted(m for m in _macro_names() if m.isupper())
             close = difflib.get_close_matches(match.group(1), known, n=3)
             raise ConfigError(
                 f"Binding {binding!r} sets the macro {match.group(1)} that no parsed gin file "
@@ -472,62 +493,6 @@ def config_text(operative: bool = False) -> str:
                 name in used or name in short or name.rsplit("/", 1)[-1] in short)):
             kept.append(block)
     return "\n\n".join(kept) + "\n" if kept else ""
-
-
-def _plain(value):
-    """A JSON value for a gin binding value: references as ``@kind.name[()]``."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    ref = getattr(value, "selector", None)
-    if ref is not None and hasattr(value, "configurable"):  # gin ConfigurableReference
-        return f"@{ref}" + ("()" if getattr(value, "evaluate", False) else "")
-    macro = getattr(value, "name", None)
-    if macro is not None and type(value).__name__ == "MacroProxy":
-        return f"%{macro}"
-    return repr(value)
-
-
-def resolved_hparams() -> dict:
-    """The effective value of every binding of the parsed config, as plain JSON.
-
-    ``{"macros": {NAME: value}, "bindings": {"selector.param": value}}``: macros with their
-    final values; parameter bindings with macros replaced by their values and configurable
-    references written ``@kind.name`` (``()`` when called). Analysis reads this
-    (``hparams.json`` of a run) instead of re-parsing gin text.
-    """
-    macros, bindings = {}, {}
-    for (scope, selector), params in gin.config._CONFIG.items():
-        if selector == "gin.macro":
-            macros[scope] = params.get("value")
-    for (scope, selector), params in gin.config._CONFIG.items():
-        if selector == "gin.macro":
-            continue
-        prefix = f"{scope}/{selector}" if scope else selector
-        for name, value in params.items():
-            bindings[f"{prefix}.{name}"] = value
-    resolved_macros = {k: _plain(_resolve_macro(v, macros)) for k, v in sorted(macros.items())}
-    resolved_bindings = {k: _plain(_resolve_macro(v, macros))
-                         for k, v in sorted(bindings.items())}
-    return {"macros": resolved_macros, "bindings": resolved_bindings}
-
-
-def _resolve_macro(value, macros, depth: int = 0):
-    if depth > 20:
-        return value
-    if type(value).__name__ == "MacroProxy" or (
-            hasattr(value, "configurable") and getattr(value, "selector", None) == "gin.macro"):
-        name = getattr(value, "name", None) or getattr(value, "scoped_selector", "").split("/")[0]
-        if name in macros:
-            return _resolve_macro(macros[name], macros, depth + 1)
-    if isinstance(value, (list, tuple)):
-        return [_resolve_macro(v, macros, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: _resolve_macro(v, macros, depth + 1) for k, v in value.items()}
-    return value
 
 
 def maybe_resolve(name: Optional[str]) -> Optional[str]:

@@ -88,6 +88,7 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
           force_unlock: bool = False, trust_checkpoint: bool = False) -> dict:
     """Runs one process's share of the training (called once per process)."""
     from trm import gin_edge
+    from trm.hparams import hparams
     from trm.runtime.device import init_xla_compile_cache
     from trm.trainer import Trainer
     init_xla_compile_cache()  # before the first XLA computation ($TRM_XLA_CACHE_DIR)
@@ -97,7 +98,7 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
     command = {"argv": argv or sys.argv, "gin_files": resolved, "gin_params": list(bindings),
                "cwd": os.getcwd()}
     trainer = Trainer(cfg, workdir, config_text=gin_edge.config_text(), command=command,
-                      hparams=gin_edge.resolved_hparams(),
+                      hparams=hparams(cfg, gin_edge.macro_values()),
                       operative_config=lambda: gin_edge.config_text(operative=True),
                       allow_config_change=allow_config_change, progress=progress,
                       force_unlock=force_unlock, trust_checkpoint=trust_checkpoint)

@@ -19,7 +19,7 @@ def _run_with_hparams(tmp_path, hparams):
 
 
 def test_hparams_json_wins_over_the_gin_text(tmp_path):
-    # gin's own resolution says T=4 (e.g. a binding the text parser cannot see)
+    # the resolved config says T=4 (e.g. a binding the text parser cannot see)
     _run_with_hparams(tmp_path, {
         "macros": {"H_CYCLES": 4, "L_CYCLES": 6, "HIDDEN_SIZE": 96},
         "bindings": {"model.trm.H_cycles": 4, "model.trm.L_cycles": 6,
@@ -52,7 +52,7 @@ def test_from_hparams_json_references_and_scopes():
 
 def test_synthetic_runs_carry_the_trainers_files(tmp_path):
     """analysis.testing writes through trm.run (RunRecord, trm's event writer) and writes
-    hparams.json with gin's own resolution, like trm.train."""
+    hparams.json from the resolved TrainConfig, like trm.train."""
     from trm.run.record import RunRecord
     from trm.run.storage import Storage
 

@@ -72,6 +72,17 @@ def test_restore_forgets_test_components_in_gin_too():
     class Temp2:
         """Temp2."""
 
+        def __init__(self, y=0):
+            self.y = y
+
+    # gin checks bindings against the component registered now, not the first one
+    gin.parse_config("mixer.temporary_mixer.y = 1")
+    with pytest.raises(ValueError, match="doesn't have a parameter named 'x'"):
+        gin.parse_config("mixer.temporary_mixer.x = 1")
+    assert gin.get_configurable("mixer.temporary_mixer")().y == 1
+    gin.clear_config()
+    REGISTRY.restore(snap)
+
 
 def test_names_must_be_snake_case():
     with pytest.raises(registry.RegistryError, match="snake_case"):

@@ -149,6 +149,11 @@ class Registry:
     def kinds(self) -> List[str]:
         return sorted(self._entries)
 
+    def name_of(self, obj: Any) -> Optional[str]:
+        """``kind.name`` of the component registered as ``obj`` itself (None if it is not one;
+        the first in sorted order if one object is registered under several names)."""
+        return next((comp.gin_name for comp in self if comp.obj is obj), None)
+
     def __iter__(self) -> Iterator[Component]:
         for kind in sorted(self._entries):
             for name in sorted(self._entries[kind]):
