@@ -116,6 +116,44 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def choose_cpu_threads(processes_on_host: int = 1) -> str:
+    """Sets torch's intra-op thread count for a CPU run and returns how it was chosen.
+
+    The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
+    follows it); else the cores this process may use, shared by the training processes on the
+    host, less the cores other work keeps busy (the 1-minute load average), at least 1. torch's
+    default (every core) collapses when another process wants a core: a small train step went
+    from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md).
+    """
+    forced = os.environ.get("TRM_CPU_THREADS", "").strip()
+    if forced:
+        try:
+            threads = int(forced)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise DeviceError(f"TRM_CPU_THREADS={forced!r} is not a positive thread count; "
+                              "set it to e.g. 1, or unset it to let trm choose.")
+        torch.set_num_threads(threads)
+        return f"{threads} (TRM_CPU_THREADS)"
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return f"{torch.get_num_threads()} (OMP_NUM_THREADS)"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    share = max(1, cores // max(1, processes_on_host))
+    free = int(cores - load + 0.5)
+    threads = max(1, min(share, free))
+    torch.set_num_threads(threads)
+    return (f"{threads} (rule: {cores} cores / {processes_on_host} process(es) on the host, "
+            f"less {load:.1f} busy by the load average; TRM_CPU_THREADS overrides)")
+
+
 def default_forward_dtype(device: torch.device) -> torch.dtype:
     """The forward dtype ``FORWARD_DTYPE='auto'`` picks: bfloat16 on TPU/GPU (as the
     reference) and on CPUs with native bf16 (master weights, losses and norm statistics stay

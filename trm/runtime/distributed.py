@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import torch
 
 from trm.errors import TrmError
-from trm.runtime.device import is_xla_available, select_device, tune_cpu_allocator
+from trm.runtime.device import (choose_cpu_threads, is_xla_available, select_device,
+                                tune_cpu_allocator)
 
 _WIDE_DTYPES = (torch.int64, torch.float64, torch.complex128, torch.uint64)
 
@@ -58,6 +59,7 @@ class Runtime:
     process_index: int = 0
     process_count: int = 1
     backend: str = "none"  # "none" | "gloo" | "nccl" | "xla"
+    cpu_threads: str = ""  # torch's CPU threads and the rule that chose them (CPU runs)
 
     @property
     def is_main(self) -> bool:
@@ -283,8 +285,10 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
         return Runtime(dev, xr.global_ordinal(), count, "xla")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = select_device(device)  # an unavailable explicit device is an error, never the CPU
+    threads = ""
     if dev.type == "cpu":
         tune_cpu_allocator()
+        threads = choose_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if world > 1:
         import torch.distributed as dist
         backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -292,8 +296,8 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        return Runtime(dev, dist.get_rank(), dist.get_world_size(), backend)
-    return Runtime(dev)
+        return Runtime(dev, dist.get_rank(), dist.get_world_size(), backend, threads)
+    return Runtime(dev, cpu_threads=threads)
 
 
 def local_runtime(device: Optional[str] = "cpu") -> Runtime:
