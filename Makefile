@@ -8,6 +8,9 @@ PIP := $(VENV)/bin/python -m pip
 XPIP := $(XLA_VENV)/bin/python -m pip
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; 0 = one process). Each uses one torch thread; the suite's long
+# tests mostly wait on subprocesses, so two workers suit a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev install-xla quickstart lint test test-fast cpu-study clean-venv
 
@@ -42,10 +45,10 @@ lint: install-dev
 
 test: install-dev install-xla lint
 	TRM_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python OMP_NUM_THREADS=1 \
-		$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+		$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install-dev
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The CPU study (docs/results/cpu_study/): 54 runs (18 arms x 3 seeds), two at a time, about
 # 4 hours on 2 cores. Resumable: run it again after an interruption and it continues. Then the

@@ -13,8 +13,9 @@ Each check runs in processes of its own (the XLA runtime starts once per process
 * ``smoke_all``     the same run on every device (``torch_xla.launch``), with a throughput line;
 * ``compile_cache`` a second start (another seed) finds every graph in the persistent compile
   cache (``$TRM_XLA_CACHE_DIR``), so it compiles nothing new;
-* ``signals``       SIGUSR1 writes the metrics report and training goes on; SIGTERM ends the
-  run with a final checkpoint and run.json status ``preempted``.
+* ``signals``       training runs in a process launched by ``torch_xla.launch``; SIGUSR1 writes
+  the metrics report and training goes on; SIGTERM ends the run with a final checkpoint (of a
+  step after the report) and run.json status ``preempted``.
 
 It prints a pass/fail table and exits 1 if any check failed. The runs train a tiny model on a
 generated 4x4 Sudoku set (``--gin_param`` adds bindings) in a scratch folder, removed unless
@@ -194,6 +195,8 @@ class Preflight:
         try:
             if not _wait(proc, lambda: _last_step(workdir) >= 10, self.timeout):
                 return False, "the run did not reach step 10"
+            if _children(proc.pid) == []:  # None where /proc cannot tell
+                return False, "training did not run in a launched child process"
             proc.send_signal(signal.SIGUSR1)
             if not _wait(proc, lambda: os.path.exists(report), 120):
                 return False, "SIGUSR1 wrote no metrics report"
@@ -209,6 +212,7 @@ class Preflight:
         run = read_run_json(workdir) or {}
         saved = os.path.isdir(os.path.join(workdir, "checkpoints",
                                            f"step_{run.get('last_step', -1):09d}"))
+        saved = saved and run.get("last_step", -1) > reported  # after the report, not before
         ok = proc.returncode == 0 and run.get("status") == "preempted" and saved
         return ok, (f"SIGUSR1: report, run went on; SIGTERM: exit {proc.returncode}, status "
                     f"{run.get('status')}, checkpoint of step {run.get('last_step')} "
@@ -217,6 +221,15 @@ class Preflight:
 
 def _last_step(workdir: str) -> int:
     return int((read_run_json(workdir) or {}).get("last_step") or 0)
+
+
+def _children(pid: int) -> Optional[List[int]]:
+    """The child processes of ``pid`` (None where /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return None
 
 
 def _wait(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float) -> bool:

@@ -1,6 +1,7 @@
 """``python -m launchers.tpu_check`` rehearsed on XLA:CPU (issue #20 item 8): every check passes
 through the real launch path, a failing check makes the exit code nonzero."""
 
+import json
 import os
 import subprocess
 
@@ -46,7 +47,32 @@ def test_a_failing_check_fails_the_preflight(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xla
 def test_the_whole_preflight_passes_on_xla_cpu(tmp_path):
-    r = _check(tmp_path, "--steps=6")
+    """Every check through the real launch path. This is also the suite's test of the TPU signal
+    path (issue #20 item 2: SIGUSR1 reports and training goes on, SIGTERM checkpoints, in a
+    child of torch_xla.launch) and of the persistent compile cache (item 7): the checks assert
+    them, and the kept scratch folder is checked here once more."""
+    r = _check(tmp_path, "--steps=6", "--keep")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert _rows(r.stdout) == {name: "PASS" for name in tpu_check.CHECKS}, r.stdout
     assert "steps/s" in r.stdout and "examples/s" in r.stdout
+    scratch = tmp_path / "scratch"
+
+    # The compile cache: smoke_1 started with an empty cache, so each graph it compiled was a
+    # miss and was written; the second start (another seed, 0 included: a Python 0 in a graph
+    # would be a constant) found every one of them. On XLA:CPU torch_xla 2.9 cannot load the
+    # executables (DeserializeFailure, compiled again); on TPU they are hits and nothing compiles.
+    first = tpu_check._report_counters(str(scratch / "smoke_1"))
+    second = tpu_check._report_counters(str(scratch / "cache_second_start"))
+    assert first.get("PersistentCacheMiss", 0) > 0, first
+    assert os.listdir(scratch / "xla_cache" / "process_0")
+    assert second.get("PersistentCacheMiss", 0) == 0, second
+    found = second.get("PersistentCacheHit", 0) + second.get("PersistentCacheDeserializeFailure", 0)
+    assert found == first["PersistentCacheMiss"], (first, second)
+
+    # The signals: the report was written on SIGUSR1, the final checkpoint is the last step.
+    from trm.run.checkpoints import CheckpointManager
+    signals = scratch / "signals"
+    run = json.load(open(signals / "run.json"))
+    assert run["status"] == "preempted", run
+    assert "CompileTime" in open(signals / "xla_metrics_report.txt").read()
+    assert CheckpointManager(str(signals), async_save=False).latest_step() == run["last_step"] > 10
