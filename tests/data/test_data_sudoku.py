@@ -85,6 +85,30 @@ def test_sudoku_gen_train_and_test_never_overlap_up_to_augmentation(tmp_path):
     assert not canon["train"] & canon["test"]
 
 
+def test_sudoku_gen_test_set_does_not_depend_on_the_training_size():
+    """Data-size arms must be scored on the same puzzles (issue #24): the test split depends on
+    (seed, box, blanks, num_test) only, and a smaller training set starts a larger one."""
+    from trm.data.builders.sudoku import build_gen
+
+    def build(num_train, num_aug=0):
+        out = build_gen(dict(box="2x3", num_train=num_train, num_test=12, blanks=None,
+                             num_aug=num_aug, seed=3))
+        return out["splits"]["train"]["all"], out["splits"]["test"]["all"]
+
+    small_train, small_test = build(20)
+    large_train, large_test = build(60)
+    np.testing.assert_array_equal(small_test.inputs, large_test.inputs)
+    np.testing.assert_array_equal(small_test.labels, large_test.labels)
+    np.testing.assert_array_equal(small_train.inputs, large_train.inputs[:20])
+    # augmented copies too: the first puzzles get the same augmentations at every size
+    aug_small, _ = build(20, num_aug=2)
+    aug_large, _ = build(40, num_aug=2)
+    np.testing.assert_array_equal(aug_small.inputs, aug_large.inputs[:60])
+    other_seed = build_gen(dict(box="2x3", num_train=20, num_test=12, blanks=None, num_aug=0,
+                                seed=4))["splits"]["test"]["all"]
+    assert not np.array_equal(other_seed.inputs, small_test.inputs)
+
+
 def test_sudoku_gen_is_deterministic_and_validated(tmp_path):
     a = build_dataset("sudoku_gen", str(tmp_path / "a"), box="2x3", num_train=10, num_test=5,
                       num_aug=2, seed=7, num_shards=2)

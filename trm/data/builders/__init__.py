@@ -100,7 +100,7 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
         Arg("num_aug", int, 0, "augmented copies per training puzzle"),
         Arg("allow_overlap", bool, False, _OVERLAP_HELP),
     ), "Sudoku-Extreme CSV (source,question,answer,rating; '.' = blank)"),
-    Builder("sudoku_gen", "1", "trm.data.builders.sudoku", (
+    Builder("sudoku_gen", "2", "trm.data.builders.sudoku", (
         Arg("box", str, help="box shape RxC: 2x2 -> 4x4, 2x3 -> 6x6, 3x3 -> 9x9"),
         Arg("num_train", int, help="training puzzles (groups)"),
         Arg("num_test", int, help="test puzzles"),

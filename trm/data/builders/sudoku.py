@@ -239,12 +239,16 @@ def build_gen(args: dict) -> dict:
             raise DataError(f"{name} must be >= 1, got {args[name]}")
     if args["num_aug"] < 0:
         raise DataError(f"num_aug must be >= 0, got {args['num_aug']}")
-    rng = np.random.default_rng(args["seed"])
+    # Each split draws from a stream of its own (seed, split), the test puzzles first, so the test
+    # set depends only on (seed, box, blanks, num_test): data-size arms (num_train) are scored
+    # on the same puzzles, and a smaller training set is the start of a larger one.
+    streams = {split: np.random.default_rng([args["seed"], i])
+               for i, split in enumerate(("train", "test", "augment"))}
     seen: set[int] = set()  # equivalence-class invariants of every kept puzzle
     splits = {}
     budget = 1000 + 20 * (args["num_train"] + args["num_test"])
-    for split, count in (("train", args["num_train"]), ("test", args["num_test"])):
-        qs, ss = [], []
+    for split, count in (("test", args["num_test"]), ("train", args["num_train"])):
+        rng, qs, ss = streams[split], [], []
         with progress.sub(f"generating {split} puzzles", count, unit="puzzles") as bar:
             while len(qs) < count:
                 q, s = geom.generate(rng, blanks)
@@ -262,8 +266,8 @@ def build_gen(args: dict) -> dict:
                 ss.append(s)
                 bar.update(len(qs))
         splits[split] = (np.stack(qs), np.stack(ss))
-    train = _set_arrays(*splits["train"], geom, args["num_aug"], rng)
-    test = _set_arrays(*splits["test"], geom, 0, rng)
+    train = _set_arrays(*splits["train"], geom, args["num_aug"], streams["augment"])
+    test = _set_arrays(*splits["test"], geom, 0, streams["augment"])
     return _result(geom, train, test)
 
 
