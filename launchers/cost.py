@@ -4,9 +4,10 @@
     python -m launchers.tpu cost --accelerator_type=v5litepod-8 --gin_file=e1_1_baseline.gin
 
 For each run the model is built from its gin files and bindings (``trm.gin_edge.parse``,
-``build_train_config``, ``trm.experiment.build_model`` with the dataset's shape: its metadata
-when it is built, else the task file's ``VOCAB_SIZE`` / ``SEQ_LEN`` macros, as
-``python -m trm.train --dry_run`` does) and its FLOPs counted by ``TRM.flops_per_example``:
+``build_train_config``, ``trm.experiment.build_model`` with the dataset's shape of
+``trm.experiment.dataset_shape``: its metadata when it is built, else the task file's
+``VOCAB_SIZE`` / ``SEQ_LEN`` macros, as ``python -m trm.train --dry_run`` does) and its
+FLOPs counted by ``TRM.flops_per_example``:
 
 * training: ``steps x GLOBAL_BATCH_SIZE x flops_per_example(training=True)`` (one ACT step of
   every row per optimizer step); ``steps`` is ``TRAIN_STEPS``, or ``EPOCHS x examples per
@@ -90,23 +91,19 @@ def run_cost(run: Run, examples_per_epoch: float | None = None,
     """Builds ``run``'s model and counts its FLOPs (see the module docstring)."""
     import torch
     from trm import gin_edge
-    from trm.experiment import DataShape, build_model
+    from trm.experiment import DataShape, TrainingError, build_model, dataset_shape
 
     notes: list[str] = []
     gin_edge.clear()
     try:
         gin_edge.parse(run.gin_files, run.bindings)
         tc = gin_edge.build_train_config()
-        meta = _metadata(tc, "train")
-        if meta is not None:
-            shape = meta
-        else:
-            vocab, seq = gin_edge.query_macro("VOCAB_SIZE"), gin_edge.query_macro("SEQ_LEN")
-            if vocab is None or seq is None:
-                raise ValueError(f"{run.name}: the dataset is not built and the task file "
-                                 "does not declare VOCAB_SIZE / SEQ_LEN")
-            shape = DataShape(int(vocab), int(seq),
-                              int(gin_edge.query_macro("NUM_PUZZLE_IDENTIFIERS", 1) or 1))
+        try:
+            shape, _ = dataset_shape(tc, gin_edge.query_macro)
+        except TrainingError as e:
+            raise ValueError(f"{run.name}: {e}") from e
+        meta = None if isinstance(shape, DataShape) else shape
+        if meta is None:
             notes.append("shape from the task macros")
         puzzles = gin_edge.query_macro("NUM_TRAIN_PUZZLES")
         test_puzzles = gin_edge.query_macro("NUM_TEST_PUZZLES")

@@ -12,7 +12,9 @@ one JSON object with the keys ``ms_per_step``, ``examples_per_s``, ``peak_mem_by
 
 Without ``--gin_file`` / ``--reference_config`` the model is the Sudoku TRM-MLP baseline
 (hidden 512, T=3, n=6, 2 layers, seq 81, vocab 11). ``--seq_len``, ``--vocab_size`` and
-``--num_puzzle_identifiers`` stand in for the dataset metadata.
+``--num_puzzle_identifiers`` stand in for the dataset metadata; with ``--gin_file`` the model
+has the experiment's shape (:func:`trm.experiment.dataset_shape`: the dataset's metadata when
+it is built, else the task file's macros), the flags only for what neither gives.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from absl import app, flags
 from trm import gin_edge
 from trm.errors import TrmError, one_line
 from trm.cli import gin_bindings
-from trm.experiment import DataShape, TrainConfig
+from trm.experiment import DataShape, TrainConfig, dataset_shape
 from trm.models import TRM
 from trm.runtime.device import device_peak_flops
 from trm.runtime import (matmul_flops, peak_memory_bytes, synchronize, tune_cpu_allocator)
@@ -84,9 +86,9 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
         gin_edge.clear()
         gin_edge.parse(FLAGS.gin_file, gin_bindings(), finalize=False)
         cfg = gin_edge.build_train_config()
-        shape = DataShape(gin_edge.query_macro("VOCAB_SIZE", FLAGS.vocab_size),
-                          gin_edge.query_macro("SEQ_LEN", FLAGS.seq_len),
-                          FLAGS.num_puzzle_identifiers)
+        fallback = {"VOCAB_SIZE": FLAGS.vocab_size, "SEQ_LEN": FLAGS.seq_len,
+                    "NUM_PUZZLE_IDENTIFIERS": FLAGS.num_puzzle_identifiers}
+        shape, _ = dataset_shape(cfg, lambda name, _: gin_edge.query_macro(name, fallback[name]))
         factory = cfg.model
     elif FLAGS.reference_config:
         from trm.interop.reference import model_kwargs_from_reference_config

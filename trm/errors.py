@@ -20,3 +20,7 @@ def one_line(error: BaseException) -> str:
     (``In call to configurable ...``) dropped, whitespace trimmed."""
     return "\n".join(line for line in str(error).splitlines()
                      if not line.strip().startswith("In call to configurable")).strip()
+
+
+class TrainingError(TrmError, RuntimeError):
+    """The run cannot continue (non-finite loss, bad configuration, ...)."""

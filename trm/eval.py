@@ -82,12 +82,12 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     from trm import gin_edge
     from trm.data import EvalStream, load_metadata
     from trm.eval_loop import evaluate, tag_results
-    from trm.experiment import (build_model, resolve_data_path,
-                                resolve_forward_dtype)
+    from trm.data_prep import data_dirs
+    from trm.experiment import build_model, resolve_forward_dtype
     from trm.optim import EMA
     from trm.run.checkpoints import (CheckpointError, CheckpointManager,
                                      export_state_dict)
-    from trm.run.guards import check_train_state
+    from trm.train_state import TrainState, check_train_state
     from trm.run.record import RunRecord
     from trm.run.workdir import Workdir
     from trm.runtime import init_runtime
@@ -120,22 +120,20 @@ def evaluate_run(workdir: str, checkpoint: str = "latest", weights: str = "auto"
     if restored is None:
         raise EvalError(f"No usable checkpoint {checkpoint!r} in {workdir} "
                         f"(committed steps: {mgr.steps() or 'none'}).")
-    step, state = restored
-    has_ema = state.get("ema") is not None
+    step, state = restored[0], TrainState.from_checkpoint(restored[1])
+    has_ema = state.ema is not None
     if weights == "ema" and not has_ema:
         raise EvalError(f"Checkpoint step {step} holds no EMA weights (the run had EMA off); "
                         "use --weights=raw.")
     use_ema = has_ema if weights == "auto" else weights == "ema"
 
-    data_dir = resolve_data_path(cfg.data_dir, cfg.dataset_builder_args)
-    test_dir = (resolve_data_path(cfg.test_data_dir, cfg.dataset_builder_args)
-                if cfg.test_data_dir else data_dir)
+    data_dir, test_dir = data_dirs(cfg)
     meta = load_metadata(data_dir, "train")
     model = build_model(cfg, meta, forward_dtype=resolve_forward_dtype(cfg, rt.device),
                         init_from_reference=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.model)
     if use_ema:
-        EMA.copy_state_to(state["ema"], model)
+        EMA.copy_state_to(state.ema, model)
     model.to(rt.device)
     result: Dict[str, Any] = {"step": step, "weights": "ema" if use_ema else "raw",
                               "workdir": workdir, "bindings": list(bindings or [])}
@@ -207,7 +205,7 @@ def _restore_best(mgr: Any) -> Any:
     if not mgr.best_metric:
         raise EvalError("--checkpoint=best needs the run's best_metric (trm.TrainConfig."
                         "best_metric); name a step instead, e.g. --checkpoint=1000.")
-    from trm.run.guards import check_train_state
+    from trm.train_state import check_train_state
     scored = []
     for s in mgr.steps():
         value = (mgr.commit_info(s) or {}).get("metrics", {}).get(mgr.best_metric)

@@ -69,6 +69,30 @@ class MetricSums:
         self.steps = 0
 
 
+class FirstNonFinite:
+    """The first step whose loss or gradient norm was not finite, kept on the device (0: none
+    so far; no host read in a step) and fetched with a log interval's metrics."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.zeros((), dtype=torch.int32, device=device)
+
+    def update(self, finite: torch.Tensor, step: torch.Tensor) -> None:
+        """Records ``step`` (a device scalar) when ``finite`` is False and none was before."""
+        self.step = torch.where(finite | (self.step > 0), self.step, step)
+
+    def flags(self) -> Dict[str, torch.Tensor]:
+        """The device scalars to fetch (summed over processes) for :meth:`pop`."""
+        return {"nonfinite_count": (self.step > 0).to(torch.float32),
+                "nonfinite_stepsum": self.step.to(torch.float32)}
+
+    @staticmethod
+    def pop(raw: Dict[str, float]) -> Optional[int]:
+        """Removes the flags from fetched metrics; the first non-finite step, or None."""
+        count = raw.pop("nonfinite_count", 0.0)
+        total = raw.pop("nonfinite_stepsum", 0.0)
+        return int(round(total / count)) if count > 0 else None
+
+
 def normalize_train_metrics(sums: Dict[str, float], global_batch_size: int,
                             num_steps: int) -> Dict[str, float]:
     """Reference normalisation (5.5): losses / global batch, others / count, per step."""

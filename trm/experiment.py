@@ -2,8 +2,10 @@
 
 ``trm.train`` fills a :class:`TrainConfig` from gin files (the gin edge, :mod:`trm.gin_edge`);
 research code builds one directly. The functions here are the one way to turn a config and a
-dataset into a model (:func:`build_model`) and a data path into a folder
-(:func:`resolve_data_path`): the trainer, ``trm.eval``, ``trm.bench`` and the dry run use them.
+dataset into a model (:func:`build_model`), a model into its optimizers and EMA
+(:func:`build_optimizers`, :func:`build_ema`), a config into the model's dataset shape
+(:func:`dataset_shape`) and a data path into a folder (:func:`resolve_data_path`): the
+trainer, ``trm.eval``, ``trm.bench``, the dry run and the cost estimate use them.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from trm.errors import TrmError
+from trm.errors import TrainingError
 from trm.losses import ACTLoss
 from trm.models import TRM
 from trm.optim import EMA, AdamATan2, SignSGD, cosine_with_warmup
@@ -24,10 +26,6 @@ log = logging.getLogger("trm.train")
 
 PathLike = Union[str, Sequence[str]]
 DEFAULT_DATA_ROOT = "~/.cache/trm/datasets"
-
-
-class TrainingError(TrmError, RuntimeError):
-    """The run cannot continue (non-finite loss, bad configuration, ...)."""
 
 
 @dataclasses.dataclass
@@ -208,6 +206,32 @@ def build_model(config: TrainConfig, shape: Any, *, forward_dtype: Any = "float3
         log.info("Initialised from reference checkpoint %s (%s)", config.init_from_reference,
                  info)
     return model
+
+
+def build_optimizers(config: TrainConfig, model: TRM, gather_fn: Optional[Callable] = None
+                     ) -> Tuple[List[torch.optim.Optimizer], List[float]]:
+    """``(optimizers, base_lrs)`` of a run: ``config.sparse_optimizer`` on the puzzle table
+    (when the model has one; ``gather_fn`` gathers its rows over processes), then
+    ``config.optimizer`` on the network, or, with ``freeze_weights``, the network frozen."""
+    optimizers: List[torch.optim.Optimizer] = []
+    base_lrs: List[float] = []
+    if model.puzzle_emb is not None:
+        optimizers.append(config.sparse_optimizer(model.puzzle_emb, lr=0.0, gather_fn=gather_fn))
+        base_lrs.append(config.puzzle_emb_lr)
+    if not config.freeze_weights:
+        optimizers.append(config.optimizer(model.parameters(), lr=0.0))
+        base_lrs.append(config.lr)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return optimizers, base_lrs
+
+
+def build_ema(config: TrainConfig, model: TRM) -> Optional[EMA]:
+    """The run's EMA of ``model``'s weights, or None (``use_ema`` off, no ``ema`` factory, or
+    frozen weights)."""
+    use = config.use_ema and config.ema is not None and not config.freeze_weights
+    return config.ema(model) if use else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,15 +113,12 @@ def check_config(gin_files: Sequence[str], bindings: Sequence[str],
 def _build_training_parts(cfg, model) -> None:
     """The loss head, optimizers, schedule and EMA, built as the trainer builds them (a binding
     of theirs that gin only checks when called fails here)."""
+    from trm.experiment import build_ema, build_optimizers
     cfg.loss()
-    if model.puzzle_emb is not None:
-        cfg.sparse_optimizer(model.puzzle_emb, lr=0.0, gather_fn=None)
-    if not cfg.freeze_weights:
-        cfg.optimizer(model.parameters(), lr=0.0)
+    build_optimizers(cfg, model)
     cfg.schedule(0, base_lr=cfg.lr, warmup_steps=cfg.lr_warmup_steps,
                  total_steps=max(1, cfg.train_steps or 1), min_ratio=cfg.lr_min_ratio)
-    if cfg.use_ema and cfg.ema is not None and not cfg.freeze_weights:
-        cfg.ema(model)
+    build_ema(cfg, model)
 
 
 def workdir_state(workdir: str, config_text: str) -> tuple:

@@ -78,6 +78,17 @@ def test_tensorflow_is_imported_only_by_the_data_layer():
     assert importers and all(f.startswith(os.path.join("trm", "data")) for f in importers)
 
 
+def test_run_state_imports_no_model_code():
+    """trm/run/ keeps a run's files, not its model: the trainer hands it the training state's
+    check as a callable (lazy, function-level imports count too)."""
+    model_code = ("trm.models", "trm.core", "trm.experiment", "trm.train_state", "trm.trainer",
+                  "trm.losses", "trm.halting")
+    importers = sorted(f for f in _py_files(os.path.join("trm", "run"))
+                       if any(m == p or m.startswith(p + ".") for m in _imports(f)
+                              for p in model_code))
+    assert importers == []
+
+
 def test_benchmarks_are_outside_the_library_import_graph():
     bench = {"trm.bench", "trm.bench_checkpoint", "trm.data.bench"}
     for f in _library_files():

@@ -8,6 +8,9 @@ schedule shape with their own base LR.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Optional, Sequence
+
+import torch
 
 from trm.registry import register
 
@@ -34,3 +37,38 @@ def constant_with_warmup(step: int, *, base_lr: float, warmup_steps: int, total_
     del total_steps
     return cosine_with_warmup(step, base_lr=base_lr, warmup_steps=warmup_steps, total_steps=1,
                               min_ratio=1.0)
+
+
+class StepLRs:
+    """The LR of each optimizer at each step of a run: one ``schedule`` over ``total_steps``
+    with each optimizer's base LR (``schedule(step, base_lr=, warmup_steps=, total_steps=,
+    min_ratio=)``).
+
+    :meth:`lr` gives a Python number on CPU/CUDA (a kernel argument, no transfer); with
+    ``device`` (XLA) a device scalar read from a table made once, so no per-step value crosses
+    from the host (a new Python float would be a transfer).
+    """
+
+    def __init__(self, schedule: Callable[..., float], base_lrs: Sequence[float],
+                 total_steps: int, warmup_steps: int, min_ratio: float,
+                 device: Optional[torch.device] = None) -> None:
+        self.schedule, self.base_lrs = schedule, list(base_lrs)
+        self.total_steps, self.warmup_steps, self.min_ratio = total_steps, warmup_steps, min_ratio
+        self.device = device
+        self._tables: Optional[list] = None
+
+    def at(self, step: int, base_lr: float) -> float:
+        """The schedule's LR at ``step`` for ``base_lr``."""
+        return self.schedule(step, base_lr=base_lr, warmup_steps=self.warmup_steps,
+                             total_steps=self.total_steps, min_ratio=self.min_ratio)
+
+    def lr(self, index: int, step: int, step_t: torch.Tensor) -> Any:
+        """The LR of optimizer ``index`` at ``step`` (``step_t``: the step on the device)."""
+        if self.device is None:
+            return self.at(step, self.base_lrs[index])
+        if self._tables is None:
+            steps = range(self.total_steps + 1)
+            self._tables = [torch.tensor([self.at(s, base) for s in steps],
+                                         dtype=torch.float32).to(self.device)
+                            for base in self.base_lrs]
+        return self._tables[index].index_select(0, step_t.reshape(1)).reshape(())

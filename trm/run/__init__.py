@@ -8,6 +8,11 @@
 | :mod:`trm.run.record` | :class:`RunRecord`: run.json, command.json, config.gin, operative config, hparams.json, best tracking, eval metrics files |
 | :mod:`trm.run.checkpoints` | :class:`CheckpointManager`: atomic commits, async save, retention, restore, RNG state, state_dict export |
 | :mod:`trm.run.tensorboard` | :class:`SummaryWriterSync`: TensorBoard event files (no TensorFlow), mirrored to remote workdirs |
+| :mod:`trm.run.guards` | one-line errors for a workdir that is a file and for failed writes |
+| :mod:`trm.run.session` | :class:`RunSession`: one training run's lifecycle over all of the above (lock, stop signal, config check, restore, records, TensorBoard, progress, summary, close) |
+
+No module here imports model code: a training state's checks live in :mod:`trm.train_state`
+and reach the session as a callable.
 
 Names are imported lazily, so ``import trm.run.storage`` stays cheap (no torch).
 """
@@ -26,6 +31,7 @@ _EXPORTS = {
     "CheckpointManager": "trm.run.checkpoints", "CheckpointError": "trm.run.checkpoints",
     "export_state_dict": "trm.run.checkpoints", "load_state_dict_file": "trm.run.checkpoints",
     "SummaryWriterSync": "trm.run.tensorboard",
+    "RunSession": "trm.run.session",
 }
 
 __all__ = sorted(_EXPORTS)
