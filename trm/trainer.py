@@ -41,7 +41,7 @@ from trm.experiment import (DataShape, TrainConfig, TrainingError,  # noqa: F401
                             total_steps)
 from trm.optim.schedules import StepLRs
 from trm.run.session import Pace, RunSession, diverged_message
-from trm.runtime import Runtime, init_runtime
+from trm.runtime import Runtime, forward_dtype_rule, init_runtime
 from trm.train_state import TrainState, check_train_state, process_state, state_is_sound
 
 log = logging.getLogger("trm.train")
@@ -421,13 +421,14 @@ class Trainer:
     def _describe(self) -> Dict[str, Any]:
         """The run's fields in run.json: its length, model, device and data."""
         rt, model, data_dir = self.runtime, self.model, self.data_dir
+        auto = self.cfg.forward_dtype == "auto"
         return dict(total_steps=self.total_steps, num_params=model.num_params(),
                     flops_per_example=model.flops_per_example(max_steps=None, training=True),
-                    trm_version=trm.__version__, device=str(rt.device), backend=rt.backend,
-                    world_size=rt.process_count, global_batch_size=self.cfg.global_batch_size,
+                    trm_version=trm.__version__, **rt.describe(),
+                    global_batch_size=self.cfg.global_batch_size,
                     data_dir=data_dir if isinstance(data_dir, str) else list(data_dir),
                     forward_dtype=str(model.forward_dtype).replace("torch.", ""),
-                    torch_threads=torch.get_num_threads())
+                    forward_dtype_rule=forward_dtype_rule(rt.device) if auto else "FORWARD_DTYPE")
 
     def _finish(self, status: str) -> Dict[str, Any]:
         if not self.session.started:

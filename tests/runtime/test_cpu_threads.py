@@ -62,3 +62,13 @@ def test_a_cpu_runtime_records_its_choice(machine, monkeypatch):
     from trm.runtime.distributed import init_runtime
     rt = init_runtime("cpu")
     assert rt.cpu_threads.startswith("1 (rule:") and torch.get_num_threads() == 1
+
+
+def test_the_forward_dtype_rule_says_why(monkeypatch):
+    monkeypatch.setenv("TRM_CPU_BF16", "0")
+    assert device.forward_dtype_rule(torch.device("cpu")) == "auto: TRM_CPU_BF16=0"
+    assert device.default_forward_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.delenv("TRM_CPU_BF16")
+    native = device.cpu_has_native_bf16()
+    assert ("natively" in device.forward_dtype_rule(torch.device("cpu"))) == native
+    assert device.forward_dtype_rule(torch.device("cuda")) == "auto: bfloat16 on cuda"

@@ -51,6 +51,10 @@ def test_cpu_training_learns_and_evaluates(sudoku4, tmp_path):
     run = json.load(open(os.path.join(wd, "run.json")))
     assert run["status"] == "completed" and run["last_step"] == 120 and run["end_time"]
     assert run["num_params"] > 0 and run["best"]["metric"] == "eval/exact_accuracy"
+    # what changes results is recorded: the compute dtype and why, torch, its threads and why
+    assert run["forward_dtype"] == "float32" and run["forward_dtype_rule"] == "FORWARD_DTYPE"
+    assert run["torch_version"] == torch.__version__ and run["torch_threads"] >= 1
+    assert run["cpu_threads_rule"].startswith(f"{run['torch_threads']} (")
     for name in ("config.gin", "operative_config.gin", "command.json"):
         assert os.path.exists(os.path.join(wd, name)), name
     assert "model.trm.hidden_size" in open(os.path.join(wd, "operative_config.gin")).read()

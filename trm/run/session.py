@@ -195,7 +195,9 @@ class RunSession:
                   f"{step}/{self.total_steps}: {fields['num_params']:,} parameters, "
                   f"device {fields['device']}, forward {fields['forward_dtype']}"
                   f"{' (auto)' if forward_auto else ''}, "
-                  f"{fields['torch_threads']} torch threads", flush=True)
+                  f"{fields['torch_threads']} torch threads"
+                  f"{' = ' + fields['cpu_threads_rule'] if fields.get('cpu_threads_rule') else ''}",
+                  flush=True)
         if not resumed:
             self.writer.scalars({"params/num_params": float(fields["num_params"])}, 0)
             # TensorBoard's HParams dashboard: this run is one trial, its macros the columns

@@ -154,6 +154,17 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
             f"less {load:.1f} busy by the load average; TRM_CPU_THREADS overrides)")
 
 
+def forward_dtype_rule(device: torch.device) -> str:
+    """Why ``FORWARD_DTYPE='auto'`` picks :func:`default_forward_dtype` on ``device`` (run.json
+    records it beside the dtype)."""
+    if device.type != "cpu":
+        return f"auto: bfloat16 on {device.type}"
+    if os.environ.get("TRM_CPU_BF16", "").strip():
+        return f"auto: TRM_CPU_BF16={os.environ['TRM_CPU_BF16'].strip()}"
+    return ("auto: this CPU computes bfloat16 natively" if cpu_has_native_bf16() else
+            "auto: this CPU has no native bfloat16 (float32 is faster); TRM_CPU_BF16=1 overrides")
+
+
 def default_forward_dtype(device: torch.device) -> torch.dtype:
     """The forward dtype ``FORWARD_DTYPE='auto'`` picks: bfloat16 on TPU/GPU (as the
     reference) and on CPUs with native bf16 (master weights, losses and norm statistics stay

@@ -61,6 +61,13 @@ class Runtime:
     backend: str = "none"  # "none" | "gloo" | "nccl" | "xla"
     cpu_threads: str = ""  # torch's CPU threads and the rule that chose them (CPU runs)
 
+    def describe(self) -> Dict[str, Any]:
+        """This process's runtime as run.json records it: device, backend, process count, the
+        torch version and CPU threads (with the rule that chose them)."""
+        return dict(device=str(self.device), backend=self.backend, world_size=self.process_count,
+                    torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
+                    cpu_threads_rule=self.cpu_threads or None)
+
     @property
     def is_main(self) -> bool:
         return self.process_index == 0
