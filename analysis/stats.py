@@ -14,7 +14,10 @@ them gives intervals that shrink with the number of puzzles however much seeds d
   method then reads ``"t, sd floor"``. Without a resolution (e.g. a loss) all-equal seeds give
   no interval (``"none"``), and the table says so.
 * :func:`paired_seed_interval` -- the same for a contrast of two arms trained with the same
-  seeds: the t interval of the per-seed differences.
+  seeds: the t interval of the per-seed differences. :func:`paired_seed_p` is the two-sided
+  p-value of the same paired t (the same standard deviation, floored alike), so ``p < 0.05``
+  exactly when the 95 % interval excludes zero.
+* :func:`holm` -- Holm-Bonferroni step-down adjusted p-values for a family of contrasts.
 * :func:`single_run_interval` -- the Wilson score interval of one run's whole-puzzle accuracy
   (``k`` of ``N`` puzzles solved): the only place a binomial interval is used.
 * :func:`aggregate` -- groups a per-run summary and reports, per group, the runs, seeds and
@@ -38,7 +41,7 @@ import pandas as pd
 from scipy import stats as _sps
 
 __all__ = ["Interval", "METHODS", "interval_label", "seed_interval", "paired_seed_interval",
-           "single_run_interval", "per_seed", "wilson_interval", "t_interval",
+           "paired_seed_p", "holm", "single_run_interval", "per_seed", "wilson_interval", "t_interval",
            "bootstrap_interval", "aggregate", "counts", "is_proportion", "AGG_COLUMNS"]
 
 Bounds = Optional[Tuple[float, float]]
@@ -145,13 +148,8 @@ def seed_interval(per_seed: Sequence[float], confidence: float = 0.95, *,
     (method ``"t, sd floor"``); with fewer than 2 values, or no spread and no floor, there is
     no interval (``"none"``, nan bounds)."""
     x = _finite(per_seed)
-    if len(x) < 2:
-        return Interval(math.nan, math.nan, "none", len(x))
-    sd = float(np.std(x, ddof=1))
-    method = "t"
-    if floor_sd is not None and floor_sd > 0 and sd < floor_sd:
-        sd, method = float(floor_sd), "t, sd floor"
-    if not sd > 0:
+    sd, method = _seed_sd(x, floor_sd)
+    if method == "none":
         return Interval(math.nan, math.nan, "none", len(x))
     lo, hi = _sps.t.interval(confidence, len(x) - 1, loc=float(x.mean()),
                              scale=sd / math.sqrt(len(x)))
@@ -159,13 +157,64 @@ def seed_interval(per_seed: Sequence[float], confidence: float = 0.95, *,
     return Interval(lo, hi, method, len(x))
 
 
-def paired_seed_interval(a: Mapping[Any, float], b: Mapping[Any, float],
-                         confidence: float = 0.95, *, floor_sd: Optional[float] = None
-                         ) -> Interval:
-    """The t interval of ``b - a`` over the seeds both arms ran (``{seed: value}`` each):
-    :func:`seed_interval` of the per-seed differences."""
+def _seed_sd(x: np.ndarray, floor_sd: Optional[float]) -> Tuple[float, str]:
+    """The standard deviation :func:`seed_interval` uses (floored) and its method name."""
+    if len(x) < 2:
+        return (math.nan, "none")
+    sd = float(np.std(x, ddof=1))
+    method = "t"
+    if floor_sd is not None and floor_sd > 0 and sd < floor_sd:
+        sd, method = float(floor_sd), "t, sd floor"
+    return (sd, method) if sd > 0 else (math.nan, "none")
+
+
+def _paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> List[float]:
     common = sorted(set(a) & set(b), key=str)
-    return seed_interval([b[s] - a[s] for s in common], confidence, floor_sd=floor_sd)
+    return [b[s] - a[s] for s in common]
+
+
+def paired_seed_interval(a: Mapping[Any, float], b: Mapping[Any, float],
+                         confidence: float = 0.95, *, floor_sd: Optional[float] = None,
+                         bounds: Bounds = None) -> Interval:
+    """The t interval of ``b - a`` over the seeds both arms ran (``{seed: value}`` each):
+    :func:`seed_interval` of the per-seed differences (``bounds``: the range the difference
+    can take, e.g. ``(-1, 1)`` for two accuracies)."""
+    return seed_interval(_paired(a, b), confidence, floor_sd=floor_sd, bounds=bounds)
+
+
+def paired_seed_p(a: Mapping[Any, float], b: Mapping[Any, float], *,
+                  floor_sd: Optional[float] = None) -> float:
+    """Two-sided p-value that ``b - a`` is zero on average, from the paired t over seeds of
+    :func:`paired_seed_interval` (``n - 1`` degrees of freedom, the same floored standard
+    deviation). nan where that interval is ``"none"``."""
+    x = _finite(_paired(a, b))
+    sd, method = _seed_sd(x, floor_sd)
+    if method == "none":
+        return math.nan
+    t = float(x.mean()) / (sd / math.sqrt(len(x)))
+    return float(2.0 * _sps.t.sf(abs(t), len(x) - 1))
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given (Holm 1979, step-down).
+
+    The ``i``-th smallest of ``m`` p-values is multiplied by ``m - i + 1`` (``i`` from 1), each
+    adjusted value is raised to the largest before it in that order (so the adjusted values
+    keep the raw ones' order) and capped at 1. Rejecting where the adjusted value is below
+    ``alpha`` controls the family-wise error rate at ``alpha``. Raises ValueError for a value
+    that is not a probability (nan included).
+    """
+    p = np.asarray(list(p_values), dtype=float)
+    bad = [float(v) for v in p if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {bad}; drop contrasts "
+                         "without a p-value before adjusting")
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(steps, 1.0)
+    return [float(v) for v in adjusted]
 
 
 def single_run_interval(accuracy: float, count: float, confidence: float = 0.95) -> Interval:

@@ -8,30 +8,33 @@ a CPU budget, with three seeds per arm and the same number of optimizer steps fo
   them) — every configuration of the study, once: a label, the twin's gin file and any extra
   bindings.
 * :data:`ABLATIONS` — each ablation as a *contrast* of arms (``effect = sum w_a * mean_a``):
-  a difference of two arms, or for LR x batch the interaction of a 2 x 2 grid. The paper's
-  direction and, where the paper publishes one, its number come from :mod:`analysis.published`.
-* :func:`analyze` — per arm: mean exact accuracy over seeds, the pooled Wilson interval over all
-  its seeds' test puzzles and the seed-to-seed spread; per ablation: the effect and its own 95 %
-  interval (below); ``agrees`` is ``True`` when the interval excludes zero in the paper's
-  direction, ``False`` when it excludes zero in the other direction, else ``"inconclusive"``.
-  An ablation with an arm that has fewer than :data:`MIN_SEEDS` finished seeds is ``"pending"``.
-* :func:`write_report` — ``results.json``, ``RESULTS.md`` and the plots.
+  a difference of two arms, or for LR x batch the interaction of a 2 x 2 grid. The expected
+  direction is the paper's (with its number from :mod:`analysis.published` where it publishes
+  one) or, where the paper says nothing, the study plan's hypothesis (``Ablation.source``).
+* :func:`analyze` — per arm: the mean exact accuracy over seeds and its interval; per
+  ablation: the effect, its interval and p-value, the Holm-adjusted p-value over the family of
+  ablations, and a verdict from each (below). An ablation with an arm that has fewer than
+  :data:`MIN_SEEDS` finished seeds is ``"pending"``.
+* :func:`write_report` — ``results.json``, ``RESULTS.md`` and the figures (PNG, SVG, PDF).
 
-The effect interval. Seeds are matched across arms: seed ``s`` gives every arm the same data
+Intervals: the library's one method (:mod:`analysis.stats`). An arm's interval is
+:func:`~analysis.stats.seed_interval` of its per-seed accuracies (Student t over the seeds, the
+spread floored at one test puzzle, clipped to [0, 1]); the 500 puzzles of a run are never
+pooled across seeds. Seeds are matched across arms (seed ``s`` gives every arm the same data
 order and halting-exploration draws and, where the parameter shapes agree, the same
-initialisation. Much of the seed-to-seed spread is therefore shared by the arms, and an effect
-is measured per seed (``sum w_a * acc_a(s)``) and then averaged. Its 95 % interval is the
-*wider* (union) of two paired intervals, each kept inside the effect's range: (1) a hierarchical
-percentile bootstrap over seeds and puzzles: each replicate draws seeds with replacement, the
-same for every arm, and for each drawn seed each arm's ``n`` test puzzles (a binomial draw at
-that seed's accuracy); (2) a Student t interval over the per-seed effects. With three seeds the
-bootstrap alone is too narrow (it cannot see more spread than three values show) and the t
-interval alone ignores nothing but is coarse; the union is the conservative choice. Arms
-without common seeds fall back to the unpaired forms (per-arm bootstrap, Welch t).
+initialisation), so a contrast is measured per seed, ``sum w_a * acc_a(s)`` over the seeds
+every arm of it ran, and its interval and p-value are the paired t over those per-seed effects
+(:func:`~analysis.stats.paired_seed_interval`, :func:`~analysis.stats.paired_seed_p`). The
+ablations' p-values are adjusted together with :func:`~analysis.stats.holm`. A verdict is
+``"agrees"`` when the p-value is below ``1 - confidence`` and the effect has the expected
+sign, ``"disagrees"`` when it is below with the other sign, else ``"inconclusive"``; with three
+seeds the Holm verdict (``verdict_holm``) is the one that counts.
 
 Command line::
 
     python -m studies.cpu_study.analysis --runs=runs/cpu_study --out=docs/results/cpu_study
+    python -m studies.cpu_study.analysis --results=docs/results/cpu_study/results.json \\
+        --out=docs/results/cpu_study   # again from the runs recorded in a results.json
 """
 
 from __future__ import annotations
@@ -45,16 +48,22 @@ import shlex
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import matplotlib.lines as mlines
+import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis import stats
+from analysis.plots import _legend_outside, save_figure
 from analysis.published import get as _published
 from studies.cpu_study.sweep import ARM_BY_LABEL, ARMS, SEEDS, STUDY_STEPS
 
-__all__ = ["Ablation", "ARMS", "ABLATIONS", "STUDY_STEPS", "MIN_SEEDS", "SEEDS",
-           "contrast_interval", "analyze", "write_report", "main"]
+__all__ = ["Ablation", "ARMS", "ABLATIONS", "STUDY_STEPS", "MIN_SEEDS", "SEEDS", "contrast",
+           "analyze", "load", "load_results", "write_report", "main"]
 
 METRIC = "eval/exact_accuracy"
 MIN_SEEDS = 3
+PAPER = "paper"
+HYPOTHESIS = "hypothesis (study plan)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +75,13 @@ class Ablation:
       title: one line for the report.
       arms: the arms shown for this ablation, in plotting order.
       weights: the contrast, arm label -> weight; ``effect = sum w * mean accuracy``.
-      direction: +1 when the paper (or the study plan's hypothesis) expects a positive effect.
+      direction: +1 when a positive effect is expected.
       paper_direction: the expectation in words.
       paper_effect: the paper's own effect in accuracy points, where it publishes both arms.
       paper_arms: arm label -> the paper's number for that configuration (percent), if any.
       effect_text: what the effect measures, in words.
+      source: where the expectation comes from: :data:`PAPER` or, where the paper says nothing
+        about it, :data:`HYPOTHESIS`.
     """
 
     name: str
@@ -84,6 +95,7 @@ class Ablation:
     paper_arms: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: secondary contrasts reported with the ablation (no verdict): (definition, weights)
     also: Tuple[Tuple[str, Mapping[str, float]], ...] = ()
+    source: str = PAPER
 
     @property
     def bound(self) -> float:
@@ -91,8 +103,6 @@ class Ablation:
         pos = sum(w for w in self.weights.values() if w > 0)
         neg = -sum(w for w in self.weights.values() if w < 0)
         return float(max(pos, neg))
-
-
 
 
 def _pp(experiment: str, label: Optional[str] = None) -> float:
@@ -129,21 +139,24 @@ def _ablations() -> Tuple[Ablation, ...]:
                        ("8 supervision steps minus 2", {"base": 1, "ds2": -1}))),
         Ablation("e3_2_data", "E3.2 data size: 4000 vs 250 training puzzles (x8 augmentations)",
                  ("p250", "base", "p4000"), {"p4000": 1, "p250": -1}, +1,
-                 "more distinct puzzles, lower error (power law; no published number)",
-                 "4000 puzzles minus 250"),
+                 "more distinct puzzles, lower error (the paper reports no data-size result)",
+                 "4000 puzzles minus 250", source=HYPOTHESIS),
         Ablation("e3_3_lr_batch",
                  "E3.3 LR x batch: does the larger batch gain more from the larger lr?",
                  ("b32_lr1e-3", "b32_lr3e-3", "base", "b64_lr3e-3"),
                  {"b64_lr3e-3": 1, "base": -1, "b32_lr3e-3": -1, "b32_lr1e-3": 1}, +1,
-                 "the optimal lr grows with the batch size (no published number)",
+                 "the optimal lr grows with the batch size (the paper reports no LR x batch "
+                 "result)",
                  "(lr 3e-3 minus 1e-3 at batch 64) minus (the same at batch 32)",
+                 source=HYPOTHESIS,
                  also=(("lr 3e-3 minus 1e-3 at batch 64", {"b64_lr3e-3": 1, "base": -1}),
                        ("lr 3e-3 minus 1e-3 at batch 32",
                         {"b32_lr3e-3": 1, "b32_lr1e-3": -1}))),
         Ablation("e3_1_width", "E3.1 model size: hidden 128 vs hidden 32",
                  ("h32", "base", "h128"), {"h128": 1, "h32": -1}, +1,
-                 "more parameters, lower error at fixed data (power law; no published number)",
-                 "hidden 128 minus hidden 32"),
+                 "more parameters, lower error at fixed data (the paper's only size result "
+                 "is depth: 4 layers do worse than 2)",
+                 "hidden 128 minus hidden 32", source=HYPOTHESIS),
     )
 
 
@@ -151,106 +164,62 @@ ABLATIONS: Tuple[Ablation, ...] = _ablations()
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
+# Statistics (analysis.stats: t over seeds, paired over matched seeds, Holm)
 
 
-def _welch(groups: Sequence[Tuple[float, np.ndarray]], confidence: float
-           ) -> Tuple[float, float]:
-    """Welch t interval of ``sum w * mean(x)`` for (weight, seed values) groups."""
-    from scipy import stats as sps
-
-    var_terms = []
-    for w, x in groups:
-        if len(x) < 2:
-            return (math.nan, math.nan)
-        var_terms.append((w * w * float(np.var(x, ddof=1)) / len(x), len(x)))
-    est = sum(w * float(np.mean(x)) for w, x in groups)
-    se2 = sum(v for v, _ in var_terms)
-    if not se2 > 0:
-        return (est, est)
-    df = se2 ** 2 / sum(v * v / (n - 1) for v, n in var_terms if v > 0)
-    half = float(sps.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(se2)
-    return (est - half, est + half)
+def arm_interval(per_seed: Sequence[float], puzzles: Sequence[int],
+                 confidence: float = 0.95) -> stats.Interval:
+    """An arm's interval: :func:`analysis.stats.seed_interval` of its per-seed accuracies,
+    the spread floored at one puzzle of the smallest test set, clipped to [0, 1]."""
+    return stats.seed_interval(per_seed, confidence, floor_sd=_one_puzzle(puzzles),
+                               bounds=(0.0, 1.0))
 
 
-def _bootstrap(groups: Sequence[Tuple[float, np.ndarray, np.ndarray]], confidence: float,
-               n_boot: int, seed: int, paired: bool = False) -> Tuple[float, float]:
-    """Hierarchical percentile bootstrap of ``sum w * mean(acc)``: seeds, then puzzles.
-
-    ``groups`` holds (weight, per-seed accuracies, per-seed puzzle counts). ``paired``: the
-    arms are seed-matched (same seeds, same order), so the seeds are resampled jointly for every
-    arm (the same drawn seeds, then each arm's puzzles of those seeds); otherwise each arm's
-    seeds are resampled independently.
-    """
-    rng = np.random.default_rng(seed)
-    shared = (rng.integers(0, len(groups[0][1]), size=(n_boot, len(groups[0][1])))
-              if paired else None)
-    total = np.zeros(n_boot)
-    for w, acc, n in groups:
-        idx = shared if paired else rng.integers(0, len(acc), size=(n_boot, len(acc)))
-        counts = n[idx].astype(np.int64)
-        draws = rng.binomial(counts, acc[idx]) / np.maximum(counts, 1)
-        total += w * draws.mean(axis=1)
-    lo, hi = np.quantile(total, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return (float(lo), float(hi))
+def _one_puzzle(puzzles: Sequence[int]) -> Optional[float]:
+    n = [int(x) for x in puzzles if x]
+    return 1.0 / min(n) if n else None
 
 
-def contrast_interval(arms: Mapping[str, Tuple[Sequence[float], ...]],
-                      weights: Mapping[str, float], *, confidence: float = 0.95,
-                      n_boot: int = 20000, seed: int = 0) -> Dict[str, Any]:
-    """The effect ``sum w_a * mean_a`` and its interval (module docstring).
+def contrast(arms: Mapping[str, Mapping[int, Tuple[float, int]]], weights: Mapping[str, float],
+             *, confidence: float = 0.95) -> Dict[str, Any]:
+    """The effect ``sum w_a * acc_a`` paired over the seeds every arm of it ran.
 
     Args:
-      arms: arm label -> (per-seed accuracies in [0, 1], per-seed numbers of test puzzles[,
-        the seeds]). With the seeds given and at least two seeds common to every arm of the
-        contrast, the arms are *seed-matched*: the effect is the mean over those seeds of the
-        per-seed contrast, and both intervals are paired (bootstrap resampling the seeds
-        jointly, t interval over the per-seed contrasts). Otherwise the arms are treated as
-        independent (bootstrap per arm, Welch t).
-      weights: the contrast.
-    Returns: ``effect``, ``ci`` (the union, clipped to the contrast's range), ``ci_bootstrap``,
-      ``ci_t`` (fractions; nan where it cannot be computed), ``paired`` and ``seeds`` (the
-      seeds used when paired).
+      arms: arm label -> {seed: (accuracy in [0, 1], number of test puzzles)}.
+      weights: the contrast, arm label -> weight.
+    Returns: ``effect`` (the mean over the common seeds of the per-seed contrast), ``ci``,
+      ``ci_method`` (:func:`analysis.stats.paired_seed_interval`: t over the per-seed
+      contrasts, the spread floored at one puzzle, clipped to the contrast's range), ``p``
+      (:func:`analysis.stats.paired_seed_p`, the same t), ``seeds`` and ``per_seed`` (the
+      per-seed contrasts); fractions; nan where there are fewer than two common seeds.
     """
-    data = {}
     for label in weights:
-        entry = arms[label]
-        acc = np.asarray(entry[0], dtype=float)
-        n = np.asarray(entry[1], dtype=float)
-        if len(acc) == 0 or np.any(~np.isfinite(acc)):
-            raise ValueError(f"arm {label!r} has no finite results")
-        if np.any((acc < 0) | (acc > 1)):
-            raise ValueError(f"arm {label!r}: accuracies must lie in [0, 1], got {acc}")
-        seeds = list(entry[2]) if len(entry) > 2 else None
-        data[label] = (acc, n, seeds)
+        bad = [a for a, _ in arms[label].values() if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"arm {label!r}: accuracies must lie in [0, 1], got {bad}")
+    seeds = sorted(set.intersection(*(set(arms[label]) for label in weights)))
+    if not seeds:
+        raise ValueError(f"arms {sorted(weights)} share no seed: a contrast needs matched seeds")
+    # b - a with b the positively and a the negatively weighted arms: the per-seed contrast
+    side = {sign: {s: sum(sign * w * arms[label][s][0] for label, w in weights.items()
+                          if sign * w > 0) for s in seeds} for sign in (1, -1)}
     bound = max(sum(w for w in weights.values() if w > 0),
                 -sum(w for w in weights.values() if w < 0))
-    common = None
-    if all(d[2] is not None for d in data.values()):
-        common = sorted(set.intersection(*(set(d[2]) for d in data.values())))
-    if common is not None and len(common) >= 2:
-        groups = []
-        for label, w in weights.items():
-            acc, n, seeds = data[label]
-            pos = [seeds.index(s) for s in common]
-            groups.append((float(w), acc[pos], n[pos]))
-        d = sum(w * acc for w, acc, _ in groups)
-        effect = float(np.mean(d))
-        b = _bootstrap(groups, confidence, n_boot, seed, paired=True)
-        t = _stats().t_interval(d, confidence)
-        paired = True
-    else:
-        groups = [(float(w), data[label][0], data[label][1]) for label, w in weights.items()]
-        effect = sum(w * float(np.mean(acc)) for w, acc, _ in groups)
-        b = _bootstrap(groups, confidence, n_boot, seed)
-        t = _welch([(w, acc) for w, acc, _ in groups], confidence)
-        paired, common = False, None
-    lows = [v for v in (b[0], t[0]) if np.isfinite(v)]
-    highs = [v for v in (b[1], t[1]) if np.isfinite(v)]
-    lo = max(-bound, min(lows)) if lows else math.nan
-    hi = min(bound, max(highs)) if highs else math.nan
-    return {"effect": effect, "ci": [lo, hi], "ci_bootstrap": list(b), "ci_t": list(t),
-            "paired": paired, "seeds": common}
+    floor = _one_puzzle([arms[label][s][1] for label in weights for s in seeds])
+    ci = stats.paired_seed_interval(side[-1], side[1], confidence, floor_sd=floor,
+                                    bounds=(-bound, bound))
+    per_seed = [side[1][s] - side[-1][s] for s in seeds]
+    return {"effect": float(np.mean(per_seed)), "ci": [ci.low, ci.high],
+            "ci_method": ci.method, "p": stats.paired_seed_p(side[-1], side[1], floor_sd=floor),
+            "seeds": seeds, "per_seed": per_seed}
+
+
+def verdict(effect: float, p: Optional[float], direction: int, alpha: float) -> str:
+    """``"agrees"`` / ``"disagrees"`` when ``p < alpha`` and the effect has / has not the
+    expected sign (``direction``), else ``"inconclusive"``."""
+    if p is None or not p < alpha:
+        return "inconclusive"
+    return "agrees" if effect * direction > 0 else "disagrees"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,94 +329,56 @@ def _wall(meta: Mapping[str, Any], path: str) -> Optional[float]:
         return None
 
 
+def load_results(path: str) -> List[Dict[str, Any]]:
+    """The runs recorded in a report's ``results.json`` (its ``runs``), as :func:`load` gives
+    them: the report can be written again from a committed results.json without the run
+    folders. A run recorded without ``final_step`` / ``total_steps`` takes the step of its last
+    evaluation and the report's ``steps_per_run``."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"cannot read {path!r} ({e}); give the results.json written by "
+                                "python -m studies.cpu_study.analysis") from e
+    if not isinstance(res, dict) or not isinstance(res.get("runs"), list):
+        raise FileNotFoundError(f"{path!r} has no 'runs' list: not a CPU study results.json")
+    runs = []
+    for r in res["runs"]:
+        last = r["history"][-1]["step"] if r.get("history") else None
+        runs.append({**r, "final_step": r.get("final_step", last),
+                     "total_steps": r.get("total_steps", res.get("steps_per_run"))})
+    return runs
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis
 
 
-def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
-            n_boot: int = 20000) -> Dict[str, Any]:
+def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> Dict[str, Any]:
     """Arms and ablations from loaded runs (only completed runs at the full budget count)."""
     done = [r for r in runs if r["status"] == "completed" and r["final"].get(METRIC) is not None
             and r.get("final_step") == r.get("total_steps")]
     by_arm: Dict[str, List[Mapping[str, Any]]] = {}
     for r in done:
         by_arm.setdefault(r["arm"], []).append(r)
-    arms: Dict[str, Dict[str, Any]] = {}
-    for arm in ARMS:
-        rs = sorted(by_arm.get(arm.label, []), key=lambda r: r["seed"])
-        if not rs:
-            arms[arm.label] = {"label": arm.label, "description": arm.description,
-                               "gin_file": arm.gin_file, "seeds": [], "n_seeds": 0}
-            continue
-        acc = np.array([float(r["final"][METRIC]) for r in rs])
-        n = np.array([int(r["final"].get("eval/count") or 0) for r in rs])
-        k = float(np.sum(np.round(acc * n)))
-        lo, hi = _stats().wilson_interval(k, float(np.sum(n)), confidence)
-        arms[arm.label] = {
-            "label": arm.label, "description": arm.description, "gin_file": arm.gin_file,
-            "seeds": [int(r["seed"]) for r in rs], "n_seeds": len(rs),
-            "per_seed": [float(a) for a in acc], "puzzles": [int(x) for x in n],
-            "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
-            "wilson": [lo, hi],
-            "cell_accuracy": float(np.mean([float(r["final"].get("eval/accuracy", math.nan))
-                                            for r in rs])),
-            "num_params": rs[0].get("num_params"),
-        }
-    ablations = []
-    for ab in ABLATIONS:
-        need = list(ab.weights)
-        seeds = {a: arms[a]["n_seeds"] for a in ab.arms}
-        entry: Dict[str, Any] = {
-            "name": ab.name, "title": ab.title, "paper_direction": ab.paper_direction,
-            "effect_definition": ab.effect_text, "weights": dict(ab.weights),
-            "paper_effect": ab.paper_effect, "paper_arms": dict(ab.paper_arms),
-            "arms": list(ab.arms), "seeds": min(seeds[a] for a in need),
-            "seeds_per_arm": seeds,
-        }
-        if any(arms[a]["n_seeds"] == 0 for a in need):
-            entry.update(effect=None, ci=None, agrees="pending")
-        else:
-            c = contrast_interval(
-                {a: (arms[a]["per_seed"], arms[a]["puzzles"], arms[a]["seeds"]) for a in need},
-                ab.weights,
-                confidence=confidence, n_boot=n_boot, seed=_stable_seed(ab.name))
-            lo, hi = c["ci"]
-            if entry["seeds"] < MIN_SEEDS:
-                verdict: Any = "pending"
-            elif lo > 0:
-                verdict = ab.direction > 0
-            elif hi < 0:
-                verdict = ab.direction < 0
-            else:
-                verdict = "inconclusive"
-            entry.update(effect=100 * c["effect"], ci=[100 * lo, 100 * hi],
-                         ci_bootstrap=[100 * v for v in c["ci_bootstrap"]],
-                         ci_t=[100 * v if np.isfinite(v) else None for v in c["ci_t"]],
-                         paired=c["paired"], paired_seeds=c["seeds"],
-                         per_seed_effect=(None if not c["paired"] else [
-                             100 * sum(w * arms[a]["per_seed"][arms[a]["seeds"].index(sd)]
-                                       for a, w in ab.weights.items())
-                             for sd in c["seeds"]]),
-                         agrees=verdict)
-        entry["also"] = []
-        for text, weights in ab.also:
-            if any(arms[a]["n_seeds"] < MIN_SEEDS for a in weights):
-                entry["also"].append({"definition": text, "effect": None, "ci": None})
-                continue
-            c = contrast_interval(
-                {a: (arms[a]["per_seed"], arms[a]["puzzles"], arms[a]["seeds"]) for a in weights},
-                weights, confidence=confidence, n_boot=n_boot, seed=_stable_seed(text))
-            entry["also"].append({"definition": text, "effect": 100 * c["effect"],
-                                  "ci": [100 * c["ci"][0], 100 * c["ci"][1]]})
-        ablations.append(entry)
+    arms = {arm.label: _arm_entry(arm, sorted(by_arm.get(arm.label, []),
+                                              key=lambda r: r["seed"]), confidence)
+            for arm in ARMS}
+    alpha = 1.0 - confidence
+    ablations = [_ablation_entry(ab, arms, confidence, alpha) for ab in ABLATIONS]
+    tested = [a for a in ablations if a["p"] is not None]
+    for a, p in zip(tested, stats.holm([a["p"] for a in tested])):
+        a["p_holm"] = p
+        a["verdict_holm"] = verdict(a["effect"], p, a["direction"], alpha)
     spreads = [a["std"] for a in arms.values() if a.get("std") is not None and a["n_seeds"] >= 2]
     walls = [r["wall_s"] for r in runs if r.get("wall_s")]
     cpu_s = sum((r["wall_s"] or 0) * (r.get("torch_threads") or 1) for r in runs)
     return {
         "metric": METRIC, "confidence": confidence, "steps_per_run": STUDY_STEPS,
-        "interval_method": "seed-matched arms: the union of a paired hierarchical bootstrap "
-                           "(seeds drawn jointly for all arms, then each arm's puzzles) and a "
-                           "t interval over the per-seed effects, clipped to the effect's range",
+        "interval_method": "arms: t interval over the seeds' accuracies (n = seeds, the spread "
+                           "floored at one puzzle); contrasts: paired t over the per-seed "
+                           "contrasts of matched seeds, p-values from the same t, "
+                           "Holm-adjusted over the ablations",
         "arms": arms, "ablations": ablations,
         "seed_spread": {"mean_std_points": 100 * float(np.mean(spreads)) if spreads else None,
                         "max_std_points": 100 * float(np.max(spreads)) if spreads else None,
@@ -458,21 +389,70 @@ def analyze(runs: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
     }
 
 
-def _stats():
-    """analysis.stats, imported when needed (it imports pandas; the sweep does not)."""
-    from analysis import stats
+def _arm_entry(arm, rs: Sequence[Mapping[str, Any]], confidence: float) -> Dict[str, Any]:
+    entry = {"label": arm.label, "description": arm.description, "gin_file": arm.gin_file,
+             "seeds": [int(r["seed"]) for r in rs], "n_seeds": len(rs)}
+    if not rs:
+        return entry
+    acc = [float(r["final"][METRIC]) for r in rs]
+    n = [int(r["final"].get("eval/count") or 0) for r in rs]
+    ci = arm_interval(acc, n, confidence)
+    entry.update({
+        "per_seed": acc, "puzzles": n, "mean": float(np.mean(acc)),
+        "std": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
+        "ci": [v if np.isfinite(v) else None for v in (ci.low, ci.high)],
+        "ci_method": ci.method,
+        "cell_accuracy": float(np.mean([float(r["final"].get("eval/accuracy", math.nan))
+                                        for r in rs])),
+        "num_params": rs[0].get("num_params"),
+    })
+    return entry
 
-    return stats
+
+def _seed_table(arms: Mapping[str, Mapping[str, Any]], labels) -> Dict[str, Dict[int, Any]]:
+    return {a: dict(zip(arms[a]["seeds"], zip(arms[a]["per_seed"], arms[a]["puzzles"])))
+            for a in labels}
 
 
-def _stable_seed(name: str) -> int:
-    return sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2 ** 31)
+def _points(c: Mapping[str, Any]) -> Dict[str, Any]:
+    """A contrast in accuracy points (nan bounds as None, for JSON)."""
+    return {"effect": 100 * c["effect"],
+            "ci": [100 * v if np.isfinite(v) else None for v in c["ci"]],
+            "ci_method": c["ci_method"], "p": c["p"] if np.isfinite(c["p"]) else None,
+            "paired_seeds": c["seeds"], "per_seed_effect": [100 * v for v in c["per_seed"]]}
+
+
+def _ablation_entry(ab: Ablation, arms: Mapping[str, Mapping[str, Any]], confidence: float,
+                    alpha: float) -> Dict[str, Any]:
+    seeds = {a: arms[a]["n_seeds"] for a in ab.arms}
+    entry: Dict[str, Any] = {
+        "name": ab.name, "title": ab.title, "source": ab.source,
+        "paper_direction": ab.paper_direction, "direction": ab.direction,
+        "effect_definition": ab.effect_text, "weights": dict(ab.weights),
+        "paper_effect": ab.paper_effect, "paper_arms": dict(ab.paper_arms),
+        "arms": list(ab.arms), "seeds": min(seeds[a] for a in ab.weights),
+        "seeds_per_arm": seeds, "effect": None, "ci": None, "p": None, "p_holm": None,
+        "verdict_raw": "pending", "verdict_holm": "pending",
+    }
+    if entry["seeds"] >= MIN_SEEDS:
+        entry.update(_points(contrast(_seed_table(arms, ab.weights), ab.weights,
+                                      confidence=confidence)))
+        entry["verdict_raw"] = verdict(entry["effect"], entry["p"], ab.direction, alpha)
+        entry["verdict_holm"] = "inconclusive"  # analyze() adjusts the p-values it has
+    entry["also"] = []
+    for text, weights in ab.also:
+        extra = {"definition": text, "effect": None, "ci": None, "p": None}
+        if all(arms[a]["n_seeds"] >= MIN_SEEDS for a in weights):
+            extra.update(_points(contrast(_seed_table(arms, weights), weights,
+                                          confidence=confidence)))
+        entry["also"].append(extra)
+    return entry
 
 
 def _public_run(r: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: r[k] for k in ("name", "arm", "seed", "status", "command", "wall_s",
-                              "torch_threads", "forward_dtype", "num_params", "final",
-                              "history", "git_commit")}
+    return {k: r.get(k) for k in ("name", "arm", "seed", "status", "command", "wall_s",
+                                  "torch_threads", "forward_dtype", "num_params", "final",
+                                  "final_step", "total_steps", "history", "git_commit")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,107 +463,138 @@ def _fmt_pct(v: Optional[float], digits: int = 1) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.{digits}f}%"
 
 
-def _fmt_pts(v: Optional[float]) -> str:
-    return "n/a" if v is None else f"{v:+.1f}"
+def _fmt_p(p: Optional[float]) -> str:
+    return "n/a" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _verdict(v: Any) -> str:
-    return {True: "agrees", False: "disagrees"}.get(v, str(v)) if isinstance(v, bool) else str(v)
+def _fmt_ci(ci: Optional[Sequence[Optional[float]]]) -> str:
+    return "n/a" if not ci or ci[0] is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 
-def _plt():
-    import matplotlib
+def _expected(ab: Mapping[str, Any]) -> str:
+    return f"{'+' if ab['direction'] > 0 else '-'}, {ab['source']}"
 
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _observed(ab: Mapping[str, Any]) -> str:
+    return "" if ab["effect"] is None else ("+" if ab["effect"] > 0 else
+                                            "-" if ab["effect"] < 0 else "0")
+
+
+def _legend_below(fig, ax, ncol: int = 2):
+    """Lays the figure out, then puts the legend under the axes and their labels (off the
+    data; saved with ``bbox_inches="tight"``, so the file grows to hold it)."""
+    fig.tight_layout()
+    box = ax.get_tightbbox(fig.canvas.get_renderer()).transformed(ax.transAxes.inverted())
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, box.y0), ncol=ncol, fontsize=7,
+                     frameon=False)
+
+
+def _arm_bars(res: Mapping[str, Any], labels: Sequence[str]) -> Tuple[List[float], List, str]:
+    """Means (%), their error bars (%) and what the bars are, for arms with results."""
+    arms = res["arms"]
+    means = [100 * arms[a]["mean"] for a in labels]
+    lows, highs = [], []
+    for a, m in zip(labels, means):
+        lo, hi = (100 * v if v is not None and np.isfinite(v) else m for v in arms[a]["ci"])
+        lows.append(m - lo)
+        highs.append(hi - m)
+    n = sorted({arms[a]["n_seeds"] for a in labels})
+    what = (stats.interval_label([arms[a]["ci_method"] for a in labels], res["confidence"])
+            .replace("; ", ";\n") + f" (n = {'/'.join(map(str, n))} seeds)")
+    return means, [lows, highs], what
 
 
 def arms_figure(res: Mapping[str, Any], name: str):
-    """Bar chart of one ablation's arms: mean over seeds, pooled Wilson 95% bars, each seed as
-    a dot, the paper's number as a green dash. None when no arm has finished runs."""
-    plt = _plt()
+    """Bar chart of one ablation's arms: mean over seeds with its seed-level interval, each
+    seed as a dot, the paper's number as a green dash. None when no arm has finished runs."""
     arms = res["arms"]
     ab = next(a for a in res["ablations"] if a["name"] == name)
     labels = [a for a in ab["arms"] if arms[a]["n_seeds"]]
     if not labels:
         return None
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(labels), 3.4))
-    paper_labelled = False
-    for i, a in enumerate(labels):
-        d = arms[a]
-        lo, hi = d["wilson"]
-        ax.bar(i, 100 * d["mean"], width=0.6,
-               color="#3182bd" if ab["weights"].get(a, 0) else "#9ecae1")
-        ax.errorbar(i, 100 * d["mean"], yerr=[[100 * (d["mean"] - lo)], [100 * (hi - d["mean"])]],
-                    color="black", capsize=4)
-        ax.scatter([i] * len(d["per_seed"]), [100 * v for v in d["per_seed"]], color="#e6550d",
-                   zorder=3, s=14, label="seeds" if i == 0 else None)
-        paper = ab["paper_arms"].get(a)
-        if paper is not None:
-            ax.scatter([i], [paper], marker="_", s=400, color="#31a354", zorder=4,
-                       label=None if paper_labelled else "paper (Sudoku-Extreme)")
-            paper_labelled = True
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=20)
+    means, yerr, what = _arm_bars(res, labels)
+    fig, ax = plt.subplots(figsize=(3.6 + 0.8 * len(labels), 3.4))
+    x = np.arange(len(labels))
+    used = np.array([bool(ab["weights"].get(a)) for a in labels])
+    ax.bar(x[used], np.array(means)[used], width=0.6, color="#3182bd",
+           label="arm of the contrast")
+    if (~used).any():
+        ax.bar(x[~used], np.array(means)[~used], width=0.6, color="#9ecae1", label="other arm")
+    ax.errorbar(x, means, yerr=yerr, fmt="none", ecolor="black", capsize=4, label=what)
+    sx = [i for i, a in enumerate(labels) for _ in arms[a]["per_seed"]]
+    sy = [100 * v for a in labels for v in arms[a]["per_seed"]]
+    ax.scatter(sx, sy, color="#e6550d", zorder=3, s=14, label="one seed")
+    paper = [(i, ab["paper_arms"][a]) for i, a in enumerate(labels) if a in ab["paper_arms"]]
+    if paper:
+        ax.scatter(*zip(*paper), marker="_", s=400, color="#31a354", zorder=4,
+                   label="paper (Sudoku-Extreme)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylim(0, 100)
     ax.set_ylabel("exact accuracy (%)")
     ax.set_title(ab["title"].split(":")[0], fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
-    fig.tight_layout()
+    _legend_below(fig, ax)
     return fig
 
 
+_VERDICT_COLOR = {"agrees": "#31a354", "disagrees": "#de2d26", "inconclusive": "#636363"}
+
+
 def effects_figure(res: Mapping[str, Any]):
-    """Forest plot of every finished ablation's effect with its 95% interval (None if none)."""
-    plt = _plt()
+    """Forest plot of every finished ablation's effect with its paired interval, coloured by
+    the Holm verdict, raw and Holm p-values in the labels (None if none has finished)."""
     done = [ab for ab in res["ablations"] if ab["effect"] is not None]
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(done) + 1.5))
-    paper_labelled = False
+    fig, ax = plt.subplots(figsize=(8.5, 0.6 * len(done) + 1.6))
     for i, ab in enumerate(done):
-        lo, hi = ab["ci"]
-        color = ({True: "#31a354", False: "#de2d26"}[ab["agrees"]]
-                 if isinstance(ab["agrees"], bool) else "#636363")
-        ax.plot([lo, hi], [i, i], color=color, lw=2)
-        ax.scatter([ab["effect"]], [i], color=color, zorder=3)
+        color = _VERDICT_COLOR[ab["verdict_holm"]]
+        if ab["ci"][0] is not None:
+            ax.plot(ab["ci"], [i, i], color=color, lw=2)
+        raw = ab["verdict_raw"] != "inconclusive"  # filled: p < alpha before Holm
+        ax.scatter([ab["effect"]], [i], color=color if raw else "white", edgecolors=color,
+                   linewidths=1.5, zorder=3)
         if ab["paper_effect"] is not None:
-            ax.scatter([ab["paper_effect"]], [i], marker="x", color="black", zorder=4,
-                       label=None if paper_labelled else "paper's effect")
-            paper_labelled = True
+            ax.scatter([ab["paper_effect"]], [i], marker="x", color="black", zorder=4)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(done)))
-    ax.set_yticklabels([f"{ab['name']} ({ab['seeds']} seeds)" for ab in done])
-    ax.set_xlabel("effect (accuracy points, 95% interval)")
-    fig.suptitle("CPU study effects (95% intervals). Green: agrees with the paper's "
-                 "direction;\nred: disagrees; grey: inconclusive", fontsize=9)
-    if paper_labelled:
-        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticklabels([f"{ab['name']} ({ab['seeds']} seeds)\np = {_fmt_p(ab['p'])}, "
+                        f"Holm p = {_fmt_p(ab['p_holm'])}" for ab in done], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("effect (accuracy points)")
+    ax.set_title("CPU study: each ablation's effect", fontsize=10)
+    what = stats.interval_label([ab["ci_method"] for ab in done], res["confidence"])
+    handles = [mlines.Line2D([], [], color="black", lw=2,
+                             label=f"{what}\n(paired, per-seed effects)")]
+    handles += [mlines.Line2D([], [], color=c, marker="o", lw=2, label=f"{v} (after Holm)")
+                for v, c in _VERDICT_COLOR.items()]
+    handles += [mlines.Line2D([], [], color="black", marker="o", lw=0, label="p < "
+                              f"{1 - res['confidence']:.2g} before Holm"),
+                mlines.Line2D([], [], color="black", marker="o", markerfacecolor="white", lw=0,
+                              label=f"p >= {1 - res['confidence']:.2g} before Holm")]
+    if any(ab["paper_effect"] is not None for ab in done):
+        handles.append(mlines.Line2D([], [], color="black", marker="x", lw=0,
+                                     label="paper's effect"))
     fig.tight_layout()
+    _legend_outside(ax, handles=handles)
     return fig
 
 
 _TN_DEPTH = {"t1_n1": (1, 1), "t2_n2": (2, 2), "base": (2, 3), "t2_n6": (2, 6),
-             "t3_n4": (3, 4),
-             "t3_n6": (3, 6), "t4_n6": (4, 6)}
+             "t3_n4": (3, 4), "t3_n6": (3, 6), "t4_n6": (4, 6)}
 
 
 def tn_figure(res: Mapping[str, Any]):
     """Accuracy against the effective depth per supervision step, T (n + 1) x 2 layers."""
-    plt = _plt()
     arms = res["arms"]
     tn = [a for a in _TN_DEPTH if arms[a]["n_seeds"]]
     if len(tn) < 2:
         return None
     xs = [_TN_DEPTH[a][0] * (_TN_DEPTH[a][1] + 1) * 2 for a in tn]
-    means = [100 * arms[a]["mean"] for a in tn]
-    err = [[100 * (arms[a]["mean"] - arms[a]["wilson"][0]) for a in tn],
-           [100 * (arms[a]["wilson"][1] - arms[a]["mean"]) for a in tn]]
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    ax.errorbar(xs, means, yerr=err, fmt="o", capsize=4, color="#3182bd")
+    means, yerr, what = _arm_bars(res, tn)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    ax.errorbar(xs, means, yerr=yerr, fmt="o", capsize=4, color="#3182bd",
+                label=f"mean over seeds, {what}")
     for x, m, a in zip(xs, means, tn):
         t, n = _TN_DEPTH[a]
         ax.annotate(f"T={t}, n={n}", (x, m), textcoords="offset points", xytext=(5, 4),
@@ -591,15 +602,14 @@ def tn_figure(res: Mapping[str, Any]):
     ax.set_xlabel("effective depth per supervision step: T (n+1) x 2 layers")
     ax.set_ylabel("exact accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("E2.2 recursion schedule (mean over seeds, Wilson 95%)", fontsize=10)
-    fig.tight_layout()
+    ax.set_title("E2.2 recursion schedule", fontsize=10)
+    _legend_below(fig, ax)
     return fig
 
 
 def curves_figure(res: Mapping[str, Any], labels: Sequence[str]):
     """Exact accuracy at each evaluation, mean over seeds, one line per arm."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig, ax = plt.subplots(figsize=(6.2, 3.4))
     drawn = 0
     for label in labels:
         hist: Dict[int, List[float]] = {}
@@ -616,26 +626,25 @@ def curves_figure(res: Mapping[str, Any], labels: Sequence[str]):
         plt.close(fig)
         return None
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("exact accuracy (%)")
+    ax.set_ylabel("exact accuracy (%), mean over seeds")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    _legend_below(fig, ax)
     return fig
 
 
 def plot(res: Mapping[str, Any], out_dir: str) -> List[str]:
-    """Per-ablation arm plots, the T/n depth plot and the forest plot of the effects, as PNG
-    files in ``out_dir``; returns their names."""
-    plt = _plt()
+    """Per-ablation arm plots, the T/n depth plot and the forest plot of the effects, each as
+    PNG, SVG and PDF in ``out_dir`` (:func:`analysis.plots.save_figure`); returns the PNGs'
+    names."""
     files = []
-    figures = [(f"{ab['name']}.png", arms_figure(res, ab["name"])) for ab in res["ablations"]]
-    figures += [("e2_2_tn_depth.png", tn_figure(res)), ("effects.png", effects_figure(res))]
-    for fn, fig in figures:
+    figures = [(ab["name"], arms_figure(res, ab["name"])) for ab in res["ablations"]]
+    figures += [("e2_2_tn_depth", tn_figure(res)), ("effects", effects_figure(res))]
+    for name, fig in figures:
         if fig is None:
             continue
-        fig.savefig(os.path.join(out_dir, fn), dpi=110)
+        save_figure(fig, os.path.join(out_dir, name))
         plt.close(fig)
-        files.append(fn)
+        files.append(f"{name}.png")
     return files
 
 
@@ -658,6 +667,8 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
                     ) -> str:
     arms = res["arms"]
     c = res["compute"]
+    conf = f"{res['confidence']:.0%}"
+    family = sum(ab["p"] is not None for ab in res["ablations"])
     lines = [
         "# CPU study: results",
         "",
@@ -666,7 +677,13 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
         "",
         f"Metric: final exact (whole-board) accuracy on the 500 held-out puzzles after "
         f"{res['steps_per_run']} optimizer steps, per arm the mean over seeds. Arm intervals: "
-        f"pooled Wilson 95% over all seeds' puzzles. Effect intervals: {res['interval_method']}.",
+        f"{conf} t interval over the arm's per-seed accuracies (n = seeds, the spread floored "
+        "at one puzzle; puzzles are never pooled across seeds). Effects: per seed over matched "
+        f"seeds; their {conf} interval and p-value are the paired t over the per-seed effects, "
+        f"and the p-values of the {family} ablations are Holm-adjusted together. A verdict "
+        "compares the expected direction with the observed one where p < "
+        f"{1 - res['confidence']:.2g}; with 3 seeds the verdict after Holm is the one that "
+        "counts. Secondary contrasts (\"Also\") are descriptive: raw p, no verdict.",
         "",
         f"Runs: {c['completed']} completed of {c['runs']} started; "
         f"{c['wall_hours']:.2f} wall-hours, {c['cpu_hours']:.2f} CPU-hours (wall x torch "
@@ -678,65 +695,69 @@ def render_markdown(res: Mapping[str, Any], notes: Mapping[str, str], plots: Seq
                      f"over its seeds): {s['mean_std_points']:.1f} points on average, "
                      f"{s['max_std_points']:.1f} at most, over {s['arms']} arms.")
     lines += ["", "## Ablations", "",
-              "| ablation | effect measured | paper | ours (95% interval) | seeds | verdict |",
-              "|---|---|---|---|---|---|"]
+              f"| ablation | effect measured | expected (source) | observed | paper | ours, "
+              f"points [{conf} interval] | seeds | p | verdict | Holm p | verdict after Holm |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ab in res["ablations"]:
         paper = (f"{ab['paper_effect']:+.1f} pts" if ab["paper_effect"] is not None
-                 else "direction only")
+                 else "direction only" if ab["source"] == PAPER else "none")
         ours = ("pending" if ab["effect"] is None else
-                f"{ab['effect']:+.1f} pts [{ab['ci'][0]:+.1f}, {ab['ci'][1]:+.1f}]")
-        lines.append(f"| {ab['name']} | {ab['effect_definition']} | {paper} | {ours} | "
-                     f"{ab['seeds']} | **{_verdict(ab['agrees'])}** |")
+                f"{ab['effect']:+.1f} {_fmt_ci(ab['ci'])}")
+        lines.append(f"| {ab['name']} | {ab['effect_definition']} | {_expected(ab)} | "
+                     f"{_observed(ab)} | {paper} | {ours} | {ab['seeds']} | {_fmt_p(ab['p'])} | "
+                     f"{ab['verdict_raw']} | {_fmt_p(ab['p_holm'])} | "
+                     f"**{ab['verdict_holm']}** |")
     for ab in res["ablations"]:
-        lines += ["", f"### {ab['title']}", "", f"Paper: {ab['paper_direction']}."]
-        rows = []
-        for a in ab["arms"]:
-            d = arms[a]
-            if not d["n_seeds"]:
-                rows.append(f"| {a} | {d['description']} | pending | | |")
-                continue
-            per = ", ".join(f"{100 * v:.1f}" for v in d["per_seed"])
-            paper = ab["paper_arms"].get(a)
-            rows.append(f"| {a} | {d['description']} | {_fmt_pct(d['mean'])} "
-                        f"[{_fmt_pct(d['wilson'][0])}, {_fmt_pct(d['wilson'][1])}] | {per} | "
-                        f"{'' if paper is None else f'{paper:.1f}%'} |")
-        lines += ["", "| arm | configuration | mean [Wilson 95%] | per seed (%) | paper |",
-                  "|---|---|---|---|---|"] + rows
-        if ab["effect"] is None:
-            lines += ["", "Effect: pending (arms without finished runs)."]
-        else:
-            lines += ["", f"Effect ({ab['effect_definition']}): **{ab['effect']:+.1f} points**, "
-                          f"95% interval [{ab['ci'][0]:+.1f}, {ab['ci'][1]:+.1f}] "
-                          f"(bootstrap [{ab['ci_bootstrap'][0]:+.1f}, "
-                          f"{ab['ci_bootstrap'][1]:+.1f}], "
-                          + ("paired t " if ab["paired"] else "Welch t ")
-                          + ("n/a" if ab["ci_t"][0] is None else
-                             f"[{ab['ci_t'][0]:+.1f}, {ab['ci_t'][1]:+.1f}]")
-                          + ")" + ("; per seed " + ", ".join(f"{v:+.1f}"
-                                                          for v in ab["per_seed_effect"])
-                                   if ab["per_seed_effect"] else "")
-                          + f"; {ab['seeds']} seeds per arm. Verdict: "
-                          f"**{_verdict(ab['agrees'])}**."]
-        for extra in ab.get("also", []):
-            lines += ["", f"Also: {extra['definition']}: " + (
-                "pending" if extra["effect"] is None else
-                f"{extra['effect']:+.1f} points [{extra['ci'][0]:+.1f}, {extra['ci'][1]:+.1f}]")
-                + "."]
-        note = notes.get(ab["name"])
-        if note:
-            lines += ["", note]
-        elif ab["agrees"] is False:
-            lines += ["", "(No explanation recorded for this disagreement yet.)"]
-        if f"{ab['name']}.png" in plots:
-            lines += ["", f"![{ab['name']}]({ab['name']}.png)"]
-        if ab["name"] == "e2_2_tn" and "e2_2_tn_depth.png" in plots:
-            lines += ["", "![e2_2_tn depth](e2_2_tn_depth.png)"]
+        lines += ["", f"### {ab['title']}", ""]
+        lines += _ablation_section(ab, arms, conf, notes, plots)
     if "effects.png" in plots:
         lines += ["", "## All effects", "", "![effects](effects.png)"]
     lines += ["", "## Runs", "",
               "Every run's exact command, seed, wall time and final metrics are in "
               "`results.json` (`runs`).", ""]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_section(ab: Mapping[str, Any], arms: Mapping[str, Any], conf: str,
+                      notes: Mapping[str, str], plots: Sequence[str]) -> List[str]:
+    source = "Paper" if ab["source"] == PAPER else HYPOTHESIS[0].upper() + HYPOTHESIS[1:]
+    lines = [f"{source}: {ab['paper_direction']}.", "",
+             f"| arm | configuration | mean [{conf} t over seeds] | per seed (%) | paper |",
+             "|---|---|---|---|---|"]
+    for a in ab["arms"]:
+        d = arms[a]
+        if not d["n_seeds"]:
+            lines.append(f"| {a} | {d['description']} | pending | | |")
+            continue
+        per = ", ".join(f"{100 * v:.1f}" for v in d["per_seed"])
+        paper = ab["paper_arms"].get(a)
+        lines.append(f"| {a} | {d['description']} | {_fmt_pct(d['mean'])} "
+                     f"[{_fmt_pct(d['ci'][0])}, {_fmt_pct(d['ci'][1])}] | {per} | "
+                     f"{'' if paper is None else f'{paper:.1f}%'} |")
+    if ab["effect"] is None:
+        lines += ["", "Effect: pending (arms without 3 finished seeds)."]
+    else:
+        per = ", ".join(f"{v:+.1f}" for v in ab["per_seed_effect"])
+        lines += ["", f"Effect ({ab['effect_definition']}): **{ab['effect']:+.1f} points**, "
+                      f"{conf} interval {_fmt_ci(ab['ci'])} (paired t over seeds "
+                      f"{', '.join(map(str, ab['paired_seeds']))}; per seed {per}); "
+                      f"p = {_fmt_p(ab['p'])}, Holm p = {_fmt_p(ab['p_holm'])}. Verdict: "
+                      f"{ab['verdict_raw']} before Holm, **{ab['verdict_holm']}** after."]
+    for extra in ab.get("also", []):
+        lines += ["", f"Also: {extra['definition']}: " + (
+            "pending" if extra["effect"] is None else
+            f"{extra['effect']:+.1f} points {_fmt_ci(extra['ci'])}, p = {_fmt_p(extra['p'])}")
+            + "."]
+    note = notes.get(ab["name"])
+    if note:
+        lines += ["", note]
+    elif ab["verdict_holm"] == "disagrees":
+        lines += ["", "(No explanation recorded for this disagreement yet.)"]
+    if f"{ab['name']}.png" in plots:
+        lines += ["", f"![{ab['name']}]({ab['name']}.png)"]
+    if ab["name"] == "e2_2_tn" and "e2_2_tn_depth.png" in plots:
+        lines += ["", "![e2_2_tn depth](e2_2_tn_depth.png)"]
+    return lines
 
 
 def write_report(res: Mapping[str, Any], out_dir: str, notes: Optional[Mapping[str, str]] = None
@@ -760,24 +781,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studies.cpu_study.analysis",
                                 description="Report of the CPU study (results.json, RESULTS.md, "
                                             "plots) from the runs of the cpu_study sweep.")
-    p.add_argument("--runs", required=True, help="the --root given to launchers.local")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs", help="the --root given to launchers.local")
+    src.add_argument("--results", help="a results.json written by this command: the report "
+                                       "again from the runs it records (no run folders needed)")
     p.add_argument("--out", required=True, help="output folder (e.g. docs/results/cpu_study)")
     p.add_argument("--notes", default=None,
                    help="JSON file: ablation name -> a sentence for RESULTS.md (default: "
                         "<out>/notes.json when it exists)")
-    p.add_argument("--n_boot", type=int, default=20000)
     p.add_argument("--notebook", default=None,
                    help="after writing the report, execute this notebook in place so it is "
                         "committed with its outputs (studies/cpu_study/notebook.ipynb)")
     args = p.parse_args(argv)
     try:
-        runs = load(args.runs)
+        runs = load(args.runs) if args.runs else load_results(args.results)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not runs:
-        print(f"error: no cpu_study runs (<arm>_s<seed> folders with a run.json) under "
-              f"{args.runs!r}", file=sys.stderr)
+        print("error: no cpu_study runs " + (
+            f"(<arm>_s<seed> folders with a run.json) under {args.runs!r}" if args.runs
+            else f"in {args.results!r}"), file=sys.stderr)
         return 2
     notes_path = args.notes or os.path.join(args.out, "notes.json")
     notes: Dict[str, str] = {}
@@ -787,15 +811,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.notes:
         print(f"error: --notes file {args.notes!r} does not exist", file=sys.stderr)
         return 2
-    res = analyze(runs, n_boot=args.n_boot)
+    res = analyze(runs)
     paths = write_report(res, args.out, notes)
-    pend = [a["name"] for a in res["ablations"] if a["agrees"] == "pending"]
+    pend = [a["name"] for a in res["ablations"] if a["verdict_holm"] == "pending"]
     print(f"{res['compute']['completed']} completed runs; wrote {paths['markdown']} and "
           f"{paths['results']}" + (f"; pending: {', '.join(pend)}" if pend else ""))
     if args.notebook:
         render_notebook(args.notebook)
         print(f"rendered {args.notebook}")
     return 0
+
+
 
 
 if __name__ == "__main__":

@@ -155,3 +155,69 @@ def test_accuracy_intervals_stay_in_0_1():
     assert a["ci_low"] < 0 and a["eval_count"] == 100
     s = _summary([0.5, 0.5]).rename(columns={"final_eval_exact_accuracy": "final_eval_lm_loss"})
     assert stats.aggregate(s, "T", "final_eval_lm_loss").iloc[0]["ci_method"] == "none"
+
+
+@pytest.mark.parametrize("p,want", [
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04,
+    # then the running maximum (0.04 -> 0.06), back in the input order
+    ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),
+    # ties: 0.02 x3 = 0.06 and 0.02 x2 = 0.04 -> raised to 0.06; the tied values stay equal
+    ([0.02, 0.5, 0.02], [0.06, 0.5, 0.06]),
+    # capped at 1: 0.6 x2 = 1.2
+    ([0.7, 0.6], [1.0, 1.0]),
+    ([0.4, 0.6], [0.8, 0.8]),
+    ([0.03], [0.03]),
+    ([], []),
+])
+def test_holm_known_values(p, want):
+    assert stats.holm(p) == pytest.approx(want)
+
+
+def test_holm_is_monotone_keeps_the_order_and_never_lowers_a_p_value():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        p = rng.uniform(0, 0.2, size=rng.integers(2, 9))
+        p[rng.integers(0, len(p))] = p[0]  # a tie
+        adj = np.asarray(stats.holm(p))
+        assert np.all(adj >= p) and np.all(adj <= 1)
+        order = np.argsort(p, kind="stable")
+        assert np.all(np.diff(adj[order]) >= 0)  # the raw values' order is kept
+        assert adj[np.argmin(p)] == pytest.approx(len(p) * p.min())  # smallest: x m
+        # the input order is kept: adjusting a permutation permutes the result
+        perm = rng.permutation(len(p))
+        assert stats.holm(p[perm]) == pytest.approx(list(adj[perm]))
+
+
+@pytest.mark.parametrize("bad", [[0.1, math.nan], [-0.01], [0.2, 1.5]])
+def test_holm_refuses_what_is_not_a_p_value(bad):
+    with pytest.raises(ValueError, match=r"p-values must lie in \[0, 1\]"):
+        stats.holm(bad)
+
+
+def test_paired_p_is_the_paired_t_of_the_interval():
+    a = {0: 0.54, 1: 0.38, 2: 0.53}
+    b = {0: 0.48, 1: 0.31, 2: 0.43, 3: 0.9}  # seed 3 has no partner: left out
+    p = stats.paired_seed_p(a, b)
+    want = sps.ttest_rel([0.48, 0.31, 0.43], [0.54, 0.38, 0.53]).pvalue
+    assert p == pytest.approx(want)
+    ci = stats.paired_seed_interval(a, b)
+    assert (p < 0.05) == (ci.high < 0) and ci.n == 3
+    # the (1 - p) interval ends at zero: a little wider includes it, a little narrower not
+    assert stats.paired_seed_interval(a, b, confidence=1 - p + 1e-9).high > 0
+    assert stats.paired_seed_interval(a, b, confidence=1 - p - 1e-9).high < 0
+    # identical per-seed differences: the floored sd gives both the interval and the p
+    same = {0: 0.1, 1: 0.2, 2: 0.3}
+    shifted = {k: v + 0.004 for k, v in same.items()}
+    t = 0.004 / (0.002 / math.sqrt(3))
+    assert stats.paired_seed_p(same, shifted, floor_sd=0.002) == pytest.approx(
+        2 * sps.t.sf(t, 2))
+    assert stats.paired_seed_interval(same, shifted, floor_sd=0.002).method == "t, sd floor"
+    assert math.isnan(stats.paired_seed_p(same, shifted))  # no spread, no floor: none
+    assert math.isnan(stats.paired_seed_p({0: 0.1}, {0: 0.2}))  # one seed
+
+
+def test_paired_interval_bounds():
+    a, b = {0: 0.0, 1: 0.0, 2: 0.01}, {0: 1.0, 1: 0.95, 2: 0.6}
+    assert stats.paired_seed_interval(a, b).high > 1
+    ci = stats.paired_seed_interval(a, b, bounds=(-1, 1))
+    assert ci.high == 1.0 and -1 <= ci.low < 0.85

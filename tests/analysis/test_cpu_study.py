@@ -1,6 +1,6 @@
 """The CPU study's report (studies.cpu_study.analysis) and sweep (studies.cpu_study.sweep):
-intervals that respect the metric's range, verdicts, results.json fields, and commands that
-reproduce."""
+seed-level arm intervals and paired contrasts (analysis.stats), raw and Holm-adjusted verdicts,
+results.json fields, figures, and commands that reproduce."""
 
 import json
 import os
@@ -8,7 +8,9 @@ import shlex
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
+from analysis import stats
 from studies.cpu_study import analysis as cs
 from launchers.named_sweeps import get_sweep
 
@@ -59,45 +61,62 @@ def test_arm_files_are_the_shipped_9x9_twins():
     assert "SUDOKU_BOX = '2x3'" in quick  # the quickstart stays on the easy task
 
 
-@pytest.mark.parametrize("acc", [(1.0, 1.0, 1.0), (0.99, 1.0, 0.98)])
-def test_effect_interval_never_leaves_the_range(acc):
-    c = cs.contrast_interval({"a": (acc, [500] * 3), "b": ((0.0, 0.01, 0.0), [500] * 3)},
-                             {"a": 1, "b": -1}, n_boot=2000)
-    lo, hi = c["ci"]
-    assert -1 <= lo <= c["effect"] <= hi <= 1
-    # the union contains both methods' intervals (where they lie inside the range)
-    assert lo <= max(-1, c["ci_bootstrap"][0]) and hi >= min(1, c["ci_bootstrap"][1])
-    assert lo <= max(-1, c["ci_t"][0]) and hi >= min(1, c["ci_t"][1])
-    assert c["paired"] is False  # no seeds given: independent arms
+def _table(per_seed, n=500, seeds=cs.SEEDS):
+    return {s: (a, n) for s, a in zip(seeds, per_seed)}
 
 
-def test_interval_excludes_zero_only_for_a_real_difference():
-    same = cs.contrast_interval({"a": ((0.50, 0.52, 0.48), [500] * 3),
-                                 "b": ((0.51, 0.49, 0.50), [500] * 3)}, {"a": 1, "b": -1})
-    assert same["ci"][0] < 0 < same["ci"][1]
-    apart = cs.contrast_interval({"a": ((0.60, 0.62, 0.58), [500] * 3),
-                                  "b": ((0.41, 0.39, 0.40), [500] * 3)}, {"a": 1, "b": -1})
-    assert apart["ci"][0] > 0.1
-    # seed noise widens the interval: the same means with a wide spread are inconclusive
-    noisy = cs.contrast_interval({"a": ((0.30, 0.90, 0.60), [500] * 3),
-                                  "b": ((0.10, 0.70, 0.40), [500] * 3)}, {"a": 1, "b": -1})
-    assert noisy["ci"][0] < 0 < noisy["ci"][1]
-    # seed-matched arms: a consistent per-seed effect is seen through a large shared spread
+def test_contrast_is_the_paired_t_over_matched_seeds():
     a, b = (0.54, 0.38, 0.53), (0.48, 0.31, 0.43)
-    unpaired = cs.contrast_interval({"a": (a, [500] * 3), "b": (b, [500] * 3)},
-                                    {"a": 1, "b": -1})
-    paired = cs.contrast_interval({"a": (a, [500] * 3, [0, 1, 2]),
-                                   "b": (b, [500] * 3, [0, 1, 2])}, {"a": 1, "b": -1})
-    assert unpaired["ci"][0] < 0 < paired["ci"][0] and paired["paired"]
-    assert paired["seeds"] == [0, 1, 2]
-    assert paired["effect"] == pytest.approx(unpaired["effect"])
-    # only common seeds are paired
-    part = cs.contrast_interval({"a": (a, [500] * 3, [0, 1, 2]),
-                                 "b": (b[:2], [500] * 2, [0, 1])}, {"a": 1, "b": -1})
+    c = cs.contrast({"a": _table(a), "b": _table(b)}, {"a": 1, "b": -1})
+    d = np.subtract(a, b)
+    half = sps.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
+    assert c["effect"] == pytest.approx(d.mean())
+    assert c["ci"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert c["p"] == pytest.approx(sps.ttest_rel(a, b).pvalue) and c["ci_method"] == "t"
+    assert c["seeds"] == [0, 1, 2] and c["per_seed"] == pytest.approx(list(d))
+    # the seed spread is shared by the arms: paired, a consistent effect is seen through it
+    assert c["ci"][0] > 0 and c["p"] < 0.05
+    assert sps.ttest_ind(a, b).pvalue > 0.05  # unpaired, the same numbers would not show it
+    # only the seeds both arms ran are paired
+    part = cs.contrast({"a": _table(a), "b": _table(b[:2], seeds=(0, 1))}, {"a": 1, "b": -1})
     assert part["seeds"] == [0, 1]
     assert part["effect"] == pytest.approx((0.54 - 0.48 + 0.38 - 0.31) / 2)
+
+
+def test_interaction_contrast_is_paired_per_seed():
+    acc = {"hh": (0.60, 0.50, 0.70), "hl": (0.40, 0.35, 0.45), "lh": (0.30, 0.32, 0.20),
+           "ll": (0.20, 0.25, 0.15)}
+    w = {"hh": 1, "hl": -1, "lh": -1, "ll": 1}
+    c = cs.contrast({k: _table(v) for k, v in acc.items()}, w)
+    per_seed = [acc["hh"][i] - acc["hl"][i] - acc["lh"][i] + acc["ll"][i] for i in range(3)]
+    assert c["per_seed"] == pytest.approx(per_seed)
+    want = stats.seed_interval(per_seed)
+    assert c["ci"] == pytest.approx([want.low, want.high])
+
+
+def test_contrast_intervals_are_never_zero_wide_and_stay_in_range():
+    # identical per-seed effects: the spread is floored at one puzzle (1/500)
+    same = cs.contrast({"a": _table((0.5, 0.4, 0.6)), "b": _table((0.4, 0.3, 0.5))},
+                       {"a": 1, "b": -1})
+    assert same["ci_method"] == "t, sd floor" and same["ci"][1] - same["ci"][0] > 0
+    assert same["ci"][0] < 0.1 < same["ci"][1]
+    # an arm whose seeds all solve nothing (the attention twin) still gets an interval
+    zero = cs.arm_interval([0.0, 0.0, 0.0], [500] * 3)
+    assert zero.method == "t, sd floor" and zero.low == 0.0 < zero.high < 0.01
+    wide = cs.contrast({"a": _table((1.0, 1.0, 0.4)), "b": _table((0.0, 0.0, 0.0))},
+                       {"a": 1, "b": -1})
+    assert -1 <= wide["ci"][0] < wide["effect"] < wide["ci"][1] == 1.0
     with pytest.raises(ValueError, match="must lie in"):
-        cs.contrast_interval({"a": ((1.2,), [10]), "b": ((0.1,), [10])}, {"a": 1, "b": -1})
+        cs.contrast({"a": {0: (1.2, 10)}, "b": {0: (0.1, 10)}}, {"a": 1, "b": -1})
+    with pytest.raises(ValueError, match="share no seed"):
+        cs.contrast({"a": {0: (0.2, 10)}, "b": {1: (0.1, 10)}}, {"a": 1, "b": -1})
+
+
+def test_verdicts():
+    assert cs.verdict(5.0, 0.01, +1, 0.05) == "agrees"
+    assert cs.verdict(-5.0, 0.01, +1, 0.05) == "disagrees"
+    assert cs.verdict(5.0, 0.06, +1, 0.05) == "inconclusive"
+    assert cs.verdict(5.0, None, +1, 0.05) == "inconclusive"
 
 
 def _write_run(root, arm, seed, acc, *, status="completed", steps=cs.STUDY_STEPS):
@@ -146,17 +165,44 @@ def test_report_from_runs(tmp_path):
     out = str(tmp_path / "out")
     notes = tmp_path / "notes.json"
     notes.write_text(json.dumps({"e2_3_mixer": "Attention overfits less at this scale."}))
-    assert cs.main([f"--runs={root}", f"--out={out}", f"--notes={notes}", "--n_boot=2000"]) == 0
+    assert cs.main([f"--runs={root}", f"--out={out}", f"--notes={notes}"]) == 0
     res = json.load(open(os.path.join(out, "results.json")))
     ab = {a["name"]: a for a in res["ablations"]}
     for a in ab.values():
-        assert set(a) >= {"name", "paper_direction", "effect", "ci", "seeds", "agrees"}
-    assert ab["e2_1_ema"]["agrees"] is True and ab["e2_1_ema"]["ci"][0] > 0
+        assert set(a) >= {"name", "paper_direction", "source", "effect", "ci", "seeds", "p",
+                          "p_holm", "verdict_raw", "verdict_holm"}
+    assert ab["e2_1_ema"]["verdict_holm"] == "agrees" and ab["e2_1_ema"]["ci"][0] > 0
     assert abs(ab["e2_1_ema"]["effect"] - 20) < 3 and ab["e2_1_ema"]["seeds"] == 3
     assert ab["e2_1_ema"]["paper_effect"] == pytest.approx(7.5)
-    assert ab["e2_3_mixer"]["agrees"] is False
-    assert ab["e2_2_tn"]["agrees"] == "inconclusive"
-    assert ab["e3_2_data"]["agrees"] == "pending" and ab["e3_2_data"]["seeds"] == 1
+    assert ab["e2_3_mixer"]["verdict_holm"] == "disagrees"
+    assert ab["e2_2_tn"]["verdict_raw"] == ab["e2_2_tn"]["verdict_holm"] == "inconclusive"
+    assert ab["e3_2_data"]["verdict_holm"] == "pending" and ab["e3_2_data"]["seeds"] == 1
+    assert ab["e3_2_data"]["p"] is None and ab["e3_2_data"]["p_holm"] is None
+    # Holm over the finished ablations, in their order; each verdict from its own p
+    tested = [a for a in res["ablations"] if a["p"] is not None]
+    assert len(tested) == 6
+    assert [a["p_holm"] for a in tested] == pytest.approx(stats.holm([a["p"] for a in tested]))
+    for a in tested:
+        assert a["p_holm"] >= a["p"]
+        assert a["verdict_raw"] == cs.verdict(a["effect"], a["p"], a["direction"], 0.05)
+        assert a["verdict_holm"] == cs.verdict(a["effect"], a["p_holm"], a["direction"], 0.05)
+    assert ab["e3_1_width"]["source"] == cs.HYPOTHESIS and ab["e2_1_ema"]["source"] == cs.PAPER
+    # an arm's interval is the t interval over its seeds, by hand
+    base = res["arms"]["base"]
+    x = np.array(base["per_seed"])
+    half = sps.t.ppf(0.975, 2) * max(np.std(x, ddof=1), 1 / 500) / np.sqrt(3)
+    assert base["ci"] == pytest.approx([x.mean() - half, x.mean() + half])
+    assert base["ci_method"] in ("t", "t, sd floor")
+    for arm in res["arms"].values():
+        if arm["n_seeds"] >= 2:  # never zero wide
+            assert arm["ci"][0] <= arm["mean"] <= arm["ci"][1] and arm["ci"][1] > arm["ci"][0]
+        elif arm["n_seeds"] == 1:
+            assert arm["ci"] == [None, None] and arm["ci_method"] == "none"
+    # the effect is paired: the mean of the per-seed contrasts of matched seeds
+    ema = ab["e2_1_ema"]
+    assert ema["paired_seeds"] == [0, 1, 2]
+    assert ema["per_seed_effect"] == pytest.approx(
+        [100 * (b - o) for b, o in zip(base["per_seed"], res["arms"]["ema_off"]["per_seed"])])
     for a in ab.values():
         if a["ci"]:
             assert -100 <= a["ci"][0] <= a["effect"] <= a["ci"][1] <= 100
@@ -176,8 +222,17 @@ def test_report_from_runs(tmp_path):
         assert name in md
     assert "Attention overfits less at this scale." in md
     assert "**disagrees**" in md and "**agrees**" in md and "pending" in md
-    for fn in ("e2_1_ema.png", "effects.png", "e2_2_tn_depth.png"):
-        assert os.path.getsize(os.path.join(out, fn)) > 1000
+    assert "| p | verdict | Holm p | verdict after Holm |" in md
+    assert "Hypothesis (study plan): more parameters" in md and "Paper: EMA helps" in md
+    for name in ("e2_1_ema", "effects", "e2_2_tn_depth"):
+        for ext in ("png", "svg", "pdf"):
+            assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 1000
+    # the report again from its own results.json (no run folders): the same numbers
+    again = str(tmp_path / "again")
+    assert cs.main([f"--results={out}/results.json", f"--out={again}", f"--notes={notes}"]) == 0
+    res2 = json.load(open(os.path.join(again, "results.json")))
+    assert res2["ablations"] == res["ablations"] and res2["arms"] == res["arms"]
+    assert open(os.path.join(again, "RESULTS.md")).read() == md
 
 
 def test_missing_root_is_one_line(tmp_path, capsys):
@@ -194,7 +249,7 @@ def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, 
         for seed in cs.SEEDS:
             _write_run(root, arm, seed, 0.4 + 0.05 * seed)
     out = str(tmp_path / "out")
-    assert cs.main([f"--runs={root}", f"--out={out}", "--n_boot=500"]) == 0
+    assert cs.main([f"--runs={root}", f"--out={out}"]) == 0
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     src = os.path.join(repo, "studies", "cpu_study", "notebook.ipynb")
     nb_path = str(tmp_path / "cpu_study.ipynb")
@@ -222,10 +277,13 @@ def test_secondary_contrasts_are_reported_without_a_verdict(tmp_path):
     for label, acc in (("base", 0.5), ("t1_n1", 0.3), ("t2_n2", 0.45), ("t3_n6", 0.5)):
         for seed in cs.SEEDS:
             _write_run(root, cs.ARM_BY_LABEL[label], seed, acc + 0.01 * seed)
-    res = cs.analyze(cs.load(root), n_boot=500)
+    res = cs.analyze(cs.load(root))
     tn = next(a for a in res["ablations"] if a["name"] == "e2_2_tn")
     shallow, deep = tn["also"]
     assert "T=1, n=1" in shallow["definition"] and shallow["effect"] == pytest.approx(20)
     assert shallow["ci"][0] <= 20 <= shallow["ci"][1]
     assert deep["effect"] is None  # T=4, n=6 has not run
-    assert "agrees" not in shallow
+    assert "verdict_raw" not in shallow and "p_holm" not in shallow
+    # the per-seed effects are all 0.2: the spread is floored at one puzzle, never zero
+    assert shallow["ci_method"] == "t, sd floor" and shallow["ci"][1] > shallow["ci"][0]
+    assert shallow["p"] == pytest.approx(2 * sps.t.sf(0.2 / (0.002 / np.sqrt(3)), 2))
