@@ -97,13 +97,6 @@ class Ablation:
     also: Tuple[Tuple[str, Mapping[str, float]], ...] = ()
     source: str = PAPER
 
-    @property
-    def bound(self) -> float:
-        """The contrast's largest possible magnitude, in accuracy fraction (1 for a difference)."""
-        pos = sum(w for w in self.weights.values() if w > 0)
-        neg = -sum(w for w in self.weights.values() if w < 0)
-        return float(max(pos, neg))
-
 
 def _pp(experiment: str, label: Optional[str] = None) -> float:
     return float(_published(experiment, label).value)
@@ -811,7 +804,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.notes:
         print(f"error: --notes file {args.notes!r} does not exist", file=sys.stderr)
         return 2
-    res = analyze(runs)
+    try:
+        res = analyze(runs)
+    except ValueError as e:  # runs that cannot be compared (no matched seeds, bad accuracies)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     paths = write_report(res, args.out, notes)
     pend = [a["name"] for a in res["ablations"] if a["verdict_holm"] == "pending"]
     print(f"{res['compute']['completed']} completed runs; wrote {paths['markdown']} and "

@@ -239,6 +239,20 @@ def test_missing_root_is_one_line(tmp_path, capsys):
     assert cs.main([f"--runs={tmp_path / 'nope'}", f"--out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "launchers.local --sweep=cpu_study" in err
+    (tmp_path / "bad.json").write_text("{}")
+    assert cs.main([f"--results={tmp_path / 'bad.json'}", f"--out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a CPU study results.json" in err
+
+
+def test_arms_without_matched_seeds_are_one_line(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    for label, seeds in (("base", (0, 1, 2)), ("ema_off", (3, 4, 5))):
+        for seed in seeds:
+            _write_run(root, cs.ARM_BY_LABEL[label], seed, 0.5)
+    assert cs.main([f"--runs={root}", f"--out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "share no seed" in err
 
 
 def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, monkeypatch):
