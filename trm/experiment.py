@@ -45,6 +45,9 @@ class TrainConfig:
         sparse_optimizer: puzzle-table optimizer factory ``(embedding, lr=, gather_fn=)``.
         schedule: LR schedule ``(step, base_lr=, warmup_steps=, total_steps=, min_ratio=)``.
         ema: EMA factory ``(model) -> EMA`` or None (off).
+        eval_raw_weights: with an EMA, every evaluation also evaluates the raw weights, logged
+            as ``eval_raw/<metric>`` beside the EMA's ``eval/<metric>`` (EVAL_RAW_WEIGHTS): the
+            EMA effect measured within one run. Evaluators (e.g. ARC's) see the EMA only.
         epochs / train_steps: total steps = train_steps, or int(epochs * examples per epoch /
             global_batch_size) (section 8).
         preemption_check_every: in multi-process runs, the processes agree on a received
@@ -70,6 +73,7 @@ class TrainConfig:
     schedule: Callable[..., float] = cosine_with_warmup
     ema: Optional[Callable[[torch.nn.Module], EMA]] = EMA
     use_ema: bool = True
+    eval_raw_weights: bool = False
     evaluators: Sequence[Callable[..., Any]] = ()
     global_batch_size: int = 256
     grad_accum_steps: int = 1

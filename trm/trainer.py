@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import sys
 import time
@@ -282,7 +281,7 @@ class Trainer:
                                    self.step == self.total_steps):
                 # One small transfer and read, only at these steps (default: log intervals,
                 # where the metrics are read anyway), never between them.
-                stop = self._agree_stop(stop)
+                stop = rt.any_process(stop)
             elif rt.distributed:
                 stop = False  # decide together at the next check
             last = self.step == self.total_steps
@@ -322,17 +321,11 @@ class Trainer:
         self._timed(self._save, "perf/checkpoint_time_s")
         return "completed"
 
-    def _agree_stop(self, stop: bool) -> bool:
-        """Whether any process received a stop request (a collective: one scalar)."""
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.runtime.device)
-        self.runtime.all_reduce_sum_([flag])
-        return bool(flag.item() > 0)
-
     def _stop_requested(self) -> bool:
         """Whether a stop request (SIGTERM/SIGINT) ends the evaluation in progress; decided
         together by all processes (one scalar per evaluation batch), like the loop's check."""
         stop = self.session is not None and self.session.stop_received
-        return self._agree_stop(stop) if self.runtime.distributed else stop
+        return self.runtime.any_process(stop) if self.runtime.distributed else stop
 
     def _check_finite(self, raw: Optional[Dict[str, float]] = None) -> None:
         """Raises if a step since the start had a non-finite loss or gradient norm. ``raw``:
@@ -358,36 +351,39 @@ class Trainer:
                          xla_metrics=xla)
 
     def _evaluate(self) -> Optional[Dict[str, float]]:
-        """Evaluates the current weights (EMA if kept); None if a stop request ended it."""
-        from trm.data import EvalStream
+        """Evaluates the current weights (EMA if kept, and then the raw ones too with
+        ``eval_raw_weights``); None if a stop request ended it."""
         from trm.run.record import eval_dir
-        cfg, rt = self.cfg, self.runtime
         self._check_finite()
+        ema = self.ema.averaged(self.model) if self.ema is not None else contextlib.nullcontext()
+        done = self._eval_pass(ema, "eval", self.session.workdir.url(eval_dir(self.step)))
+        if done is not None and self.ema is not None and self.cfg.eval_raw_weights:
+            raw = self._eval_pass(contextlib.nullcontext(), "eval_raw", None)
+            done = None if raw is None else ({**done[0], **raw[0]}, done[1])
+        if done is None:
+            return None
+        self.session.evaluated(self.step, *done)
+        return done[0]
+
+    def _eval_pass(self, weights, prefix: str, out_dir: Optional[str]):
+        """(tagged metrics, headline) of one test pass with ``weights`` (a context manager), or
+        None if a stop request ended it; evaluators run in the pass that writes ``out_dir``."""
+        from trm.data import EvalStream
+        cfg, rt = self.cfg, self.runtime
         batches = EvalStream(self.test_data_dir, cfg.eval_batch_size or cfg.global_batch_size,
                              process_index=rt.process_index, process_count=rt.process_count)
-        out_dir = self.session.workdir.url(eval_dir(self.step))
-        weights = (self.ema.averaged(self.model) if self.ema is not None
-                   else contextlib.nullcontext())
         try:
-            with weights, progress.phase(f"eval step {self.step}", len(batches),
+            with weights, progress.phase(f"{prefix} step {self.step}", len(batches),
                                          unit="batches", enabled=self.progress and rt.is_main,
                                          leave=False) as bar:
-                results = evaluate(self.model, self.loss_head, batches, rt, self.evaluators,
-                                   out_dir, should_stop=self._stop_requested,
-                                   progress=bar.update)
+                results = evaluate(self.model, self.loss_head, batches, rt,
+                                   self.evaluators if out_dir else [], out_dir,
+                                   should_stop=self._stop_requested, progress=bar.update)
         except EvalInterrupted as e:
-            log.warning("The evaluation at step %d was stopped after %d batches by a stop "
-                        "request; the checkpoint is saved without its metrics.", self.step,
-                        e.batches)
+            log.warning("The evaluation at step %d was stopped after %d batches by a stop request;"
+                        " the checkpoint is saved without its metrics.", self.step, e.batches)
             return None
-        tagged = tag_results(results)
-        bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
-        if bad:
-            raise TrainingError(diverged_message(
-                f"The evaluation at step {self.step} gave non-finite {', '.join(bad)}",
-                self.session))
-        self.session.evaluated(self.step, tagged, headline(results))
-        return tagged
+        return tag_results(results, prefix), headline(results)
 
     @property
     def evaluators(self) -> List[Any]:

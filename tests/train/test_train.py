@@ -271,3 +271,28 @@ def test_reference_checkpoint_as_initial_weights(sudoku4, tmp_path):
             assert torch.allclose(state["model"][k], expected), k
         else:
             assert torch.equal(state["model"][k], v), k
+
+
+def test_raw_weights_evaluated_beside_the_ema_and_longer_runs_share_the_start(sudoku4, tmp_path):
+    """EVAL_RAW_WEIGHTS=True: every evaluation also scores the raw weights (eval_raw/...), the
+    EMA effect within one run (issue #24). And with the constant LR after warm-up, a run's
+    first steps do not depend on its length: a 40-step run's step-20 evaluation is the 20-step
+    run's final one (the CPU study extends seeds to 3000 steps this way)."""
+    extra = ["LR=3e-3", "EVAL_EVERY=20", "CHECKPOINT_EVERY=20", "EVAL_RAW_WEIGHTS=True",
+             "EMA_RATE=0.9"]
+    runs = {}
+    for steps in (20, 40):
+        wd = str(tmp_path / f"s{steps}")
+        train(["cpu_e1_1_baseline.gin"], tiny_bindings(sudoku4, steps=steps, extra=extra), wd,
+              progress=False)
+        runs[steps] = read_scalars(wd)
+    s = runs[40]
+    assert [step for step, _ in s["eval_raw/exact_accuracy"]] == [20, 40]
+    assert s["eval_raw/lm_loss"] != s["eval/lm_loss"]  # two different sets of weights
+    assert all(v == 48 for _, v in s["eval_raw/count"])
+    metrics = json.load(open(tmp_path / "s40" / "eval" / "step_000000040" / "metrics.json"))
+    assert "eval_raw/exact_accuracy" in metrics and "eval/exact_accuracy" in metrics
+    assert json.load(open(tmp_path / "s40" / "run.json"))["best"]["metric"] == \
+        "eval/exact_accuracy"  # the best checkpoint is still chosen by the EMA's accuracy
+    for tag in ("eval/lm_loss", "eval_raw/lm_loss", "eval/exact_accuracy"):
+        assert runs[20][tag][-1] == s[tag][0], tag

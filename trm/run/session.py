@@ -237,7 +237,12 @@ class RunSession:
     def evaluated(self, step: int, tagged: Mapping[str, float],
                   headline: Optional[float]) -> None:
         """Records the evaluation of ``step``: TensorBoard, ``eval/step_X/metrics.json`` and
-        run.json's best (process 0); its metrics go with the checkpoint of the same step."""
+        run.json's best (process 0); its metrics go with the checkpoint of the same step. A
+        non-finite metric ends the run instead (nothing recorded)."""
+        bad = sorted(k for k, v in tagged.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise TrainingError(diverged_message(
+                f"The evaluation at step {step} gave non-finite {', '.join(bad)}", self))
         def record() -> None:
             self.writer.scalars(tagged, step)
             self.writer.flush()

@@ -123,6 +123,12 @@ class Runtime:
             torch_xla.sync()
 
     # -- collectives -----------------------------------------------------------------------
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (a collective of one float32 scalar)."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self.all_reduce_sum_([t])
+        return bool(t.item() > 0)
+
     def all_reduce_sum_(self, tensors: List[torch.Tensor]) -> None:
         """Sums each tensor over all processes, in place (one flat buffer per dtype)."""
         if not self.distributed or not tensors:
