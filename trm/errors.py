@@ -7,7 +7,8 @@ builtin it always was, ``ValueError``, ``RuntimeError``, ``KeyError``, ``Permiss
 so existing ``except`` clauses keep working). Entry points (``trm.train``, ``trm.eval``,
 ``trm.bench``, ``trm.data.build``, ``trm.interop.replay``) catch ``TrmError`` and print
 ``<tool>: <message>``; anything else is a bug and keeps its traceback. This module imports
-nothing, so every layer (registry, data, run state, runtime) can use it.
+nothing, so every layer (registry, data, run state, runtime) can use it; :class:`TrainingError`
+lives here (``trm.experiment`` re-exports it) so the run state raises it without model code.
 """
 
 
