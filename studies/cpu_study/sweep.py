@@ -65,7 +65,29 @@ ARMS: Tuple[Arm, ...] = (
 ARM_BY_LABEL: Dict[str, Arm] = {a.label: a for a in ARMS}
 
 
-#: What ``studies/*/sweep.py`` discovery registers: the study's one sweep.
+#: Round two (issue #24, pre-registered in docs/results/cpu_study/README.md): the T/n arms
+#: (2,2), (2,6), (3,6) with 10 seeds. Seeds 3..9 run 1500 steps; seeds 0..2 run 3000 steps and
+#: are read at step 1500 for the primary endpoint (the LR is constant after warm-up, so a
+#: 3000-step run's step-1500 evaluation equals a 1500-step run's final one).
+ROUND2_ARMS: Tuple[Arm, ...] = tuple(ARM_BY_LABEL[a] for a in ("t2_n2", "t2_n6", "t3_n6"))
+ROUND2_SEEDS = (3, 4, 5, 6, 7, 8, 9)
+ROUND2_LONG_SEEDS = (0, 1, 2)
+ROUND2_STEPS = 1500
+ROUND2_LONG_STEPS = 3000
+ROUND2_EVAL_EVERY = 500
+
+
+def _round2_sweep(name: str, seeds: Tuple[int, ...], steps: int, what: str) -> Sweep:
+    fixed = (f"TRAIN_STEPS={steps}", f"EVAL_EVERY={ROUND2_EVAL_EVERY}",
+             f"CHECKPOINT_EVERY={ROUND2_EVAL_EVERY}", "EVAL_RAW_WEIGHTS=True")
+    points = tuple(Point(a.label, a.bindings, (a.gin_file,)) for a in ROUND2_ARMS)
+    return Sweep(name, (ROUND2_ARMS[0].gin_file,), (Axis("arm", points),), seeds, fixed,
+                 description=f"CPU study round two (T/n, pre-registered): {what}, EMA and raw "
+                             "weights evaluated every 500 steps",
+                 seeds_first=True)
+
+
+#: What ``studies/*/sweep.py`` discovery registers: the study and its round two.
 SWEEPS = (
     Sweep("cpu_study", (ARMS[0].gin_file,),
           (Axis("arm", tuple(Point(a.label, a.bindings, (a.gin_file,)) for a in ARMS)),),
@@ -74,4 +96,7 @@ SWEEPS = (
                       "E3.1 width, E3.2 data, E3.3 LR x batch on 9x9 Sudoku twins, 3 seeds "
                       "(report: python -m studies.cpu_study.analysis)",
           seeds_first=True),
+    _round2_sweep("cpu_tn_round2", ROUND2_SEEDS, ROUND2_STEPS, "seeds 3-9, 1500 steps"),
+    _round2_sweep("cpu_tn_round2_long", ROUND2_LONG_SEEDS, ROUND2_LONG_STEPS,
+                  "seeds 0-2, 3000 steps"),
 )

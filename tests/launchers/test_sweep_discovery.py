@@ -62,6 +62,16 @@ def test_studies_folder_of_the_current_directory(tmp_path):
     # Elsewhere, the checkout's own studies/ (the CPU study) are found.
     out = _cli(tmp_path / "studies", "--sweep=cpu_study", "--list")
     assert out.returncode == 0 and "cpu_study/base_s0" in out.stdout, out.stderr
+    # Round two (issue #24): own sweep names, so no run name collides with round one's.
+    short = _cli(tmp_path / "studies", "--sweep=cpu_tn_round2", "--list").stdout.splitlines()
+    long_ = _cli(tmp_path / "studies", "--sweep=cpu_tn_round2_long", "--list").stdout.splitlines()
+    assert [line.split()[0] for line in short][:8] == [
+        f"cpu_tn_round2/t2_n2_s{s}" for s in range(3, 10)] + ["cpu_tn_round2/t2_n6_s3"]
+    assert len(short) == 21 and len(long_) == 9, (short, long_)
+    assert all("TRAIN_STEPS=1500" in line and "EVAL_RAW_WEIGHTS=True" in line for line in short)
+    assert [line.split()[0] for line in long_][-3:] == [
+        f"cpu_tn_round2_long/t3_n6_s{s}" for s in range(3)]
+    assert all("TRAIN_STEPS=3000" in line and "EVAL_EVERY=500" in line for line in long_)
 
 
 def test_bad_sweep_modules_are_one_line_errors(tmp_path):
