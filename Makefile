@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 # tests mostly wait on subprocesses, so two workers suit a 2-core machine.
 TEST_WORKERS ?= 2
 
-.PHONY: install install-dev install-xla quickstart lint test test-fast cpu-study clean-venv
+.PHONY: install install-dev install-xla quickstart lint test test-fast cpu-study cpu-study-round2 \
+	clean-venv
 
 $(VENV)/.trm-installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,15 @@ cpu-study: install-dev
 		--parallel=$(STUDY_PARALLEL)
 	$(VENV)/bin/python -m studies.cpu_study.analysis --runs=$(STUDY_ROOT) --out=docs/results/cpu_study \
 		--notebook=studies/cpu_study/notebook.ipynb
+
+# Round two (pre-registered in docs/results/cpu_study/README.md): T/n with 10 seeds, then its report.
+cpu-study-round2: install-dev
+	$(VENV)/bin/python -m launchers.local --sweep=cpu_tn_round2 --root=$(STUDY_ROOT) \
+		--parallel=$(STUDY_PARALLEL)
+	$(VENV)/bin/python -m launchers.local --sweep=cpu_tn_round2_long --root=$(STUDY_ROOT) \
+		--parallel=$(STUDY_PARALLEL)
+	$(VENV)/bin/python -m studies.cpu_study.round2 --runs=$(STUDY_ROOT) \
+		--out=docs/results/cpu_study
 
 clean-venv:
 	rm -rf $(VENV) $(XLA_VENV)

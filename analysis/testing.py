@@ -21,7 +21,7 @@ import json
 import math
 import os
 import zlib
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -86,6 +86,11 @@ class SyntheticRun:
     start_offset_s: float = 0.0
     step_time_s: float = 0.5
     noise: float = 0.01
+    #: step -> exact accuracy of the (EMA) evaluation at that step, replacing the model's value
+    eval_exact: Optional[Mapping[int, float]] = None
+    #: step -> exact accuracy of the raw weights: also logs ``eval_raw/<metric>`` beside
+    #: ``eval/<metric>``, as trm.train with ``EVAL_RAW_WEIGHTS=True``
+    eval_raw_exact: Optional[Mapping[int, float]] = None
 
     @property
     def num_params(self) -> int:
@@ -252,14 +257,19 @@ def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any
                          walltime)
             w.add_scalar("perf/step_time_s", r.step_time_s, step, walltime)
         if step > 0 and step % r.eval_every == 0:
-            m = _metrics_at(r, step, rng, final, bump)
-            for k in ("exact_accuracy", "accuracy", "lm_loss", "q_halt_accuracy", "steps"):
-                w.add_scalar(f"eval/{k}", m[k], step, walltime)
-            w.add_scalar("eval/count", float(r.eval_count), step, walltime)
-            tagged = {f"eval/{k}": v for k, v in m.items()}
-            tagged["eval/count"] = float(r.eval_count)
+            tagged = {}
+            for prefix, given in (("eval", r.eval_exact), ("eval_raw", r.eval_raw_exact)):
+                if prefix == "eval_raw" and given is None:
+                    continue
+                m = _metrics_at(r, step, rng, final, bump)
+                if given is not None:
+                    m["exact_accuracy"] = float(given[step])
+                m["count"] = float(r.eval_count)
+                for k, v in m.items():
+                    w.add_scalar(f"{prefix}/{k}", v, step, walltime)
+                    tagged[f"{prefix}/{k}"] = v
             for i, s in enumerate(EVAL_SETS):
-                acc = float(np.clip(m["exact_accuracy"] * (1.15 - 0.15 * i), 0, 1))
+                acc = float(np.clip(tagged["eval/exact_accuracy"] * (1.15 - 0.15 * i), 0, 1))
                 w.add_scalar(f"eval/{s}/exact_accuracy", acc, step, walltime)
                 w.add_scalar(f"eval/{s}/count", float(r.eval_count // 3), step, walltime)
                 tagged[f"eval/{s}/exact_accuracy"] = acc
@@ -301,6 +311,10 @@ def write_run(workdir: str, run: Optional[SyntheticRun] = None, **overrides: Any
             "last_step": last,
             "total_steps": r.train_steps,
             "num_params": r.num_params,
+            # the environment, as trm.train records it
+            "torch_version": "0.0.0+synthetic", "torch_threads": 1, "cpu_threads_rule": None,
+            "forward_dtype": "float32", "forward_dtype_rule": "FORWARD_DTYPE",
+            "git_dirty": False,
         }
         if r.with_flops:
             meta["flops_per_example"] = r.flops_per_example

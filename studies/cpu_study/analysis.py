@@ -35,6 +35,8 @@ Command line::
     python -m studies.cpu_study.analysis --runs=runs/cpu_study --out=docs/results/cpu_study
     python -m studies.cpu_study.analysis --results=docs/results/cpu_study/results.json \\
         --out=docs/results/cpu_study   # again from the runs recorded in a results.json
+
+Round two (pre-registered in the study's README) has its own report: studies.cpu_study.round2.
 """
 
 from __future__ import annotations
@@ -219,8 +221,9 @@ def verdict(effect: float, p: Optional[float], direction: int, alpha: float) -> 
 # Loading
 
 
-def _run_command(command: Mapping[str, Any]) -> str:
-    """The exact ``python -m trm.train ...`` line of a run, from its command.json."""
+def _run_command(command: Mapping[str, Any], sweep: str = "cpu_study") -> str:
+    """The exact ``python -m trm.train ...`` line of a run of ``sweep``, from its
+    command.json."""
     argv = list(command.get("argv") or [])
     args = [a for a in argv[1:]]
     workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
@@ -233,7 +236,7 @@ def _run_command(command: Mapping[str, Any]) -> str:
         keep.append(a)
     line = ["python", "-m", "trm.train"] + keep
     if workdir:
-        line.append(f"--workdir=runs/cpu_study/{_tail(workdir)}")
+        line.append(f"--workdir=runs/{sweep}/{_tail(workdir)}")
     return " ".join(shlex.quote(a) for a in line)
 
 
@@ -284,8 +287,14 @@ def load(root: str) -> List[Dict[str, Any]]:
     return out
 
 
+_OPTIONAL_EVAL = {"exact_accuracy_raw": "eval_raw/exact_accuracy",
+                  "accuracy_raw": "eval_raw/accuracy", "count": "eval/count"}
+
+
 def _eval_history(path: str) -> List[Dict[str, Any]]:
-    """[{step, exact_accuracy, accuracy}] from the run's ``eval/step_*/metrics.json`` files."""
+    """[{step, exact_accuracy, accuracy}] from the run's ``eval/step_*/metrics.json`` files,
+    with ``exact_accuracy_raw``, ``accuracy_raw`` (the raw weights beside the EMA's,
+    ``EVAL_RAW_WEIGHTS``) and ``count`` (test puzzles) where the evaluation logged them."""
     d = os.path.join(path, "eval")
     rows = []
     if not os.path.isdir(d):
@@ -301,8 +310,9 @@ def _eval_history(path: str) -> List[Dict[str, Any]]:
             continue
         step, acc = m.get("step"), m.get(METRIC)
         if isinstance(step, int) and isinstance(acc, (int, float)):
-            rows.append({"step": step, "exact_accuracy": float(acc),
-                         "accuracy": m.get("eval/accuracy")})
+            row = {"step": step, "exact_accuracy": float(acc), "accuracy": m.get("eval/accuracy")}
+            row.update({key: m[tag] for key, tag in _OPTIONAL_EVAL.items() if tag in m})
+            rows.append(row)
     return sorted(rows, key=lambda r: r["step"])
 
 
@@ -817,7 +827,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         render_notebook(args.notebook)
         print(f"rendered {args.notebook}")
     return 0
-
 
 
 

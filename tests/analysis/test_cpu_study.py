@@ -301,3 +301,149 @@ def test_secondary_contrasts_are_reported_without_a_verdict(tmp_path):
     # the per-seed effects are all 0.2: the spread is floored at one puzzle, never zero
     assert shallow["ci_method"] == "t, sd floor" and shallow["ci"][1] > shallow["ci"][0]
     assert shallow["p"] == pytest.approx(2 * sps.t.sf(0.2 / (0.002 / np.sqrt(3)), 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Round two (issue #24): studies.cpu_study.round2
+
+from analysis import testing as synthetic  # noqa: E402
+from studies.cpu_study import round2 as r2  # noqa: E402
+
+# per-seed EMA accuracy at step 1500, seeds 0..9: C1 = (3,6) - (2,2) is +10 points give or take
+# a point (significant); C2 = (2,6) - (3,6) flips sign from seed to seed (not significant)
+_R2_T2N2 = np.array([0.40, 0.42, 0.38, 0.44, 0.40, 0.36, 0.41, 0.39, 0.43, 0.37])
+_R2_ACC = {"t2_n2": _R2_T2N2,
+           "t3_n6": _R2_T2N2 + np.array([0.10, 0.11, 0.09, 0.10, 0.12, 0.08, 0.10, 0.09, 0.11,
+                                         0.10]),
+           "t2_n6": _R2_T2N2 + 0.10 + np.array([0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.02,
+                                                -0.02, 0.00, 0.01])}
+_R2_RAW_GAP = {"t2_n2": 0.05, "t3_n6": 0.0, "t2_n6": -0.02}  # EMA minus raw, plus seed jitter
+_R2_LATE = {"t2_n2": 0.30, "t3_n6": 0.12, "t2_n6": 0.05}  # step 3000 minus 1500, seeds 0-2
+
+
+def _r2_values(label, seed, steps):
+    acc = float(_R2_ACC[label][seed])
+    ema = {500: acc / 4, 1000: acc / 2, 1500: acc}
+    for k, step in enumerate((2000, 2500, 3000), 1):
+        ema[step] = acc + _R2_LATE[label] * k / 3
+    ema = {s: v for s, v in ema.items() if s <= steps}
+    raw = {s: v - _R2_RAW_GAP[label] - 0.002 * (seed % 3) for s, v in ema.items()}
+    return ema, raw
+
+
+def _write_round2(root, skip=(), **overrides):
+    for sweep, seeds, steps in r2.EXPECTED_RUNS:
+        for label in r2.LABELS:
+            for seed in seeds:
+                name = f"{sweep}/{label}_s{seed}"
+                if name in skip:
+                    continue
+                ema, raw = _r2_values(label, seed, steps)
+                synthetic.write_run(os.path.join(root, name), seed=seed, train_steps=steps,
+                                    eval_every=500, log_every=500, eval_exact=ema,
+                                    eval_raw_exact=raw, **overrides.get(name, {}))
+
+
+def test_round2_sweeps_are_the_preregistered_runs():
+    names = [r.name for s in ("cpu_tn_round2", "cpu_tn_round2_long") for r in get_sweep(s).runs()]
+    want = [f"{sweep}/{label}_s{seed}" for sweep, seeds, _ in r2.EXPECTED_RUNS
+            for label in r2.LABELS for seed in seeds]
+    assert names == want and len(names) == 30 and r2.LABELS == ("t2_n2", "t2_n6", "t3_n6")
+    assert not set(names) & {r.name for r in get_sweep("cpu_study").runs()}
+    for sweep, _, steps in r2.EXPECTED_RUNS:
+        for run in get_sweep(sweep).runs():
+            assert run.gin_files == [cs.ARM_BY_LABEL[run.name.split("/")[1][:5]].gin_file]
+            assert {f"TRAIN_STEPS={steps}", "EVAL_EVERY=500", "CHECKPOINT_EVERY=500",
+                    "EVAL_RAW_WEIGHTS=True"} <= set(run.bindings)
+
+
+def test_round2_refuses_missing_or_incomplete_runs_in_one_line(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    _write_round2(root, skip={"cpu_tn_round2/t2_n6_s4"},
+                  **{"cpu_tn_round2_long/t3_n6_s1": dict(status="running", last_step=2000)})
+    assert r2.main([f"--runs={root}", f"--out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 are not" in err
+    assert "cpu_tn_round2/t2_n6_s4 missing" in err
+    assert "cpu_tn_round2_long/t3_n6_s1 incomplete (running, step 2000 of 3000" in err
+    assert "no EMA+raw evaluation at step [2500, 3000]" in err
+    assert "make cpu-study-round2" in err and not os.path.exists(tmp_path / "o")
+    assert r2.main([f"--runs={tmp_path / 'none'}", f"--out={tmp_path / 'o'}"]) == 2
+    assert "30 are not" in capsys.readouterr().err
+
+
+def test_round2_report_by_hand(tmp_path):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    _write_round2(root)
+    assert r2.main([f"--runs={root}", f"--out={out}"]) == 0
+    res = json.load(open(os.path.join(out, "results_round2.json")))
+    # arms: 10 seeds at step 1500 (seeds 0-2 from their 3000-step runs), t over seeds
+    for label, acc in _R2_ACC.items():
+        arm = res["arms"][label]
+        half = sps.t.ppf(0.975, 9) * np.std(acc, ddof=1) / np.sqrt(10)
+        assert arm["seeds"] == list(range(10)) and arm["per_seed"] == pytest.approx(list(acc))
+        assert arm["ci"] == pytest.approx([acc.mean() - half, acc.mean() + half])
+    # contrasts: paired t over the 10 seeds, Holm over {C1, C2}
+    c1, c2 = res["contrasts"]
+    d1, d2 = _R2_ACC["t3_n6"] - _R2_ACC["t2_n2"], _R2_ACC["t2_n6"] - _R2_ACC["t3_n6"]
+    p1, p2 = (sps.ttest_rel(_R2_ACC["t3_n6"], _R2_ACC["t2_n2"]).pvalue,
+              sps.ttest_rel(_R2_ACC["t2_n6"], _R2_ACC["t3_n6"]).pvalue)
+    assert c1["effect"] == pytest.approx(100 * d1.mean()) == pytest.approx(10.0)
+    half = 100 * sps.t.ppf(0.975, 9) * np.std(d1, ddof=1) / np.sqrt(10)
+    assert c1["ci"] == pytest.approx([10.0 - half, 10.0 + half])
+    assert c2["effect"] == pytest.approx(100 * d2.mean()) == pytest.approx(0.1)
+    assert c1["p"] == pytest.approx(p1) and c2["p"] == pytest.approx(p2)
+    assert p1 < 0.001 and p2 > 0.5
+    assert c1["p_holm"] == pytest.approx(2 * p1) and c2["p_holm"] == pytest.approx(p2)
+    assert (c1["verdict_raw"], c1["verdict_holm"]) == ("supported", "supported")
+    assert (c2["verdict_raw"], c2["verdict_holm"]) == ("inconclusive", "inconclusive")
+    assert c1["paired_seeds"] == list(range(10)) and c1["direction"] == 1
+    assert c2["direction"] == -1
+    # secondary: seeds 0-2 at 3000 vs 1500, the order of the arms at both
+    lon = res["secondary"]["longer"]
+    for label, gain in _R2_LATE.items():
+        e = lon["arms"][label]
+        assert e["effect"] == pytest.approx(100 * gain) and e["paired_seeds"] == [0, 1, 2]
+        assert e["mean_early"] == pytest.approx(_R2_ACC[label][:3].mean())
+    # at 1500 (seeds 0-2): t2_n6 .500 > t3_n6 .500 - a hair > t2_n2 .400; at 3000 t2_n2 .700 first
+    assert lon["order_early"] == ["t2_n6", "t3_n6", "t2_n2"]
+    assert lon["order_late"] == ["t2_n2", "t3_n6", "t2_n6"] and lon["order_holds"] is False
+    # secondary: EMA minus raw at 1500 over the 10 seeds, Holm over the three arms
+    emr = res["secondary"]["ema_minus_raw"]
+    jitter = 0.002 * (np.arange(10) % 3)
+    ps = []
+    for label, gap in _R2_RAW_GAP.items():
+        d = gap + jitter
+        assert emr[label]["effect"] == pytest.approx(100 * d.mean())
+        # paired t; the jitter's spread (0.0017) is below one puzzle: floored at 1/500
+        sd = max(np.std(d, ddof=1), 1 / 500)
+        ps.append(2 * sps.t.sf(abs(d.mean()) / (sd / np.sqrt(10)), 9))
+        assert emr[label]["p"] == pytest.approx(ps[-1])
+    assert {e["ci_method"] for e in emr.values()} == {"t, sd floor"}
+    assert [emr[a]["p_holm"] for a in _R2_RAW_GAP] == pytest.approx(stats.holm(ps))
+    # curves: 10 seeds to 1500, 3 after; every run with its per-step values and record
+    curve = res["secondary"]["curves"]["t2_n2"]
+    assert [(r["step"], r["n_seeds"]) for r in curve] == [
+        (500, 10), (1000, 10), (1500, 10), (2000, 3), (2500, 3), (3000, 3)]
+    assert curve[0]["mean"] == pytest.approx(_R2_T2N2.mean() / 4)
+    assert curve[-1]["mean"] == pytest.approx(_R2_T2N2[:3].mean() + 0.30)
+    runs = {r["name"]: r for r in res["runs"]}
+    assert len(runs) == 30
+    long_run = runs["cpu_tn_round2_long/t2_n6_s2"]
+    assert [h["step"] for h in long_run["history"]] == [500, 1000, 1500, 2000, 2500, 3000]
+    assert long_run["history"][2]["exact_accuracy_raw"] == pytest.approx(
+        _R2_ACC["t2_n6"][2] + 0.02 - 0.004)
+    for key in r2.ENV_FIELDS:
+        assert key in long_run
+    assert long_run["torch_version"] == "0.0.0+synthetic" and long_run["git_dirty"] is False
+    assert "--gin_param=SEED=2" in long_run["command"]
+    md = open(os.path.join(out, "RESULTS_ROUND2.md")).read()
+    assert "| C1 | T=3, n=6 minus T=2, n=2 |" in md and "**supported**" in md
+    assert "**inconclusive**" in md and "the order does not hold" in md
+    for name, _ in r2.FIGURES:
+        for ext in ("png", "svg", "pdf"):
+            assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 1000
+    # the report again from its own results_round2.json: the same numbers
+    again = str(tmp_path / "again")
+    assert r2.main([f"--results={out}/results_round2.json", f"--out={again}"]) == 0
+    assert open(os.path.join(again, "RESULTS_ROUND2.md")).read() == md
