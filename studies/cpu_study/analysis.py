@@ -332,17 +332,22 @@ def _wall(meta: Mapping[str, Any], path: str) -> Optional[float]:
         return None
 
 
+def read_results_json(path: str, what: str) -> Any:
+    """A report's results file, or one line saying it cannot be read and what to give."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"cannot read {path!r} ({e}); give {what}") from e
+
+
 def load_results(path: str) -> List[Dict[str, Any]]:
     """The runs recorded in a report's ``results.json`` (its ``runs``), as :func:`load` gives
     them: the report can be written again from a committed results.json without the run
     folders. A run recorded without ``final_step`` / ``total_steps`` takes the step of its last
     evaluation and the report's ``steps_per_run``."""
-    try:
-        with open(path) as f:
-            res = json.load(f)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"cannot read {path!r} ({e}); give the results.json written by "
-                                "python -m studies.cpu_study.analysis") from e
+    res = read_results_json(path, "the results.json written by python -m studies.cpu_study."
+                                  "analysis")
     if not isinstance(res, dict) or not isinstance(res.get("runs"), list):
         raise FileNotFoundError(f"{path!r} has no 'runs' list: not a CPU study results.json")
     runs = []

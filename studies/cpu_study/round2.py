@@ -123,12 +123,8 @@ def load(root: str) -> List[Dict[str, Any]]:
 
 def load_results(path: str) -> List[Dict[str, Any]]:
     """The runs recorded in a ``results_round2.json`` (the report again without run folders)."""
-    try:
-        with open(path) as f:
-            res = json.load(f)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"cannot read {path!r} ({e}); give the {RESULTS_JSON} written "
-                                "by python -m studies.cpu_study.round2") from e
+    res = cs.read_results_json(path, f"the {RESULTS_JSON} written by python -m "
+                                     "studies.cpu_study.round2")
     if not isinstance(res, dict) or res.get("round") != 2 or not isinstance(res.get("runs"),
                                                                            list):
         raise FileNotFoundError(f"{path!r} is not a round-two {RESULTS_JSON}")
