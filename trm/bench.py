@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -276,6 +277,8 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.threads:
+        # the runtime's override: its thread rule must not replace the asked-for count
+        os.environ["TRM_CPU_THREADS"] = str(FLAGS.threads)
         torch.set_num_threads(FLAGS.threads)
     try:
         gin_edge.set_search_paths(FLAGS.gin_search_paths)

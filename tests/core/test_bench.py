@@ -37,14 +37,15 @@ def test_bench_times_the_trainer_step(monkeypatch):
 
 
 def test_bench_cli_prints_json():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # no OMP_NUM_THREADS: --threads must win over the runtime's thread rule
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TRM_CPU_THREADS")}
     out = subprocess.run([sys.executable, "-m", "trm.bench", "--gin_file=quickstart.gin",
                           "--gin_param=HIDDEN_SIZE=16", "--gin_param=EMA=False", "--batch=4",
-                          "--steps=1", "--warmup=0", "--matmul_seconds=0.01"],
+                          "--steps=1", "--warmup=0", "--matmul_seconds=0.01", "--threads=1"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["ema"] is False and result["num_params"] > 0
+    assert result["ema"] is False and result["num_params"] > 0 and result["threads"] == 1
 
 
 def test_suite_covers_baseline_and_attention_with_and_without_compile(monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ def machine(monkeypatch):
 
     def set_host(cores, load):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        monkeypatch.setattr(device, "busy_cores", lambda n: (load, "sampled"))
 
     yield set_host
     torch.set_num_threads(before)
@@ -46,6 +46,29 @@ def test_environment_overrides(machine, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     assert device.choose_cpu_threads() == "1 (OMP_NUM_THREADS)"
+
+
+def test_busy_cores_measures_the_host_now(monkeypatch):
+    """A real /proc/stat sample: between 0 and the cores, and a busy process in the sample
+    counts; without /proc/stat, the 1-minute load average."""
+    import subprocess
+    import sys
+    busy, how = device.busy_cores(2, sample_s=0.2)
+    assert 0.0 <= busy <= 2.0 and how == "sampled over 0.2 s"
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        assert device.busy_cores(2, sample_s=0.5)[0] > 0.5  # the spinner holds about one core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc")
+    monkeypatch.setattr(device, "_cpu_ticks", no_proc)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert device.busy_cores(2) == (1.5, "1-minute load average")
 
 
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])

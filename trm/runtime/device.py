@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -121,7 +121,7 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
 
     The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
     follows it); else the cores this process may use, shared by the training processes on the
-    host, less the cores other work keeps busy (the 1-minute load average), at least 1. torch's
+    host, less the cores other work keeps busy now (:func:`busy_cores`), at least 1. torch's
     default (every core) collapses when another process wants a core: a small train step went
     from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md).
     """
@@ -142,16 +142,39 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
+    busy, how = busy_cores(cores)
     share = max(1, cores // max(1, processes_on_host))
-    free = int(cores - load + 0.5)
+    free = int(cores - busy + 0.5)
     threads = max(1, min(share, free))
     torch.set_num_threads(threads)
     return (f"{threads} (rule: {cores} cores / {processes_on_host} process(es) on the host, "
-            f"less {load:.1f} busy by the load average; TRM_CPU_THREADS overrides)")
+            f"less {busy:.1f} busy ({how}); TRM_CPU_THREADS overrides)")
+
+
+def _cpu_ticks() -> Tuple[int, int]:
+    """(all, idle + iowait) CPU ticks of the host so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+def busy_cores(cores: int, sample_s: float = 0.25) -> Tuple[float, str]:
+    """How many of ``cores`` other work keeps busy now, and how that was measured: the host's
+    busy share over a ``sample_s`` sample of /proc/stat (this process sleeps meanwhile), or the
+    1-minute load average where /proc/stat is missing (it lags: a job that just ended counts)."""
+    try:
+        total0, idle0 = _cpu_ticks()
+        time.sleep(sample_s)
+        total1, idle1 = _cpu_ticks()
+        if total1 > total0:
+            share = 1.0 - (idle1 - idle0) / (total1 - total0)
+            return min(float(cores), max(0.0, share * cores)), f"sampled over {sample_s:g} s"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0], "1-minute load average"
+    except (AttributeError, OSError):
+        return 0.0, "unknown"
 
 
 def forward_dtype_rule(device: torch.device) -> str:
