@@ -102,7 +102,12 @@ def train(gin_files: Sequence[str], bindings: Sequence[str], workdir: str,
                       operative_config=lambda: gin_edge.config_text(operative=True),
                       allow_config_change=allow_config_change, progress=progress,
                       force_unlock=force_unlock, trust_checkpoint=trust_checkpoint)
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        # the process group goes before the interpreter exits: gloo's threads torn down at
+        # exit can abort the process ("terminate called without an active exception")
+        trainer.runtime.shutdown()
 
 
 def single_tpu_device_env(env) -> None:
