@@ -41,6 +41,41 @@ def test_swiglu_inner_size_rounding(hidden, expansion, inner):
     assert swiglu_inner_size(hidden, expansion) == inner
 
 
+@pytest.mark.parametrize("hidden,multiple,inner", [(64, 64, 192), (37, 64, 128), (64, 256, 256),
+                                                   (128, 1, 341), (82, 64, 256)])
+def test_swiglu_inner_size_other_multiples(hidden, multiple, inner):
+    assert swiglu_inner_size(hidden, 4, multiple) == inner
+    assert SwiGLU(hidden, 4, multiple).down_proj.weight.shape == (hidden, inner)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_swiglu_cpu_split_products_equal_the_fused_product(dtype, transposed):
+    """On the CPU gate and up are two products with the fused weight's row blocks: the output and
+    every gradient equal those of the fused product split in halves (the XLA/CUDA path) up to
+    the rounding of a different summation order (the input gradient sums two products)."""
+    torch.manual_seed(0)
+    mlp = SwiGLU(24, 4).to(dtype)
+    x = torch.randn(3, 24, 5, dtype=dtype)
+    x = (x.transpose(1, 2) if transposed else x.reshape(3, 5, 24)).requires_grad_()
+
+    def fused(inp):
+        gate, up = mlp.gate_up_proj(inp).chunk(2, dim=-1)
+        return mlp.down_proj(torch.nn.functional.silu(gate) * up)
+
+    dy = torch.randn(3, 5, 24, dtype=dtype)
+    out = mlp(x)
+    grads = torch.autograd.grad(out, [x, *mlp.parameters()], dy)
+    expected = fused(x)
+    expected_grads = torch.autograd.grad(expected, [x, *mlp.parameters()], dy)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, expected, **tol)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, **tol)
+    with torch.no_grad():  # the in-place path
+        torch.testing.assert_close(mlp(x), expected, **tol)
+
+
 def test_casted_linear_computes_in_input_dtype_with_fp32_master():
     lin = CastedLinear(16, 8, bias=True)
     assert lin.weight.dtype == torch.float32

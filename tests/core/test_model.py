@@ -235,6 +235,33 @@ def test_plain_python_mixer_partial():
     m(m.initial_carry(b), b)
 
 
+def test_swiglu_multiple_sets_both_mlp_widths():
+    m = tiny(mixer="mlp", positions="none", swiglu_multiple=8)
+    block = m.core.net.layers[0]
+    # hidden 16 -> round(42.7) = 43 -> 48; the mixer's 7 positions -> round(18.7) = 19 -> 24
+    assert block.mlp.down_proj.weight.shape == (16, 48)
+    assert block.mixer.mlp_t.down_proj.weight.shape == (7, 24)
+    assert m.num_params() < tiny(mixer="mlp", positions="none").num_params()
+    b = batch()
+    m(m.initial_carry(b), b)
+
+
+def test_mixer_without_swiglu_multiple_still_builds():
+    """A plugin mixer written against the older constructor protocol gets no new keyword."""
+    class OldMixer(torch.nn.Module):
+        def __init__(self, hidden_size, seq_len, expansion, num_heads, rms_norm_eps):
+            super().__init__()
+            self.lin = torch.nn.Linear(hidden_size, hidden_size)
+
+        def forward(self, x, cos_sin=None):
+            return self.lin(x)
+
+    m = tiny(mixer=OldMixer, positions="none", swiglu_multiple=8)
+    assert m.core.net.layers[0].mlp.down_proj.weight.shape == (16, 48)
+    with pytest.raises(ValueError, match="SWIGLU_MULTIPLE"):
+        tiny(swiglu_multiple=0)
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="divisible"):
         tiny(hidden_size=15)

@@ -5,7 +5,9 @@ sequence and returns ``norm(x + mix(x))``. Every mixer class is built as::
 
     mixer_cls(hidden_size=D, seq_len=S, expansion=e, num_heads=H, rms_norm_eps=eps)
 
-(where ``S`` includes the puzzle-embedding prefix) and called as ``mixer(x, cos_sin)``.
+(where ``S`` includes the puzzle-embedding prefix) and called as ``mixer(x, cos_sin)``. A
+mixer whose constructor also takes ``swiglu_multiple`` receives the model's (the rounding of
+its SwiGLU widths, :func:`trm.models.layers.swiglu_inner_size`); others are built without it.
 
 A position encoding is built as ``position_cls(hidden_size=D, seq_len=S, head_dim=d,
 rope_theta=theta, forward_dtype=dtype)``; ``embed(x)`` adjusts the input embedding and
@@ -49,11 +51,12 @@ class MLPMixer(nn.Module):
     """
 
     def __init__(self, hidden_size: int, seq_len: int, expansion: float = 4.0,
-                 num_heads: Optional[int] = None, rms_norm_eps: float = 1e-5) -> None:
+                 num_heads: Optional[int] = None, rms_norm_eps: float = 1e-5,
+                 swiglu_multiple: int = 256) -> None:
         super().__init__()
         del hidden_size, num_heads  # mixes positions, independent of the width
         self.rms_norm_eps = rms_norm_eps
-        self.mlp_t = SwiGLU(seq_len, expansion)
+        self.mlp_t = SwiGLU(seq_len, expansion, swiglu_multiple)
 
     def forward(self, x: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:
         del cos_sin
@@ -110,10 +113,10 @@ class Block(nn.Module):
     """Post-norm TRM block: ``x = mixer(x)`` then ``x = norm(x + SwiGLU(x))``."""
 
     def __init__(self, mixer: nn.Module, hidden_size: int, expansion: float,
-                 rms_norm_eps: float) -> None:
+                 rms_norm_eps: float, swiglu_multiple: int = 256) -> None:
         super().__init__()
         self.mixer = mixer
-        self.mlp = SwiGLU(hidden_size, expansion)
+        self.mlp = SwiGLU(hidden_size, expansion, swiglu_multiple)
         self.rms_norm_eps = rms_norm_eps
 
     def forward(self, x: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:

@@ -113,6 +113,9 @@ class TRM(nn.Module):
         forward_dtype: activation dtype ("float32", or "bfloat16" as the reference).
         rms_norm_eps, rope_theta: as in the reference.
         activation_checkpointing: recompute each network application in backward.
+        swiglu_multiple: the SwiGLU widths (channel MLP and MLP mixer) are rounded up to a
+            multiple of this; 256 is the reference's rule, smaller saves work at small widths
+            (the CPU quickstart uses 64).
     """
 
     def __init__(self, vocab_size: int, seq_len: int, num_puzzle_identifiers: int = 1, *,
@@ -127,7 +130,7 @@ class TRM(nn.Module):
                  halt_max_steps: int = 16, eval_halt_max_steps: Optional[int] = None,
                  forward_dtype: Union[str, torch.dtype] = "float32",
                  rms_norm_eps: float = 1e-5, rope_theta: float = 10000.0,
-                 activation_checkpointing: bool = False) -> None:
+                 activation_checkpointing: bool = False, swiglu_multiple: int = 256) -> None:
         super().__init__()
         _check_sizes(vocab_size=(vocab_size, 2, "VOCAB_SIZE (dataset metadata)"),
                      seq_len=(seq_len, 1, "SEQ_LEN (dataset metadata)"),
@@ -138,7 +141,8 @@ class TRM(nn.Module):
                      H_cycles=(H_cycles, 1, "H_CYCLES"), L_cycles=(L_cycles, 1, "L_CYCLES"),
                      halt_max_steps=(halt_max_steps, 1, "HALT_MAX_STEPS"),
                      eval_halt_max_steps=(eval_halt_max_steps, 1, "EVAL_HALT_MAX_STEPS"),
-                     puzzle_emb_len=(puzzle_emb_len, 0, "PUZZLE_EMB_LEN"))
+                     puzzle_emb_len=(puzzle_emb_len, 0, "PUZZLE_EMB_LEN"),
+                     swiglu_multiple=(swiglu_multiple, 1, "SWIGLU_MULTIPLE"))
         if isinstance(expansion, bool) or not isinstance(expansion, (int, float)) or \
                 not expansion > 0:
             raise ValueError(f"model.trm.expansion (EXPANSION) must be a number > 0, got "
@@ -184,12 +188,15 @@ class TRM(nn.Module):
             hidden_size=hidden_size, seq_len=self.full_seq_len, head_dim=hidden_size // num_heads,
             rope_theta=rope_theta, forward_dtype=self.forward_dtype)
         mixer_cls = _resolve("mixer", mixer)
+        # Mixers written before swiglu_multiple existed (plugins) are built without it.
+        mixer_extra = ({"swiglu_multiple": swiglu_multiple}
+                       if _accepts(mixer_cls, "swiglu_multiple") else {})
 
         def make_block() -> nn.Module:
             return Block(mixer_cls(hidden_size=hidden_size, seq_len=self.full_seq_len,
                                    expansion=expansion, num_heads=num_heads,
-                                   rms_norm_eps=rms_norm_eps),
-                         hidden_size, expansion, rms_norm_eps)
+                                   rms_norm_eps=rms_norm_eps, **mixer_extra),
+                         hidden_size, expansion, rms_norm_eps, swiglu_multiple)
 
         self.core = _resolve("core", core)(
             make_block=make_block, num_layers=num_layers, H_cycles=H_cycles, L_cycles=L_cycles,
