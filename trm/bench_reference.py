@@ -109,8 +109,8 @@ def import_reference(repo: str) -> SimpleNamespace:
                                   "installed): pip install -e '.[bench-reference]' (or pip "
                                   f"install {' '.join(missing)}).")
     loaded = sys.modules.get("models")
-    if loaded is not None and not any(os.path.abspath(p).startswith(repo)
-                                      for p in getattr(loaded, "__path__", [])):
+    if loaded is not None and os.path.join(repo, "models") not in [
+            os.path.abspath(p) for p in getattr(loaded, "__path__", [])]:
         raise BenchReferenceError(f"Another module named 'models' is already imported "
                                   f"({loaded!r}): run trm.bench_reference in a fresh process.")
     sys.path.insert(0, repo)

@@ -99,7 +99,11 @@ def test_the_reference_step_trains_like_train_batch(reference_repo, forget_refer
     from trm import bench, bench_reference as br
     from trm.optim import AdamATan2
     settings = br.Settings(hidden=32, H_cycles=1, L_cycles=2, batch=4)
+    path = list(sys.path)
     ref = br.import_reference(reference_repo)
+    assert sys.path == path   # the checkout was on sys.path for the import only
+    assert ref.trm.__file__ == os.path.join(os.path.abspath(reference_repo), "models",
+                                            "recursive_reasoning", "trm.py")
     trainer = br.build_trainer(settings, num_steps=3)
     step = br.ReferenceStep(ref, br.reference_config(settings), trainer)
     br.load_same_weights(step, trainer)
