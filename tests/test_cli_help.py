@@ -13,7 +13,8 @@ TOOLS = [["trm.train"], ["trm.eval"], ["trm.bench"], ["trm.registry"], ["trm.int
          ["trm.data.build"], ["trm.data.inspect"], ["trm.data.bench"], ["launchers.sweep"],
          ["launchers.local"], ["launchers.tpu"], ["launchers.gpu_check"], ["analysis.report"],
          ["analysis.compare"], ["analysis.dashboard"], ["studies.cpu_study.analysis"],
-         ["launchers.tpu_check"], ["trm.runtime.eval_compile_bench"]]
+         ["launchers.tpu_check"], ["trm.runtime.eval_compile_bench"],
+         ["trm.bench_reference"]]
 BUILDERS = ["sudoku_csv", "sudoku_gen", "maze_csv", "maze_gen", "arc", "reference_npy"]
 TPU_VERBS = ["create", "setup", "launch", "sweep", "status", "logs", "delete", "watch", "cost",
              "check"]

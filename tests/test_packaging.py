@@ -32,7 +32,8 @@ def test_pyproject_holds_the_metadata():
     assert project["name"] == "trm" and project["dynamic"] == ["version"]
     assert project["scripts"] == SCRIPTS
     extras = project["optional-dependencies"]
-    assert set(extras) == {"tpu", "xla-cpu", "dev", "analysis"}
+    assert set(extras) == {"tpu", "xla-cpu", "dev", "analysis", "bench-reference"}
+    assert extras["bench-reference"] == ["einops", "pydantic"]  # the reference model's imports
     assert set(extras["analysis"]) <= set(extras["dev"])
     for extra in ("tpu", "xla-cpu"):  # torch_xla 2.9.0 needs exactly torch 2.9.0
         assert "torch==2.9.0" in extras[extra]
@@ -91,7 +92,7 @@ def test_wheel_contents(tmp_path):
     meta = dist.read(next(n for n in names if n.endswith("METADATA"))).decode()
     import trm
     assert f"Version: {trm.__version__}" in meta
-    for extra in ("tpu", "xla-cpu", "dev", "analysis"):
+    for extra in ("tpu", "xla-cpu", "dev", "analysis", "bench-reference"):
         assert f"Provides-Extra: {extra}" in meta
 
 

@@ -84,12 +84,7 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
     """
     shape = DataShape(FLAGS.vocab_size, FLAGS.seq_len, FLAGS.num_puzzle_identifiers)
     if FLAGS.gin_file or gin_bindings():
-        gin_edge.clear()
-        gin_edge.parse(FLAGS.gin_file, gin_bindings(), finalize=False)
-        cfg = gin_edge.build_train_config()
-        fallback = {"VOCAB_SIZE": FLAGS.vocab_size, "SEQ_LEN": FLAGS.seq_len,
-                    "NUM_PUZZLE_IDENTIFIERS": FLAGS.num_puzzle_identifiers}
-        shape, _ = dataset_shape(cfg, lambda name, _: gin_edge.query_macro(name, fallback[name]))
+        cfg, shape = gin_experiment(FLAGS.gin_file, gin_bindings(), shape)
         factory = cfg.model
     elif FLAGS.reference_config:
         from trm.interop.reference import model_kwargs_from_reference_config
@@ -105,31 +100,64 @@ def bench_config() -> Tuple[TrainConfig, DataShape]:
     if FLAGS.activation_checkpointing is not None:
         overrides["activation_checkpointing"] = FLAGS.activation_checkpointing
     cfg = dataclasses.replace(
-        cfg, model=functools.partial(factory, **overrides) if overrides else factory,
-        data_dir=cfg.data_dir or "(benchmark: synthetic batch)", device=FLAGS.device,
-        forward_dtype=FLAGS.forward_dtype, compile=FLAGS.compile,
-        global_batch_size=FLAGS.batch, eval_batch_size=FLAGS.batch, init_from_reference=None)
+        cfg, model=functools.partial(factory, **overrides) if overrides else factory)
+    return for_benchmark(cfg, FLAGS.batch, FLAGS.device, FLAGS.forward_dtype,
+                         FLAGS.compile), shape
+
+
+def gin_experiment(gin_files: List[str], bindings: List[str],
+                   fallback: DataShape) -> Tuple[TrainConfig, DataShape]:
+    """The TrainConfig of a gin experiment and its data shape (the dataset's metadata when it
+    is built, else the task file's macros, else ``fallback``)."""
+    gin_edge.clear()
+    gin_edge.parse(gin_files, bindings, finalize=False)
+    cfg = gin_edge.build_train_config()
+    default = {"VOCAB_SIZE": fallback.vocab_size, "SEQ_LEN": fallback.seq_len,
+               "NUM_PUZZLE_IDENTIFIERS": fallback.num_puzzle_identifiers}
+    shape, _ = dataset_shape(cfg, lambda name, _: gin_edge.query_macro(name, default[name]))
     return cfg, shape
+
+
+def for_benchmark(cfg: TrainConfig, batch: int, device: str, forward_dtype: str,
+                  compile: bool = False) -> TrainConfig:
+    """``cfg`` set up to run steps on a synthetic batch of ``batch`` examples (no dataset,
+    no reference weights)."""
+    return dataclasses.replace(
+        cfg, data_dir=cfg.data_dir or "(benchmark: synthetic batch)", device=device,
+        forward_dtype=forward_dtype, compile=compile, global_batch_size=batch,
+        eval_batch_size=batch, init_from_reference=None)
+
+
+def build_trainer(cfg: TrainConfig, shape: DataShape, num_steps: int):
+    """A :class:`trm.trainer.Trainer` without a workdir, built for ``num_steps`` steps (the
+    CPU allocator tuned first on a CPU)."""
+    from trm.trainer import Trainer
+    trainer = Trainer(cfg, None, progress=False)
+    if trainer.runtime.device.type == "cpu":
+        tune_cpu_allocator()
+    trainer.build(shape, num_steps=num_steps)
+    return trainer
+
+
+def fixed_batch(model: TRM, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """A random batch (seed 0) of ``model``'s shape whose labels are its inputs."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, model.vocab_size, (batch_size, model.seq_len), generator=gen,
+                           dtype=torch.int32)
+    rows = model.puzzle_emb.num_embeddings if model.puzzle_emb is not None else 1
+    ids = torch.randint(0, max(1, rows), (batch_size,), generator=gen, dtype=torch.int32)
+    return {"inputs": inputs.to(device), "labels": inputs.to(device),
+            "puzzle_identifiers": ids.to(device)}
 
 
 def run_benchmark() -> Dict[str, Any]:
     """Times :meth:`trm.trainer.Trainer.train_step` -- the step users run: forward, ACT loss,
     backward, all-reduce, clipping, LR schedule, both optimizers, EMA -- on a fixed batch."""
-    from trm.trainer import Trainer
     cfg, shape = bench_config()
-    trainer = Trainer(cfg, None, progress=False)
-    device = trainer.runtime.device
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    trainer.build(shape, num_steps=FLAGS.warmup + FLAGS.steps + 1)
-    model = trainer.model
+    trainer = build_trainer(cfg, shape, FLAGS.warmup + FLAGS.steps + 1)
+    device, model = trainer.runtime.device, trainer.model
     b, L = FLAGS.batch, model.seq_len
-    gen = torch.Generator().manual_seed(0)
-    inputs = torch.randint(1, model.vocab_size, (b, L), generator=gen, dtype=torch.int32)
-    batch = {"inputs": inputs.to(device), "labels": inputs.to(device),
-             "puzzle_identifiers": torch.randint(
-                 0, max(1, model.puzzle_emb.num_embeddings if model.puzzle_emb is not None else 1),
-                 (b,), generator=gen, dtype=torch.int32).to(device)}
+    batch = fixed_batch(model, b, device)
     for _ in range(FLAGS.warmup):
         trainer.train_step(batch)
     synchronize(device)
@@ -277,14 +305,19 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.threads:
-        # the runtime's override: its thread rule must not replace the asked-for count
-        os.environ["TRM_CPU_THREADS"] = str(FLAGS.threads)
-        torch.set_num_threads(FLAGS.threads)
+        set_threads(FLAGS.threads)
     try:
         gin_edge.set_search_paths(FLAGS.gin_search_paths)
         _report()
     except TrmError as e:  # every error a user can fix: one line (trm.errors)
         sys.exit(f"trm.bench: {one_line(e)}")
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op thread count, also as the runtime's override (``TRM_CPU_THREADS``):
+    its thread rule must not replace the asked-for count."""
+    os.environ["TRM_CPU_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def _report() -> None:

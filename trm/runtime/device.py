@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-from typing import Optional, Tuple
+from typing import FrozenSet, Optional, Tuple
 
 import torch
 
@@ -104,16 +104,25 @@ def cpu_has_native_bf16() -> bool:
     forced = os.environ.get("TRM_CPU_BF16")
     if forced is not None and forced.strip() != "":
         return forced.strip().lower() not in ("0", "false", "no", "off")
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_info() -> Tuple[str, FrozenSet[str]]:
+    """``(model name, feature flags)`` of the first CPU in /proc/cpuinfo (``("unknown",
+    frozenset())`` where it cannot be read)."""
+    name, flags = "unknown", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key == "model name" and name == "unknown":
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = frozenset(value.split())
     except OSError:
         pass
-    return False
+    return name, flags
 
 
 def choose_cpu_threads(processes_on_host: int = 1) -> str:
