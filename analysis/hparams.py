@@ -507,6 +507,8 @@ HPARAMS: Tuple[HParam, ...] = (
            "blocks in the recursed network"),
     HParam("num_heads", ("NUM_HEADS", "num_heads"), _to_int, "attention heads"),
     HParam("expansion", ("EXPANSION", "expansion"), _to_float, "MLP expansion factor"),
+    HParam("swiglu_multiple", ("SWIGLU_MULTIPLE", "swiglu_multiple"), _to_int,
+           "SwiGLU widths rounded up to a multiple of this (256 = the reference)", False),
     HParam("mixer", ("MIXER", "mixer", "sequence_mixer", "mixer_cls", ("mlp_t", _mixer_from_mlp_t)),
            _to_name, "sequence mixer (@mixer.mlp -> 'mlp', 'attention')"),
     HParam("halting", ("HALTING", "halting", "halting_policy"), _to_name,
