@@ -41,8 +41,8 @@ from matplotlib import ticker
 
 from analysis.stats import METHODS, interval_label, is_proportion
 
-__all__ = ["save_figure", "plot_learning_curves", "plot_ablation", "plot_tn_heatmap",
-           "plot_lr_batch", "plot_scaling", "MARKER_MAX_POINTS"]
+__all__ = ["save_figure", "legend_outside", "plot_learning_curves", "plot_ablation",
+           "plot_tn_heatmap", "plot_lr_batch", "plot_scaling", "MARKER_MAX_POINTS"]
 
 #: curves with at most this many points get a marker on every point
 MARKER_MAX_POINTS = 30
@@ -187,7 +187,7 @@ def _percent_axis(axis) -> None:
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}%"))
 
 
-def _legend_outside(ax, **kw):
+def legend_outside(ax, **kw):
     """A legend to the right of the axes: it can never cover the data."""
     opts = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8,
                 frameon=False)
@@ -281,7 +281,7 @@ def plot_learning_curves(runs, tag: str = "eval/exact_accuracy",
         ax.fill_between([], [], [], color="0.5", alpha=0.3, lw=0,
                         label="shaded: min-max over the group's runs")
     if groups:
-        _legend_outside(ax, title=", ".join(group_by) or None, title_fontsize=8)
+        legend_outside(ax, title=", ".join(group_by) or None, title_fontsize=8)
     exp = _experiments(runs)
     default = f"{_pretty(tag)} by {', '.join(group_by) or 'run'}"
     ax.set_title(title or (f"{exp}: {default}" if exp else default))
@@ -343,7 +343,7 @@ def plot_ablation(table: pd.DataFrame, out: Optional[str] = None, *, title: str 
     if percent:
         _percent_axis(ax.xaxis)
     ax.grid(axis="x", alpha=0.3)
-    _legend_outside(ax)
+    legend_outside(ax)
     ax.set_title(title or metric_label)
     save_figure(fig, out)
     return fig
@@ -560,7 +560,7 @@ def plot_scaling(x: Sequence[float], y: Sequence[float], fit=None, out: Optional
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
     ax.grid(alpha=0.3, which="both")
-    _legend_outside(ax)
+    legend_outside(ax)
     ax.set_title(title or f"{ylabel} vs {xlabel}")
     save_figure(fig, out)
     return fig

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from analysis import stats
-from analysis.plots import _legend_outside, save_figure
+from analysis.plots import legend_outside, save_figure
 from analysis.published import get as _published
 from studies.cpu_study.sweep import ARM_BY_LABEL, ARMS, SEEDS, STUDY_STEPS
 
@@ -584,7 +584,7 @@ def effects_figure(res: Mapping[str, Any]):
         handles.append(mlines.Line2D([], [], color="black", marker="x", lw=0,
                                      label="paper's effect"))
     fig.tight_layout()
-    _legend_outside(ax, handles=handles)
+    legend_outside(ax, handles=handles)
     return fig
 
 

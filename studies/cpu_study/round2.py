@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from analysis import stats
-from analysis.plots import _legend_outside, save_figure
+from analysis.plots import legend_outside, save_figure
 from studies.cpu_study import analysis as cs
 from studies.cpu_study.sweep import (ROUND2_ARMS, ROUND2_EVAL_EVERY, ROUND2_LONG_SEEDS,
                                      ROUND2_LONG_STEPS, ROUND2_SEEDS, ROUND2_STEPS)
@@ -313,7 +313,7 @@ def arms_figure(res: Mapping[str, Any]):
     ax.set_ylabel(f"exact accuracy at step {res['primary_step']} (%)")
     ax.set_title("CPU study round two: recursion schedules", fontsize=10)
     fig.tight_layout()
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 
@@ -342,7 +342,7 @@ def contrasts_figure(res: Mapping[str, Any]):
                mlines.Line2D([], [], color="#969696", lw=2, marker="o",
                              label="secondary (outside the Holm family)")]
     fig.tight_layout()
-    _legend_outside(ax, handles=handles)
+    legend_outside(ax, handles=handles)
     return fig
 
 
@@ -366,7 +366,7 @@ def curves_figure(res: Mapping[str, Any]):
     ax.set_ylim(0, 100)
     ax.set_title(f"bars: {stats.interval_label(methods, res['confidence'])}", fontsize=8)
     fig.tight_layout()
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 
