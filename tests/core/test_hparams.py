@@ -58,3 +58,36 @@ def test_factories_objects_and_unknown_values():
     assert b["trm.TrainConfig.dataset_builder_args"] == {"n": [1, 2]}
     assert b["trm.TrainConfig.optimizer"] == "@optimizer.adam_atan2"
     assert hparams(cfg)["macros"] == {}
+
+
+def test_a_component_used_twice_with_other_arguments_is_scoped():
+    """The second use of a component with a conflicting argument is written as a scoped binding
+    (the TrainConfig field as scope), so neither use's arguments are lost; analysis reads the
+    unscoped (first) use for its columns."""
+    adam = REGISTRY.get("optimizer", "adam_atan2")
+    cfg = TrainConfig(model=functools.partial(TRM, hidden_size=32),
+                      optimizer=functools.partial(adam, weight_decay=0.1, betas=(0.9, 0.95)),
+                      sparse_optimizer=functools.partial(adam, weight_decay=0.5))
+    b = json.loads(json.dumps(hparams(cfg)))["bindings"]
+    assert b["trm.TrainConfig.optimizer"] == "@optimizer.adam_atan2"
+    assert b["optimizer.adam_atan2.weight_decay"] == 0.1
+    assert b["optimizer.adam_atan2.betas"] == [0.9, 0.95]
+    assert b["trm.TrainConfig.sparse_optimizer"] == "@sparse_optimizer/optimizer.adam_atan2"
+    assert b["sparse_optimizer/optimizer.adam_atan2.weight_decay"] == 0.5
+    # the same arguments again (or a subset that agrees): no scope needed
+    cfg = TrainConfig(optimizer=functools.partial(adam, weight_decay=0.1),
+                      sparse_optimizer=functools.partial(adam, weight_decay=0.1))
+    b = hparams(cfg)["bindings"]
+    assert b["trm.TrainConfig.sparse_optimizer"] == "@optimizer.adam_atan2"
+    assert not any("/" in key for key in b)
+    # a third conflicting use within one field gets its own scope
+    cfg = TrainConfig(evaluators=(functools.partial(adam, lr=1.0), functools.partial(adam, lr=2.0),
+                                  functools.partial(adam, lr=3.0)))
+    b = hparams(cfg)["bindings"]
+    assert b["trm.TrainConfig.evaluators"] == [
+        "@optimizer.adam_atan2", "@evaluators/optimizer.adam_atan2",
+        "@evaluators_2/optimizer.adam_atan2"]
+    assert [b["optimizer.adam_atan2.lr"], b["evaluators/optimizer.adam_atan2.lr"],
+            b["evaluators_2/optimizer.adam_atan2.lr"]] == [1.0, 2.0, 3.0]
+    row = analysis_hparams.from_hparams_json(hparams(cfg))
+    assert not row.errors
