@@ -523,6 +523,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{RESULTS_JSON} just written, so it is committed with its outputs "
                         "(studies/cpu_study/notebook_round2.ipynb)")
     args = p.parse_args(argv)
+    if args.notebook and not os.path.isfile(args.notebook):
+        print(f"error: --notebook {args.notebook!r} does not exist (the round-two notebook is "
+              "studies/cpu_study/notebook_round2.ipynb)", file=sys.stderr)
+        return 2
     try:
         print(report(args.runs, args.results, args.out))
     except (FileNotFoundError, ValueError) as e:

@@ -1,6 +1,7 @@
 """The CPU study's report (studies.cpu_study.analysis) and sweep (studies.cpu_study.sweep):
 seed-level arm intervals and paired contrasts (analysis.stats), raw and Holm-adjusted verdicts,
-results.json fields, figures, and commands that reproduce."""
+results.json fields, figures, commands that reproduce, and the notebooks; round two's
+pre-registered report and notebook (studies.cpu_study.round2)."""
 
 import json
 import os
@@ -457,7 +458,7 @@ def _markdown_outputs(outputs):
     return [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
 
 
-def test_round2_notebook_renders_with_the_report(tmp_path, monkeypatch):
+def test_round2_notebook_renders_with_the_report(tmp_path, monkeypatch, capsys):
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("nbclient")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -471,6 +472,10 @@ def test_round2_notebook_renders_with_the_report(tmp_path, monkeypatch):
     nb_path = str(tmp_path / "nb" / "notebook_round2.ipynb")
     import shutil
     shutil.copy(os.path.join(repo, "studies", "cpu_study", "notebook_round2.ipynb"), nb_path)
+    bad = [f"--runs={root}", f"--out={out}", f"--notebook={tmp_path / 'none.ipynb'}"]
+    assert r2.main(bad) == 2 and not os.path.exists(out)  # before any report is written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.ipynb' does not exist" in err
     assert r2.main([f"--runs={root}", f"--out={out}", f"--notebook={nb_path}"]) == 0
     outputs = _notebook_outputs(nbformat.read(nb_path, as_version=4))
     assert not [o for o in outputs if o.get("output_type") == "error"]
