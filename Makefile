@@ -62,14 +62,15 @@ cpu-study: install-dev
 	$(VENV)/bin/python -m studies.cpu_study.analysis --runs=$(STUDY_ROOT) --out=docs/results/cpu_study \
 		--notebook=studies/cpu_study/notebook.ipynb
 
-# Round two (pre-registered in docs/results/cpu_study/README.md): T/n with 10 seeds, then its report.
+# Round two (pre-registered in docs/results/cpu_study/README.md): T/n with 10 seeds, then its report
+# and its notebook with outputs.
 cpu-study-round2: install-dev
 	$(VENV)/bin/python -m launchers.local --sweep=cpu_tn_round2 --root=$(STUDY_ROOT) \
 		--parallel=$(STUDY_PARALLEL)
 	$(VENV)/bin/python -m launchers.local --sweep=cpu_tn_round2_long --root=$(STUDY_ROOT) \
 		--parallel=$(STUDY_PARALLEL)
 	$(VENV)/bin/python -m studies.cpu_study.round2 --runs=$(STUDY_ROOT) \
-		--out=docs/results/cpu_study
+		--out=docs/results/cpu_study --notebook=studies/cpu_study/notebook_round2.ipynb
 
 clean-venv:
 	rm -rf $(VENV) $(XLA_VENV)

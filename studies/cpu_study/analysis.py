@@ -656,16 +656,19 @@ def plot(res: Mapping[str, Any], out_dir: str) -> List[str]:
     return files
 
 
-def render_notebook(path: str, timeout: int = 600, cwd: Optional[str] = None) -> None:
+def render_notebook(path: str, timeout: int = 600, cwd: Optional[str] = None,
+                    env: Optional[Mapping[str, str]] = None) -> None:
     """Executes a notebook in place (outputs included), e.g. studies/cpu_study/notebook.ipynb;
-    the kernel runs in ``cwd`` (default: the notebook's folder)."""
+    the kernel runs in ``cwd`` (default: the notebook's folder) with this process's environment
+    plus ``env``."""
     import nbclient
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     cwd = cwd or os.path.dirname(os.path.abspath(path))
     nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": cwd}}).execute()
+                            resources={"metadata": {"path": cwd}}
+                            ).execute(env={**os.environ, **(env or {})})
     tmp = path + ".tmp"
     nbformat.write(nb, tmp)
     os.replace(tmp, path)

@@ -16,7 +16,8 @@ in :mod:`studies.cpu_study.sweep`.
 
 :func:`analyze` refuses (one line, naming them) while any of the 30 runs is missing or
 incomplete. :func:`write_report` writes ``results_round2.json``, ``RESULTS_ROUND2.md`` and the
-figures (PNG, SVG, PDF). Command line: ``python -m studies.cpu_study.round2 --runs=runs
+figures (PNG, SVG, PDF); ``--notebook=studies/cpu_study/notebook_round2.ipynb`` then renders
+the notebook on them. Command line: ``python -m studies.cpu_study.round2 --runs=runs
 --out=docs/results/cpu_study`` (or ``--results=.../results_round2.json``).
 """
 
@@ -39,8 +40,9 @@ from studies.cpu_study import analysis as cs
 from studies.cpu_study.sweep import (ROUND2_ARMS, ROUND2_EVAL_EVERY, ROUND2_LONG_SEEDS,
                                      ROUND2_LONG_STEPS, ROUND2_SEEDS, ROUND2_STEPS)
 
-__all__ = ["CONTRASTS", "EXPECTED_RUNS", "load", "load_results", "analyze", "write_report",
-           "report", "main"]
+__all__ = ["CONTRASTS", "EXPECTED_RUNS", "load", "load_results", "analyze", "arms_table",
+           "verdicts_table", "longer_table", "ema_table", "curves_table", "render_markdown",
+           "write_report", "report", "main"]
 
 SWEEP, LONG_SWEEP = "cpu_tn_round2", "cpu_tn_round2_long"
 #: (sweep, seeds, steps) of the runs round two needs, every arm of ROUND2_ARMS each
@@ -54,6 +56,8 @@ ENV_FIELDS = ("torch_version", "forward_dtype", "forward_dtype_rule", "torch_thr
 VERDICT_WORDS = {"agrees": "supported", "disagrees": "contradicted",
                  "inconclusive": "inconclusive"}
 RESULTS_JSON, RESULTS_MD = "results_round2.json", "RESULTS_ROUND2.md"
+#: the environment variable that points studies/cpu_study/notebook_round2.ipynb at a results file
+RESULTS_ENV = "TRM_CPU_STUDY_ROUND2_RESULTS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,9 +386,75 @@ def _pct_ci(e: Mapping[str, Any]) -> str:
     return f"{cs._fmt_pct(e['mean'])} [{cs._fmt_pct(e['ci'][0])}, {cs._fmt_pct(e['ci'][1])}]"
 
 
+def _conf(res: Mapping[str, Any]) -> str:
+    return f"{res['confidence']:.0%}"
+
+
+def arms_table(res: Mapping[str, Any]) -> List[str]:
+    """Markdown lines: each arm at step 1500, mean with its seed-level interval, every seed."""
+    lines = [f"| arm | configuration | mean [{_conf(res)} t over seeds] | seeds | per seed (%) |",
+             "|---|---|---|---|---|"]
+    for label in LABELS:
+        a = res["arms"][label]
+        lines.append(f"| {label} | {a['description']} | {_pct_ci(a)} | {len(a['seeds'])} | "
+                     + ", ".join(f"{100 * v:.1f}" for v in a["per_seed"]) + " |")
+    return lines
+
+
+def verdicts_table(res: Mapping[str, Any]) -> List[str]:
+    """Markdown lines: the pre-registered contrasts, p raw and after Holm, both verdicts."""
+    lines = [f"| contrast | effect measured | expected | ours, points [{_conf(res)} interval] "
+             "| seeds | p | verdict | Holm p | verdict after Holm |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in res["contrasts"]:
+        lines.append(f"| {c['name']} | {c['definition']} | {c['expectation']} | "
+                     f"{c['effect']:+.1f} {cs._fmt_ci(c['ci'])} | {len(c['paired_seeds'])} | "
+                     f"{cs._fmt_p(c['p'])} | {c['verdict_raw']} | {cs._fmt_p(c['p_holm'])} | "
+                     f"**{c['verdict_holm']}** |")
+    return lines
+
+
+def longer_table(res: Mapping[str, Any]) -> List[str]:
+    """Markdown lines: seeds 0-2 at step 3000 against step 1500 and the arms' order at both."""
+    lon = res["secondary"]["longer"]
+    lines = [f"| arm | mean at {lon['early_step']} | mean at {lon['late_step']} | change, points "
+             f"[{_conf(res)} paired t] | p |", "|---|---|---|---|---|"]
+    for label in LABELS:
+        e = lon["arms"][label]
+        lines.append(f"| {label} | {cs._fmt_pct(e['mean_early'])} | "
+                     f"{cs._fmt_pct(e['mean_late'])} | {e['effect']:+.1f} "
+                     f"{cs._fmt_ci(e['ci'])} | {cs._fmt_p(e['p'])} |")
+    return lines + ["", f"Order of the arms' means at step {lon['early_step']}: "
+                    f"{' > '.join(lon['order_early'])}; at step {lon['late_step']}: "
+                    f"{' > '.join(lon['order_late'])}; the order "
+                    f"{'holds' if lon['order_holds'] else 'does not hold'}."]
+
+
+def ema_table(res: Mapping[str, Any]) -> List[str]:
+    """Markdown lines: the EMA minus the raw weights per arm at step 1500, Holm over the arms."""
+    lines = [f"| arm | EMA | raw | EMA minus raw, points [{_conf(res)} paired t] | p | Holm p "
+             "(3 arms) |", "|---|---|---|---|---|---|"]
+    for label, e in res["secondary"]["ema_minus_raw"].items():
+        lines.append(f"| {label} | {cs._fmt_pct(e['mean_ema'])} | {cs._fmt_pct(e['mean_raw'])} "
+                     f"| {e['effect']:+.1f} {cs._fmt_ci(e['ci'])} | {cs._fmt_p(e['p'])} | "
+                     f"{cs._fmt_p(e['p_holm'])} |")
+    return lines
+
+
+def curves_table(res: Mapping[str, Any]) -> List[str]:
+    """Markdown lines: the EMA's mean with its interval per arm at every evaluation step."""
+    curves = res["secondary"]["curves"]
+    lines = ["| step | seeds | " + " | ".join(LABELS) + " |", "|---|---|" + "---|" * len(LABELS)]
+    for i, row in enumerate(curves[LABELS[0]]):
+        cells = [_pct_ci(curves[label][i]) for label in LABELS]
+        lines.append(f"| {row['step']} | {row['n_seeds']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(res: Mapping[str, Any]) -> str:
-    conf = f"{res['confidence']:.0%}"
+    conf = _conf(res)
     step = res["primary_step"]
+    lon = res["secondary"]["longer"]
     lines = [
         "# CPU study, round two: results", "",
         "Generated by `python -m studies.cpu_study.round2` from the runs of the "
@@ -396,62 +466,19 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "seed, two-sided paired t, Holm over C1 and C2; the verdict after Holm counts.", "",
         f"Runs: {res['compute']['runs']}, all complete; {res['compute']['cpu_hours']:.2f} "
         "CPU-hours (wall x torch threads).", "",
-        "## Primary: arms", "",
-        f"| arm | configuration | mean [{conf} t over seeds] | seeds | per seed (%) |",
-        "|---|---|---|---|---|"]
-    for label in LABELS:
-        a = res["arms"][label]
-        lines.append(f"| {label} | {a['description']} | {_pct_ci(a)} | {len(a['seeds'])} | "
-                     + ", ".join(f"{100 * v:.1f}" for v in a["per_seed"]) + " |")
-    lines += ["", "## Primary: pre-registered contrasts", "",
-              f"| contrast | effect measured | expected | ours, points [{conf} interval] | seeds "
-              "| p | verdict | Holm p | verdict after Holm |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for c in res["contrasts"]:
-        lines.append(f"| {c['name']} | {c['definition']} | {c['expectation']} | "
-                     f"{c['effect']:+.1f} {cs._fmt_ci(c['ci'])} | {len(c['paired_seeds'])} | "
-                     f"{cs._fmt_p(c['p'])} | {c['verdict_raw']} | {cs._fmt_p(c['p_holm'])} | "
-                     f"**{c['verdict_holm']}** |")
-    lines += ["", "![arms](round2_arms.png)", "", "![contrasts](round2_contrasts.png)"]
-    lines += _secondary_markdown(res, conf)
-    lines += ["", "## Runs", "", "Every run with its per-step EMA and raw values, command and "
-              "run record is in `results_round2.json` (`runs`). Environment over the runs:", ""]
+        "## Primary: arms", "", *arms_table(res),
+        "", "## Primary: pre-registered contrasts", "", *verdicts_table(res),
+        "", "![arms](round2_arms.png)", "", "![contrasts](round2_contrasts.png)",
+        "", "## Secondary (descriptive: outside the Holm family, no verdicts)", "",
+        f"### Longer training: seeds {', '.join(map(str, lon['seeds']))}, step "
+        f"{lon['late_step']} against step {lon['early_step']}", "", *longer_table(res),
+        "", f"### EMA minus raw weights at step {step} (same runs)", "", *ema_table(res),
+        "", f"### Curves (EMA, mean [{conf} t over the seeds that reached the step])", "",
+        *curves_table(res), "", "![curves](round2_curves.png)",
+        "", "## Runs", "", "Every run with its per-step EMA and raw values, command and "
+        "run record is in `results_round2.json` (`runs`). Environment over the runs:", ""]
     lines += [f"- {k}: {', '.join(v)}" for k, v in res["environment"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _secondary_markdown(res: Mapping[str, Any], conf: str) -> List[str]:
-    sec = res["secondary"]
-    lon = sec["longer"]
-    lines = ["", "## Secondary (descriptive: outside the Holm family, no verdicts)", "",
-             f"### Longer training: seeds {', '.join(map(str, lon['seeds']))}, step "
-             f"{lon['late_step']} against step {lon['early_step']}", "",
-             f"| arm | mean at {lon['early_step']} | mean at {lon['late_step']} | change, points "
-             f"[{conf} paired t] | p |", "|---|---|---|---|---|"]
-    for label in LABELS:
-        e = lon["arms"][label]
-        lines.append(f"| {label} | {cs._fmt_pct(e['mean_early'])} | "
-                     f"{cs._fmt_pct(e['mean_late'])} | {e['effect']:+.1f} "
-                     f"{cs._fmt_ci(e['ci'])} | {cs._fmt_p(e['p'])} |")
-    lines += ["", f"Order of the arms' means at step {lon['early_step']}: "
-              f"{' > '.join(lon['order_early'])}; at step {lon['late_step']}: "
-              f"{' > '.join(lon['order_late'])}; the order "
-              f"{'holds' if lon['order_holds'] else 'does not hold'}.", "",
-              f"### EMA minus raw weights at step {res['primary_step']} (same runs)", "",
-              f"| arm | EMA | raw | EMA minus raw, points [{conf} paired t] | p | Holm p (3 "
-              "arms) |", "|---|---|---|---|---|---|"]
-    for label, e in sec["ema_minus_raw"].items():
-        lines.append(f"| {label} | {cs._fmt_pct(e['mean_ema'])} | {cs._fmt_pct(e['mean_raw'])} "
-                     f"| {e['effect']:+.1f} {cs._fmt_ci(e['ci'])} | {cs._fmt_p(e['p'])} | "
-                     f"{cs._fmt_p(e['p_holm'])} |")
-    lines += ["", f"### Curves (EMA, mean [{conf} t over the seeds that reached the step])", "",
-              "| step | seeds | " + " | ".join(LABELS) + " |",
-              "|---|---|" + "---|" * len(LABELS)]
-    for i, row in enumerate(sec["curves"][LABELS[0]]):
-        cells = [_pct_ci(sec["curves"][label][i]) for label in LABELS]
-        lines.append(f"| {row['step']} | {row['n_seeds']} | " + " | ".join(cells) + " |")
-    lines += ["", "![curves](round2_curves.png)"]
-    return lines
 
 
 def write_report(res: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
@@ -491,12 +518,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src.add_argument("--runs", help="the --root given to launchers.local")
     src.add_argument("--results", help=f"a {RESULTS_JSON} written by this command")
     p.add_argument("--out", required=True, help="output folder (docs/results/cpu_study)")
+    p.add_argument("--notebook", default=None,
+                   help="after writing the report, execute this notebook in place on the "
+                        f"{RESULTS_JSON} just written, so it is committed with its outputs "
+                        "(studies/cpu_study/notebook_round2.ipynb)")
     args = p.parse_args(argv)
+    if args.notebook and not os.path.isfile(args.notebook):
+        print(f"error: --notebook {args.notebook!r} does not exist (the round-two notebook is "
+              "studies/cpu_study/notebook_round2.ipynb)", file=sys.stderr)
+        return 2
     try:
         print(report(args.runs, args.results, args.out))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.notebook:
+        results = os.path.abspath(os.path.join(args.out, RESULTS_JSON))
+        cs.render_notebook(args.notebook, env={RESULTS_ENV: results})
+        print(f"rendered {args.notebook}")
     return 0
 
 

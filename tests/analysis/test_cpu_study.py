@@ -1,6 +1,7 @@
 """The CPU study's report (studies.cpu_study.analysis) and sweep (studies.cpu_study.sweep):
 seed-level arm intervals and paired contrasts (analysis.stats), raw and Holm-adjusted verdicts,
-results.json fields, figures, and commands that reproduce."""
+results.json fields, figures, commands that reproduce, and the notebooks; round two's
+pre-registered report and notebook (studies.cpu_study.round2)."""
 
 import json
 import os
@@ -447,3 +448,62 @@ def test_round2_report_by_hand(tmp_path):
     again = str(tmp_path / "again")
     assert r2.main([f"--results={out}/results_round2.json", f"--out={again}"]) == 0
     assert open(os.path.join(again, "RESULTS_ROUND2.md")).read() == md
+
+
+def _notebook_outputs(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def _markdown_outputs(outputs):
+    return [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+
+
+def test_round2_notebook_renders_with_the_report(tmp_path, monkeypatch, capsys):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    _write_round2(root)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # a copy of the notebook in a folder whose parent holds `studies`, as in the repository
+    os.symlink(os.path.join(repo, "studies"), tmp_path / "studies")
+    os.makedirs(tmp_path / "nb")
+    nb_path = str(tmp_path / "nb" / "notebook_round2.ipynb")
+    import shutil
+    shutil.copy(os.path.join(repo, "studies", "cpu_study", "notebook_round2.ipynb"), nb_path)
+    bad = [f"--runs={root}", f"--out={out}", f"--notebook={tmp_path / 'none.ipynb'}"]
+    assert r2.main(bad) == 2 and not os.path.exists(out)  # before any report is written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.ipynb' does not exist" in err
+    assert r2.main([f"--runs={root}", f"--out={out}", f"--notebook={nb_path}"]) == 0
+    outputs = _notebook_outputs(nbformat.read(nb_path, as_version=4))
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "30 runs, all complete" in text and "git_dirty: False" in text
+    # the tables are round2's own, on the results_round2.json --notebook has just written
+    res = json.load(open(os.path.join(out, "results_round2.json")))
+    tables = _markdown_outputs(outputs)
+    for table in (r2.verdicts_table, r2.arms_table, r2.longer_table, r2.ema_table,
+                  r2.curves_table):
+        assert "\n".join(table(res)) in tables
+    assert "| C1 | T=3, n=6 minus T=2, n=2 |" in tables[0] and "**supported**" in tables[0]
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == len(r2.FIGURES)
+
+
+def test_committed_round2_notebook_matches_the_committed_results():
+    nbformat = pytest.importorskip("nbformat")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    nb = nbformat.read(os.path.join(repo, "studies", "cpu_study", "notebook_round2.ipynb"),
+                       as_version=4)
+    outputs = _notebook_outputs(nb)
+    results = os.path.join(repo, "docs", "results", "cpu_study", r2.RESULTS_JSON)
+    if not os.path.exists(results):  # the runs are not done: no outputs, no execution counts
+        assert not outputs
+        assert not [c for c in nb.cells if c.cell_type == "code" and c.execution_count]
+        assert "rendered with its outputs once round two's 30 runs are done" in (
+            nb.cells[0].source.lower())
+        return
+    res = r2.analyze(r2.load_results(results))
+    assert _markdown_outputs(outputs)[0] == "\n".join(r2.verdicts_table(res))
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == len(r2.FIGURES)
