@@ -54,6 +54,20 @@ def test_baseline_resolves_to_published_settings():
     assert att["num_params"] == 6_828_034
 
 
+def test_quickstart_recipe_and_twins_keep_their_widths():
+    """The quickstart's short AVX2 recipe (docs/BENCHMARKS.md) and the CPU twins, whose model
+    the pre-registered CPU study round two fixes (SwiGLU widths rounded to 256)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        q = dry_run(["quickstart.gin"], [])
+    assert gin.query_parameter("%SWIGLU_MULTIPLE") == 64
+    assert q["num_params"] == 103_298 and q["lr"] == 3e-3
+    assert gin.query_parameter("%TRAIN_STEPS") == 600
+    with contextlib.redirect_stdout(io.StringIO()):
+        twin = dry_run(["cpu_e2_2_t3_n6.gin"], [])
+    assert gin.query_parameter("%SWIGLU_MULTIPLE") == 256
+    assert (twin["H_cycles"], twin["L_cycles"], twin["hidden_size"]) == (3, 6, 64)
+
+
 def test_train_steps_binding_works_on_every_run_file():
     for name in ("quickstart.gin", "e1_1_baseline.gin", "arc1_attention.gin", "cpu_maze.gin"):
         gin.clear_config()
