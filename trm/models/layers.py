@@ -142,7 +142,7 @@ class SwiGLU(nn.Module):
             # come out contiguous. The halves of one fused output are strided views, on which
             # CPU elementwise kernels (silu, its backward, mul) run 1.5-3x slower, and whose
             # backward concatenates the two gradients. The same products up to summation order
-            # (rounding); the step of the Sudoku MLP model is ~10% faster (docs/BENCHMARKS.md).
+            # (rounding); the training step is 5-10% faster (docs/BENCHMARKS.md).
             # XLA and CUDA keep the single fused product.
             weight = self.gate_up_proj.weight.to(x.dtype)
             inter = weight.shape[0] // 2
