@@ -118,8 +118,9 @@ def cpu_info() -> Tuple[str, FrozenSet[str]]:
                 key = key.strip().lower()
                 if key == "model name" and name == "unknown":
                     name = value.strip()
-                elif key in ("flags", "features") and not flags:
+                elif key in ("flags", "features"):
                     flags = frozenset(value.split())
+                    break   # the first CPU's; its model name comes before (x86)
     except OSError:
         pass
     return name, flags
