@@ -13,7 +13,8 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
   With ``--no_preflight`` the same is decided from ``run.json`` and ``command.json``.
 * A failed run does not stop the sweep; failures are listed at the end and the exit code is 1.
 * ``--parallel=N`` runs N at a time; each gets ``OMP_NUM_THREADS = cores // N`` unless the
-  environment already sets it.
+  environment already sets it, where cores are those the launcher may use: its CPU affinity,
+  capped by a container's CPU quota (``trm.runtime.device.usable_cores``).
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
 * No shell is involved: each run is an argv list for ``subprocess.Popen``; ``--dry_run``
   prints it shell-quoted, so a printed line pasted into a shell runs the same argv. Run names
@@ -143,7 +144,10 @@ class Progress:
 def _child_env(parallel: int) -> dict[str, str]:
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+        # the cores this launcher may use (affinity, capped by a container's CPU quota), the
+        # count trm's own thread rule starts from
+        from trm.runtime.device import usable_cores
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores()[0] // parallel))
     return env
 
 

@@ -187,3 +187,21 @@ def test_a_fifo_run_json_never_hangs_the_launcher(trainer, tmp_path):
     os.mkfifo(workdir / "command.json")
     rc, out = _run(["--runs=*t2_n2*", "--dry_run"], root)  # would block on open() before
     assert rc == 0 and "--workdir=" in out and "skip" not in out
+
+
+@pytest.mark.parametrize("cpus,quota,parallel,expected", [
+    (2, None, 2, "1"),
+    (64, None, 4, "16"),
+    (64, 4.0, 2, "2"),    # a container limited to 4 CPUs on a 64-core host: 4 // 2, not 32
+    (64, 1.0, 2, "1"),    # never below one
+    (8, 2.5, 1, "3"),
+])
+def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, parallel,
+                                                    expected):
+    from trm.runtime import device
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(device, "cpu_quota", lambda: quota)
+    assert local._child_env(parallel)["OMP_NUM_THREADS"] == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")   # the user's own setting wins
+    assert local._child_env(parallel)["OMP_NUM_THREADS"] == "7"

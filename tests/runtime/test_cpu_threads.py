@@ -15,9 +15,10 @@ def machine(monkeypatch):
     monkeypatch.delenv("TRM_CPU_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
-    def set_host(cores, load):
+    def set_host(cores, load, quota=None):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-        monkeypatch.setattr(device, "busy_cores", lambda n: (load, "sampled"))
+        monkeypatch.setattr(device, "busy_cores", lambda cpus: (load, "sampled"))
+        monkeypatch.setattr(device, "cpu_quota", lambda: quota)
 
     yield set_host
     torch.set_num_threads(before)
@@ -95,3 +96,135 @@ def test_the_forward_dtype_rule_says_why(monkeypatch):
     native = device.cpu_has_native_bf16()
     assert ("natively" in device.forward_dtype_rule(torch.device("cpu"))) == native
     assert device.forward_dtype_rule(torch.device("cuda")) == "auto: bfloat16 on cuda"
+
+
+@pytest.mark.parametrize("cores,load,quota,processes,expected", [
+    (64, 0.0, 2.0, 1, 2),    # docker --cpus=2 on a quiet 64-core host: 2, not 64
+    (64, 30.0, 2.0, 1, 2),   # other containers keep 30 of the host's CPUs busy
+    (64, 0.0, 1.5, 1, 2),    # a fractional quota rounds up (both threads are throttled together)
+    (64, 0.0, 0.5, 1, 1),
+    (64, 0.0, 8.0, 4, 2),    # four training processes share the quota
+    (2, 0.0, 4.0, 1, 2),     # a quota above the CPUs changes nothing
+])
+def test_a_cpu_quota_caps_the_threads(machine, cores, load, quota, processes, expected):
+    machine(cores, load, quota)
+    rule = device.choose_cpu_threads(processes)
+    assert torch.get_num_threads() == expected
+    if quota < cores:
+        assert rule.startswith(f"{expected} (rule: {-int(-quota // 1)} cores (CPU quota "
+                               f"{quota:g} of {cores} CPUs) / {processes} process(es)"), rule
+    else:
+        assert rule.startswith(f"{expected} (rule: {cores} cores / "), rule
+
+
+def _cgroup_file(tmp_path, text):
+    path = tmp_path / "self_cgroup"
+    path.write_text(text)
+    return str(path)
+
+
+def _write(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def test_cpu_quota_reads_cgroup_v2_along_the_hierarchy(tmp_path):
+    root = tmp_path / "cg"
+    own = root / "kubepods" / "pod1" / "ctr"
+    _write(own, "cpu.max", "max 100000\n")                       # no limit of its own
+    _write(root / "kubepods" / "pod1", "cpu.max", "150000 100000\n")  # the pod's: 1.5 cores
+    _write(root / "kubepods", "cpu.max", "800000 100000\n")
+    cg = _cgroup_file(tmp_path, "0::/kubepods/pod1/ctr\n")
+    assert device.cpu_quota(cg, str(root)) == 1.5
+    # inside a container (cgroup namespace) its own cgroup is the mount's root
+    _write(tmp_path / "ns", "cpu.max", "200000 100000\n")
+    assert device.cpu_quota(_cgroup_file(tmp_path, "0::/\n"), str(tmp_path / "ns")) == 2.0
+
+
+def test_cpu_quota_reads_cgroup_v1(tmp_path):
+    root = tmp_path / "cg"
+    cpu = root / "cpu,cpuacct" / "docker" / "abc"
+    _write(cpu, "cpu.cfs_quota_us", "300000\n")
+    _write(cpu, "cpu.cfs_period_us", "100000\n")
+    _write(root / "cpu,cpuacct", "cpu.cfs_quota_us", "-1\n")     # the root: unlimited
+    _write(root / "cpu,cpuacct", "cpu.cfs_period_us", "100000\n")
+    cg = _cgroup_file(tmp_path, "12:memory:/docker/abc\n3:cpuacct,cpu:/docker/abc\n"
+                                "2:cpuset:/docker/abc\n")
+    assert device.cpu_quota(cg, str(root)) == 3.0
+    # older Docker: /proc/self/cgroup names the host's path, the mount holds only the container
+    lone = tmp_path / "lone"
+    _write(lone / "cpu", "cpu.cfs_quota_us", "50000\n")
+    _write(lone / "cpu", "cpu.cfs_period_us", "100000\n")
+    assert device.cpu_quota(_cgroup_file(tmp_path, "4:cpu:/docker/abc\n"), str(lone)) == 0.5
+
+
+@pytest.mark.parametrize("files", [
+    {},                                                    # no cgroup files at all
+    {"cpu.max": "max 100000\n"},                          # unlimited
+    {"cpu.max": "garbage\n"},                             # unreadable values: no limit
+    {"cpu.max": "0 100000\n"},
+])
+def test_cpu_quota_is_none_without_a_usable_limit(tmp_path, files):
+    for name, text in files.items():
+        _write(tmp_path / "cg", name, text)
+    assert device.cpu_quota(_cgroup_file(tmp_path, "0::/\n"), str(tmp_path / "cg")) is None
+    assert device.cpu_quota(str(tmp_path / "missing"), str(tmp_path / "cg")) is None
+
+
+def test_busy_cores_counts_only_the_cpus_this_process_may_use():
+    """Work pinned to another CPU is not in this process's way: a real spinner pinned to CPU 1
+    counts for [1] and for the host, not for [0] against [1]."""
+    import subprocess
+    import sys
+    import time
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    other = cpus[1]
+    spinner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, "
+                                f"{{{other}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.3)
+        pinned, how = device.busy_cores([other], sample_s=0.5)
+        assert pinned > 0.5 and how == "sampled over 0.5 s"   # the spinner holds CPU 1
+        assert pinned <= 1.0                                 # a list of one CPU: at most one
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_busy_cores_per_cpu_arithmetic(monkeypatch):
+    """From two /proc/stat samples: CPU 0 half busy, CPU 1 idle, CPU 2 fully busy."""
+    samples = iter([{None: (0, 0), 0: (0, 0), 1: (0, 0), 2: (0, 0)},
+                    {None: (300, 150), 0: (100, 50), 1: (100, 100), 2: (100, 0)}])
+    monkeypatch.setattr(device, "_cpu_ticks", lambda: next(samples))
+    monkeypatch.setattr(device.time, "sleep", lambda s: None)
+    assert device.busy_cores([0, 1], sample_s=0.1) == (0.5, "sampled over 0.1 s")
+    samples = iter([{None: (0, 0), 0: (0, 0)}, {None: (300, 150), 0: (100, 50)}])
+    # CPU 5 has no line of its own: the host's share (0.5) times the CPUs asked about
+    assert device.busy_cores([0, 5], sample_s=0.1) == (1.0, "sampled over 0.1 s")
+
+
+def test_proc_stat_parsing(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 5 0 2 40 3 0 0 0 0 0\n"
+                    "cpu1 5 0 3 40 2 0 0 0 0 0\nintr 1 2 3\n")
+    assert device._cpu_ticks(str(stat)) == {None: (100, 85), 0: (50, 43), 1: (50, 42)}
+    stat.write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError):
+        device._cpu_ticks(str(stat))
+
+
+def test_a_pinned_process_takes_the_cpus_it_may_use():
+    """A real process pinned to one CPU: the rule sees one core (its affinity), whatever the
+    host has."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+                                                             "TRM_CPU_THREADS")}
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "import torch; from trm.runtime import device\n"
+            "print(device.choose_cpu_threads(), torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out.startswith("1 (rule: 1 cores") and out.endswith(" 1"), out

@@ -8,11 +8,12 @@ TPU VM or ``CPU`` for XLA:CPU tests). Otherwise CUDA is used when present, else 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import time
 
-from typing import FrozenSet, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -130,10 +131,13 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
     """Sets torch's intra-op thread count for a CPU run and returns how it was chosen.
 
     The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
-    follows it); else the cores this process may use, shared by the training processes on the
-    host, less the cores other work keeps busy now (:func:`busy_cores`), at least 1. torch's
-    default (every core) collapses when another process wants a core: a small train step went
-    from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md).
+    follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
+    capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
+    training processes on the host, less the CPUs other work keeps busy now among those it may
+    run on (:func:`busy_cores`), at least 1. torch's default (every core the host has)
+    collapses when another process wants a core: a small train step went from ~4 ms to
+    ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in a container it
+    starts a thread per host core whatever the quota.
     """
     forced = os.environ.get("TRM_CPU_THREADS", "").strip()
     if forced:
@@ -148,41 +152,160 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
         return f"{threads} (TRM_CPU_THREADS)"
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return f"{torch.get_num_threads()} (OMP_NUM_THREADS)"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    busy, how = busy_cores(cores)
+    cpus = allowed_cpus()
+    cores, why = usable_cores(cpus)
+    busy, how = busy_cores(cpus)
     share = max(1, cores // max(1, processes_on_host))
-    free = int(cores - busy + 0.5)
+    free = int(len(cpus) - busy + 0.5)
     threads = max(1, min(share, free))
     torch.set_num_threads(threads)
-    return (f"{threads} (rule: {cores} cores / {processes_on_host} process(es) on the host, "
-            f"less {busy:.1f} busy ({how}); TRM_CPU_THREADS overrides)")
+    return (f"{threads} (rule: {cores} cores{why} / {processes_on_host} process(es) on the "
+            f"host, {busy:.1f} of its {len(cpus)} CPUs busy ({how}); TRM_CPU_THREADS "
+            "overrides)")
 
 
-def _cpu_ticks() -> Tuple[int, int]:
-    """(all, idle + iowait) CPU ticks of the host so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return sum(ticks), ticks[3] + ticks[4]
-
-
-def busy_cores(cores: int, sample_s: float = 0.25) -> Tuple[float, str]:
-    """How many of ``cores`` other work keeps busy now, and how that was measured: the host's
-    busy share over a ``sample_s`` sample of /proc/stat (this process sleeps meanwhile), or the
-    1-minute load average where /proc/stat is missing (it lags: a job that just ended counts)."""
+def allowed_cpus() -> List[int]:
+    """The CPUs this process may run on (its affinity: ``taskset``, cpusets), else all."""
     try:
-        total0, idle0 = _cpu_ticks()
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def usable_cores(cpus: Optional[Sequence[int]] = None) -> Tuple[int, str]:
+    """How many cores this process can keep busy, and why when it is fewer than its CPUs.
+
+    The CPUs it may run on (:func:`allowed_cpus`), capped by its cgroup's CPU bandwidth limit
+    (:func:`cpu_quota`) rounded up: a container limited to 2 CPUs on a 64-core host gets 2,
+    where ``os.cpu_count()`` says 64. ``launchers.local`` shares the same count among its runs.
+    """
+    cpus = allowed_cpus() if cpus is None else list(cpus)
+    quota = cpu_quota()
+    if quota is not None and math.ceil(quota - 1e-9) < len(cpus):
+        return max(1, math.ceil(quota - 1e-9)), f" (CPU quota {quota:g} of {len(cpus)} CPUs)"
+    return len(cpus), ""
+
+
+def cpu_quota(proc_cgroup: str = "/proc/self/cgroup",
+              cgroup_root: str = "/sys/fs/cgroup") -> Optional[float]:
+    """This process's CPU bandwidth limit in cores (quota / period), or None when it has none.
+
+    Read from its cgroup and every cgroup above it (the smallest limit applies): cgroup v2's
+    ``cpu.max`` (``200000 100000`` = 2 cores; ``max`` = none) and cgroup v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1 = none). Inside a container the
+    container's own cgroup is the mount's root, which the walk reaches too.
+    """
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits: List[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            limits += _limits_along(cgroup_root, path, _cpu_max_v2)
+        elif "cpu" in controllers.split(","):
+            for mount in ("cpu,cpuacct", "cpuacct,cpu", "cpu"):
+                if os.path.isdir(os.path.join(cgroup_root, mount)):
+                    limits += _limits_along(os.path.join(cgroup_root, mount), path, _cfs_v1)
+                    break
+    return min(limits) if limits else None
+
+
+def _limits_along(mount: str, path: str, read) -> List[float]:
+    """The limits ``read`` finds in ``mount/path`` and each folder above it up to ``mount``."""
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    found = []
+    for depth in range(len(parts), -1, -1):
+        value = read(os.path.join(mount, *parts[:depth]))
+        if value is not None:
+            found.append(value)
+    return found
+
+
+def _read_words(*paths: str) -> Optional[List[str]]:
+    try:
+        out = []
+        for p in paths:
+            with open(p) as f:
+                out += f.read().split()
+        return out
+    except OSError:
+        return None
+
+
+def _quota(quota: str, period: str) -> Optional[float]:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _cpu_max_v2(folder: str) -> Optional[float]:
+    words = _read_words(os.path.join(folder, "cpu.max"))
+    return _quota(words[0], words[1]) if words and len(words) >= 2 else None
+
+
+def _cfs_v1(folder: str) -> Optional[float]:
+    words = _read_words(os.path.join(folder, "cpu.cfs_quota_us"),
+                       os.path.join(folder, "cpu.cfs_period_us"))
+    return _quota(words[0], words[1]) if words and len(words) >= 2 else None
+
+
+def _cpu_ticks(path: str = "/proc/stat") -> Dict[Optional[int], Tuple[int, int]]:
+    """{CPU number: (all, idle + iowait ticks so far)} from /proc/stat; None = the whole host."""
+    out: Dict[Optional[int], Tuple[int, int]] = {}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            name, *values = line.split()
+            ticks = [int(v) for v in values]
+            cpu = None if name == "cpu" else int(name[3:])
+            out[cpu] = (sum(ticks), ticks[3] + ticks[4])
+    if None not in out:
+        raise ValueError(f"{path} has no 'cpu' line")
+    return out
+
+
+def busy_cores(cpus: Union[int, Sequence[int]], sample_s: float = 0.25) -> Tuple[float, str]:
+    """How many CPUs other work keeps busy now, and how that was measured.
+
+    ``cpus``: the CPUs this process may run on (a list of CPU numbers: the sum of each one's
+    busy share, from its own /proc/stat line, so work pinned elsewhere on a big host does not
+    count), or a count (the host's busy share times it). Measured over a ``sample_s`` sample
+    of /proc/stat (this process sleeps meanwhile), or the 1-minute load average where
+    /proc/stat is missing (it lags: a job that just ended counts).
+    """
+    count = cpus if isinstance(cpus, int) else len(cpus)
+    try:
+        before = _cpu_ticks()
         time.sleep(sample_s)
-        total1, idle1 = _cpu_ticks()
-        if total1 > total0:
-            share = 1.0 - (idle1 - idle0) / (total1 - total0)
-            return min(float(cores), max(0.0, share * cores)), f"sampled over {sample_s:g} s"
-    except (OSError, ValueError, IndexError):
+        after = _cpu_ticks()
+
+        def share(cpu):
+            total = after[cpu][0] - before[cpu][0]
+            return 1.0 - (after[cpu][1] - before[cpu][1]) / total if total > 0 else None
+
+        per_cpu = ([] if isinstance(cpus, int) or any(c not in before or c not in after
+                                                      for c in cpus)
+                   else [share(c) for c in cpus])
+        if per_cpu and None not in per_cpu:
+            busy = sum(per_cpu)
+        else:
+            host = share(None)
+            busy = None if host is None else host * count
+        if busy is not None:
+            return min(float(count), max(0.0, busy)), f"sampled over {sample_s:g} s"
+    except (OSError, ValueError, IndexError, KeyError):
         pass
     try:
-        return os.getloadavg()[0], "1-minute load average"
+        return min(float(count), os.getloadavg()[0]), "1-minute load average"
     except (AttributeError, OSError):
         return 0.0, "unknown"
 
