@@ -156,6 +156,7 @@ def evaluate(model: TRM, loss_head: ACTLoss, batches: Iterable[Tuple[str, Dict[s
                 for ev in evaluators:
                     ev.update(host_batch, host_out)
             runtime.mark_step()
+            runtime.adapt_cpu_threads()  # a long evaluation follows the machine's load too
             if progress is not None:
                 progress(done)
             if should_stop is not None and should_stop():

@@ -267,6 +267,7 @@ class Trainer:
             batch = next(it)
             metrics = self.train_step(batch)
             self._last_batch = batch
+            rt.adapt_cpu_threads()  # the machine's load may have changed (CPU runs)
             sums.add(metrics)
             if not session.started:
                 t0 = time.perf_counter()
@@ -346,6 +347,9 @@ class Trainer:
             raw["grad_norm"] /= rt.process_count
         metrics = normalize_train_metrics(raw, cfg.global_batch_size, steps)
         metrics["lr"] = self.lrs.at(self.step, cfg.lr)  # the LR of the logged step
+        if rt.thread_governor is not None:
+            perf["cpu_threads"] = float(rt.thread_governor.current())
+            self.session.thread_changes(self.step, rt.thread_governor.new_changes())
         xla = rt.is_xla and (_every(self.step, cfg.xla_metrics_every) or self.step <= steps)
         self.session.log(self.step, metrics, perf, self._pace.eta(self.step, self.total_steps),
                          xla_metrics=xla)

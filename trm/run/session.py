@@ -25,7 +25,7 @@ import math
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from trm.errors import TrainingError
 from trm.run.guards import open_workdir, storage_error
@@ -205,6 +205,20 @@ class RunSession:
             self.writer.hparams({k: v for k, v in macros.items()
                                  if v is None or isinstance(v, (bool, int, float, str))},
                                 group_name=self.path)
+
+    def thread_changes(self, step: int, changes: Sequence[Mapping[str, Any]]) -> None:
+        """Appends the CPU thread governor's ``changes`` (made before ``step``) to run.json's
+        ``cpu_thread_changes`` (process 0; the last 100 kept) and its ``torch_threads``."""
+        if not changes:
+            return
+
+        def record() -> None:
+            previous = self.record.read().get("cpu_thread_changes")
+            kept = (previous if isinstance(previous, list) else []) + [
+                {**c, "step": step} for c in changes]
+            self.record.update_later(cpu_thread_changes=kept[-100:],
+                                     torch_threads=changes[-1]["threads"])
+        self.runtime.on_main(record)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """One scalar into TensorBoard (process 0, once the run has started)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 import pickle
 import queue
@@ -60,6 +61,9 @@ class Runtime:
     process_count: int = 1
     backend: str = "none"  # "none" | "gloo" | "nccl" | "xla"
     cpu_threads: str = ""  # torch's CPU threads and the rule that chose them (CPU runs)
+    #: re-applies the thread rule as the machine's load changes (CPU runs where the rule chose
+    #: the count; :mod:`trm.runtime.threads`)
+    thread_governor: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
 
     def describe(self) -> Dict[str, Any]:
         """This process's runtime as run.json records it: device, backend, process count, the
@@ -67,6 +71,17 @@ class Runtime:
         return dict(device=str(self.device), backend=self.backend, world_size=self.process_count,
                     torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
                     cpu_threads_rule=self.cpu_threads or None)
+
+    def adapt_cpu_threads(self) -> Optional[str]:
+        """Lets the thread governor (if any) adjust torch's CPU threads to the machine's load
+        now; returns the change it made (also logged), else None. Cheap: a clock read between
+        its measurements."""
+        if self.thread_governor is None:
+            return None
+        change = self.thread_governor.check()
+        if change:
+            logging.getLogger("trm.train").warning(change)
+        return change
 
     @property
     def is_main(self) -> bool:
@@ -298,10 +313,13 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
         return Runtime(dev, xr.global_ordinal(), count, "xla")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = select_device(device)  # an unavailable explicit device is an error, never the CPU
-    threads = ""
+    threads, governor = "", None
     if dev.type == "cpu":
+        from trm.runtime.threads import governor_for_this_process
         tune_cpu_allocator()
-        threads = choose_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        on_host = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        threads = choose_cpu_threads(on_host)
+        governor = governor_for_this_process(on_host)
     if world > 1:
         import torch.distributed as dist
         backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -309,8 +327,9 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        return Runtime(dev, dist.get_rank(), dist.get_world_size(), backend, threads)
-    return Runtime(dev, cpu_threads=threads)
+        return Runtime(dev, dist.get_rank(), dist.get_world_size(), backend, threads,
+                       governor)
+    return Runtime(dev, cpu_threads=threads, thread_governor=governor)
 
 
 def local_runtime(device: Optional[str] = "cpu") -> Runtime:

@@ -1,0 +1,159 @@
+"""Keeping a CPU run's torch thread count right while the machine's load changes.
+
+:func:`trm.runtime.device.choose_cpu_threads` picks the thread count once, at start, from the
+load it sees then. Other work that starts later (a second run, a build, a browser) makes torch's
+threads fight it for the cores, and a step can get tens of times slower (two threads on two
+busy cores: docs/BENCHMARKS.md, the platform notes). :class:`ThreadGovernor` re-applies the same
+rule during the run: every ``interval_s`` (``$TRM_CPU_THREADS_INTERVAL_S``, default 10 s) it
+measures how many of the process's CPUs *other* work kept busy over the last interval -- the
+CPUs' busy time from /proc/stat less this process's own CPU time -- and sets
+
+    threads = max(1, min(cores // processes_on_host, round(CPUs - others_busy)))
+
+It lowers the count at the first interval that asks for fewer threads (a collapse costs more
+than a briefly idle core) and raises it again only after two intervals in a row agree (the other
+work has ended). It runs only where the rule chose the count: ``$TRM_CPU_THREADS`` or
+``$OMP_NUM_THREADS`` fix it for the whole run (``launchers.local`` sets the latter for its
+runs). The trainer checks at every step and evaluation batch (a clock read between checks),
+logs each change, and records them in run.json (``cpu_thread_changes``) and TensorBoard
+(``perf/cpu_threads``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from trm.runtime import device
+
+__all__ = ["ThreadGovernor", "governor_for_this_process", "DEFAULT_INTERVAL_S"]
+
+DEFAULT_INTERVAL_S = 10.0
+INTERVAL_ENV = "TRM_CPU_THREADS_INTERVAL_S"
+
+
+def _clock_ticks() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0
+
+
+def host_busy_s(cpus: Sequence[int]) -> Optional[float]:
+    """CPU-seconds the ``cpus`` have been busy since boot (/proc/stat), None where unknown."""
+    try:
+        ticks = device._cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    if all(c in ticks for c in cpus):
+        busy = sum(ticks[c][0] - ticks[c][1] for c in cpus)
+    else:  # CPUs without their own line: the host's busy time, scaled to them
+        total, idle = ticks[None]
+        host_cpus = len(ticks) - 1 or os.cpu_count() or 1
+        busy = (total - idle) * len(cpus) / host_cpus
+    return busy / _clock_ticks()
+
+
+def own_cpu_s() -> float:
+    """CPU-seconds this process has used so far (every thread: torch's, tf.data's, ...)."""
+    t = os.times()
+    return t.user + t.system
+
+
+class ThreadGovernor:
+    """Re-applies the CPU thread rule during a run (see the module docstring).
+
+    ``cores``: the cores the process may use (:func:`trm.runtime.device.usable_cores`);
+    ``cpus``: the CPUs it may run on; the measurements (``clock``, ``host_busy``, ``own``)
+    can be replaced, e.g. in tests.
+    """
+
+    def __init__(self, cpus: Sequence[int], cores: int, processes_on_host: int = 1,
+                 interval_s: float = DEFAULT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 host_busy: Callable[[Sequence[int]], Optional[float]] = host_busy_s,
+                 own: Callable[[], float] = own_cpu_s,
+                 set_threads: Callable[[int], None] = torch.set_num_threads,
+                 get_threads: Callable[[], int] = torch.get_num_threads) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.cpus = list(cpus)
+        self.share = max(1, cores // max(1, processes_on_host))
+        self.interval_s = interval_s
+        self._clock, self._host_busy, self._own = clock, host_busy, own
+        self._set, self._get = set_threads, get_threads
+        self._last = self._sample()
+        self._raise_votes = 0
+        #: every change so far: {"threads_from", "threads", "others_busy", "time"}
+        self.changes: List[Dict[str, object]] = []
+        self._reported = 0
+
+    def current(self) -> int:
+        """The thread count now."""
+        return self._get()
+
+    def _sample(self):
+        return self._clock(), self._host_busy(self.cpus), self._own()
+
+    def wanted(self, others_busy: float) -> int:
+        """The rule's thread count when other work keeps ``others_busy`` of the CPUs busy."""
+        free = int(len(self.cpus) - others_busy + 0.5)
+        return max(1, min(self.share, free))
+
+    def check(self) -> Optional[str]:
+        """Measures and adjusts once an interval has passed since the last measurement;
+        returns a one-line description of a change, else None. Cheap between intervals."""
+        now = self._clock()
+        if now - self._last[0] < self.interval_s:
+            return None
+        t1, busy1, own1 = self._sample()
+        t0, busy0, own0 = self._last
+        self._last = (t1, busy1, own1)
+        if busy0 is None or busy1 is None or t1 <= t0:
+            return None
+        others = ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        others = min(float(len(self.cpus)), max(0.0, others))
+        current, want = self._get(), self.wanted(others)
+        if want > current:
+            self._raise_votes += 1
+            if self._raise_votes < 2:
+                return None
+        else:
+            self._raise_votes = 0
+        if want == current:
+            return None
+        self._raise_votes = 0
+        self._set(want)
+        self.changes.append({"threads_from": current, "threads": want,
+                             "others_busy": round(others, 2),
+                             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return (f"CPU threads {current} -> {want}: other work kept {others:.1f} of this "
+                f"process's {len(self.cpus)} CPUs busy over the last {t1 - t0:.0f} s "
+                "(TRM_CPU_THREADS fixes the count)")
+
+    def new_changes(self) -> List[Dict[str, object]]:
+        """The changes not returned by an earlier call (for run.json)."""
+        out = self.changes[self._reported:]
+        self._reported = len(self.changes)
+        return out
+
+
+def governor_for_this_process(processes_on_host: int = 1) -> Optional[ThreadGovernor]:
+    """A governor when the thread rule chose the count (neither ``$TRM_CPU_THREADS`` nor
+    ``$OMP_NUM_THREADS`` is set), else None; ``$TRM_CPU_THREADS_INTERVAL_S`` sets its
+    interval (0 turns it off)."""
+    if any(os.environ.get(k, "").strip() for k in ("TRM_CPU_THREADS", "OMP_NUM_THREADS")):
+        return None
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    try:
+        interval = float(raw) if raw else DEFAULT_INTERVAL_S
+    except ValueError:
+        raise device.DeviceError(f"{INTERVAL_ENV}={raw!r} is not a number of seconds; set it "
+                                 "to e.g. 10, or 0 to keep the start's thread count") from None
+    if interval <= 0:
+        return None
+    cpus = device.allowed_cpus()
+    return ThreadGovernor(cpus, device.usable_cores(cpus)[0], processes_on_host, interval)
