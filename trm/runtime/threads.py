@@ -17,6 +17,10 @@ work has ended). It runs only where the rule chose the count: ``$TRM_CPU_THREADS
 runs). The trainer checks at every step and evaluation batch (a clock read between checks),
 logs each change, and records them in run.json (``cpu_thread_changes``) and TensorBoard
 (``perf/cpu_threads``).
+
+The thread count can change the last bits of a CPU result (parallel reductions split the work
+differently), so a run whose count changed is not bitwise repeatable; set ``TRM_CPU_THREADS``
+(or ``OMP_NUM_THREADS``) where that matters, as ``launchers.local`` does.
 """
 
 from __future__ import annotations
