@@ -16,6 +16,9 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
   environment already sets it, where cores are those the launcher may use: its CPU affinity,
   capped by a container's CPU quota (``trm.runtime.device.usable_cores``).
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
+* Ctrl-C, ``kill`` (SIGTERM) or a closed terminal (SIGHUP) stops the sweep: each running run
+  gets SIGTERM (it saves a checkpoint and exits; killed after 120 s), the launcher says how to
+  resume and exits with 128 + the signal. No run is left running without its launcher.
 * No shell is involved: each run is an argv list for ``subprocess.Popen``; ``--dry_run``
   prints it shell-quoted, so a printed line pasted into a shell runs the same argv. Run names
   must be relative path-safe names (their workdir stays inside ``--root``) and
@@ -43,12 +46,14 @@ Flags::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence, TextIO
 
@@ -151,13 +156,61 @@ def _child_env(parallel: int) -> dict[str, str]:
     return env
 
 
+#: how long a stopped sweep waits for its running runs to save a checkpoint and exit
+STOP_GRACE_S = 120.0
+
+
+class Stopped(KeyboardInterrupt):
+    """The launcher got a stop signal (SIGTERM, SIGHUP) while runs were executing."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """While runs execute, SIGTERM and SIGHUP stop the sweep as Ctrl-C does (the running runs
+    are asked to stop, save a checkpoint and exit; the launcher then exits), instead of killing
+    the launcher alone and leaving its runs going on unwatched. A repeated signal during that
+    stop is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def execute(todo: Sequence[Job], total: int, parallel: int, out: TextIO) -> list[Job]:
-    """Runs ``todo`` with at most ``parallel`` at a time; returns the failed jobs."""
+    """Runs ``todo`` with at most ``parallel`` at a time; returns the failed jobs.
+
+    Ctrl-C, SIGTERM or SIGHUP: each running run gets SIGTERM (the trainer saves a checkpoint
+    and exits), up to :data:`STOP_GRACE_S` in all before the rest are killed; then the
+    interrupt (:class:`Stopped` for the signals) is raised."""
     progress = Progress(total, total - len(todo), parallel, out)
     env = _child_env(parallel)
     pending = list(todo)
     running: list[tuple[Job, subprocess.Popen, TextIO, float]] = []
     failed: list[Job] = []
+    with _stop_signals():
+        _execute(pending, running, failed, progress, env, out, parallel)
+    return failed
+
+
+def _execute(pending: list[Job], running: list, failed: list[Job], progress: Progress,
+             env: dict[str, str], out: TextIO, parallel: int) -> None:
+    """The loop of :func:`execute`: starts, watches and (on an interrupt) stops the runs."""
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -186,15 +239,19 @@ def execute(todo: Sequence[Job], total: int, parallel: int, out: TextIO) -> list
     except KeyboardInterrupt:
         for job, proc, log, _ in running:
             print(f"interrupted: stopping {job.run.name}", file=out, flush=True)
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
         for job, proc, log, _ in running:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"interrupted: {job.run.name} did not stop within {STOP_GRACE_S:.0f} s; "
+                      "killed (it resumes from its last checkpoint)", file=out, flush=True)
                 proc.kill()
+                proc.wait()
             log.close()
         raise
-    return failed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -292,7 +349,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     print(f"{sweep.name}: {len(runs)} runs, {len(done)} completed, {len(todo)} to run, "
           f"{args.parallel} at a time", file=out, flush=True)
     start = time.monotonic()
-    failed = execute(todo, len(runs), args.parallel, out)
+    try:
+        failed = execute(todo, len(runs), args.parallel, out)
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name} after "
+              f"{common.format_duration(time.monotonic() - start)}: the running runs were asked "
+              "to stop and save a checkpoint; run the same command again to resume", file=out,
+              flush=True)
+        return 128 + signum
     elapsed = common.format_duration(time.monotonic() - start)
     if failed:
         print(f"{len(failed)} of {len(todo)} runs failed ({elapsed}):", file=out)

@@ -24,8 +24,16 @@ FAKE_TRAINER = textwrap.dedent(
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
     with open(os.path.join(workdir, "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": args, "omp": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
-    print("training", os.path.basename(workdir))
+        f.write(json.dumps({"argv": args, "omp": os.environ.get("OMP_NUM_THREADS"),
+                            "pid": os.getpid()}) + "\\n")
+    print("training", os.path.basename(workdir), flush=True)
+    if os.environ.get("FAKE_STOP_FILE"):   # a trainer that saves on SIGTERM, then exits
+        import signal
+        def stop(signum, frame):
+            with open(os.path.join(workdir, "stopped"), "w") as f:
+                f.write(str(signum))
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in workdir:
         print("boom", file=sys.stderr)
@@ -205,3 +213,39 @@ def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, par
     assert local._child_env(parallel)["OMP_NUM_THREADS"] == expected
     monkeypatch.setenv("OMP_NUM_THREADS", "7")   # the user's own setting wins
     assert local._child_env(parallel)["OMP_NUM_THREADS"] == "7"
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_stops_the_running_runs_and_the_launcher(trainer, tmp_path, signame):
+    """A real launcher process: SIGTERM / SIGHUP (e.g. `kill`, a closed terminal) stop the
+    sweep as Ctrl-C does. Each running run gets SIGTERM (the trainer saves and exits), the
+    launcher says how to resume and exits 128 + the signal; no run is left running."""
+    import signal
+    import subprocess
+    import time
+    root = tmp_path / "runs"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FAKE_SLEEP="60", FAKE_STOP_FILE="1",
+               PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], repo]))
+    proc = subprocess.Popen([sys.executable, "-m", "launchers.local", "--sweep=cpu_e2_2_tn",
+                             "--seeds=0", f"--root={root}", "--train_module=fake_trainer",
+                             "--no_preflight", "--parallel=2"], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workdirs = [root / "cpu_e2_2_tn" / n for n in ("t2_n2_s0", "t2_n6_s0")]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            "training" in (w / "launcher.log").read_text() if (w / "launcher.log").exists()
+            else False for w in workdirs):
+        time.sleep(0.1)
+    pids = [_calls(str(w))[0]["pid"] for w in workdirs]
+    proc.send_signal(getattr(signal, signame))
+    out, _ = proc.communicate(timeout=60)
+    signum = getattr(signal, signame)
+    assert proc.returncode == 128 + signum, out
+    assert f"stopped by {signame}" in out and "run the same command again to resume" in out
+    assert out.count("interrupted: stopping") == 2
+    for w, pid in zip(workdirs, pids):
+        assert (w / "stopped").read_text() == str(int(signal.SIGTERM))   # asked to save
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)                                             # and gone
+    assert not (root / "cpu_e2_2_tn" / "t3_n6_s0").exists()              # never started
