@@ -18,7 +18,9 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
 * Ctrl-C, ``kill`` (SIGTERM) or a closed terminal (SIGHUP) stops the sweep: each running run
   gets SIGTERM (it saves a checkpoint and exits; killed after 120 s), the launcher says how to
-  resume and exits with 128 + the signal. No run is left running without its launcher.
+  resume and exits with 128 + the signal. Runs start in sessions of their own (the terminal's
+  signals reach only the launcher) and, on Linux, get SIGTERM if the launcher dies in any way
+  (``kill -9`` included), so no run is left running without its launcher.
 * No shell is involved: each run is an argv list for ``subprocess.Popen``; ``--dry_run``
   prints it shell-quoted, so a printed line pasted into a shell runs the same argv. Run names
   must be relative path-safe names (their workdir stays inside ``--root``) and
@@ -220,8 +222,13 @@ def _execute(pending: list[Job], running: list, failed: list[Job], progress: Pro
                 log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} "
                           f"{common.format_command(job.argv)}\n")
                 log.flush()
+                # A session of its own: a terminal's hangup or Ctrl-C reaches the launcher,
+                # which stops the run properly (SIGTERM: checkpoint, exit), not the run directly;
+                # and SIGTERM when the launcher dies in any way (Linux), so no run goes on
+                # unwatched.
                 proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env)
+                                        stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
                 print(f"started {job.run.name} (log {os.path.join(job.workdir, LAUNCHER_LOG)})",
                       file=out, flush=True)
                 running.append((job, proc, log, time.monotonic()))
@@ -237,21 +244,54 @@ def _execute(pending: list[Job], running: list, failed: list[Job], progress: Pro
                     failed.append(job)
                 progress.finished(job, rc == 0, time.monotonic() - started, rc)
     except KeyboardInterrupt:
-        for job, proc, log, _ in running:
-            print(f"interrupted: stopping {job.run.name}", file=out, flush=True)
+        for job, proc, log, _ in running:   # first the signals, then the words (see _say)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        for job, proc, log, _ in running:
+            _say(out, f"interrupted: stopping {job.run.name}")
         deadline = time.monotonic() + STOP_GRACE_S
         for job, proc, log, _ in running:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                print(f"interrupted: {job.run.name} did not stop within {STOP_GRACE_S:.0f} s; "
-                      "killed (it resumes from its last checkpoint)", file=out, flush=True)
                 proc.kill()
                 proc.wait()
+                _say(out, f"interrupted: {job.run.name} did not stop within "
+                          f"{STOP_GRACE_S:.0f} s; killed (it resumes from its last checkpoint)")
             log.close()
         raise
+
+
+def _say(out: TextIO, line: str) -> None:
+    """Prints a line of the stop path; a terminal that hung up (SIGHUP) fails writes with
+    EIO, which must not keep the runs from being stopped."""
+    try:
+        print(line, file=out, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _prctl():
+    """libc's ``prctl``, looked up in the launcher (Linux; None elsewhere): the run's process
+    only calls it between fork and exec, where loading a library could deadlock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a run's process, before it starts (Linux): SIGTERM when the launcher's thread that
+    started it ends, e.g. the launcher killed with SIGKILL; elsewhere nothing."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -353,10 +393,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         failed = execute(todo, len(runs), args.parallel, out)
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        print(f"stopped by {signal.Signals(signum).name} after "
-              f"{common.format_duration(time.monotonic() - start)}: the running runs were asked "
-              "to stop and save a checkpoint; run the same command again to resume", file=out,
-              flush=True)
+        _say(out, f"stopped by {signal.Signals(signum).name} after "
+                  f"{common.format_duration(time.monotonic() - start)}: the running runs were "
+                  "asked to stop and save a checkpoint; run the same command again to resume")
         return 128 + signum
     elapsed = common.format_duration(time.monotonic() - start)
     if failed:

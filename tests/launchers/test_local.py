@@ -249,3 +249,44 @@ def test_a_stop_signal_stops_the_running_runs_and_the_launcher(trainer, tmp_path
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)                                             # and gone
     assert not (root / "cpu_e2_2_tn" / "t3_n6_s0").exists()              # never started
+
+
+def test_runs_stop_and_save_when_the_launcher_is_killed(trainer, tmp_path):
+    """SIGKILL leaves the launcher no chance to stop its runs: each run gets SIGTERM from the
+    kernel (Linux's parent-death signal), saves and exits instead of going on unwatched."""
+    import signal
+    import subprocess
+    import time
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    root = tmp_path / "runs"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FAKE_SLEEP="60", FAKE_STOP_FILE="1",
+               PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], repo]))
+    proc = subprocess.Popen([sys.executable, "-m", "launchers.local", "--sweep=cpu_e2_2_tn",
+                             "--seeds=0", f"--root={root}", "--train_module=fake_trainer",
+                             "--no_preflight", "--runs=*t2_n2_s0"], env=env, cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workdir = root / "cpu_e2_2_tn" / "t2_n2_s0"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            (workdir / "launcher.log").exists() and "training" in
+            (workdir / "launcher.log").read_text()):
+        time.sleep(0.1)
+    pid = _calls(str(workdir))[0]["pid"]
+    assert os.getsid(pid) == pid            # a session of its own: no terminal signals
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (workdir / "stopped").exists():
+        time.sleep(0.1)
+    assert (workdir / "stopped").read_text() == str(int(signal.SIGTERM))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the run outlived its killed launcher")
