@@ -24,6 +24,23 @@ import sys
 import time
 
 
+def _wait_frozen(pid: int, timeout_s: float = 2.0) -> bool:
+    """Whether process ``pid`` reached the stopped state (``T`` in /proc/<pid>/stat) within
+    ``timeout_s``; True where /proc cannot tell (not Linux)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("T", "t"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,11 +88,17 @@ class DiskEmulator:
         size; otherwise it runs on for a few milliseconds and is tried again."""
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            for _ in range(500):
+            deadline = time.monotonic() + 60
+            while True:
                 proc.send_signal(signal.SIGSTOP)
-                if self._consistent():
+                # SIGSTOP is asynchronous: look at the files only once the process is frozen,
+                # or a write begun after the look would be torn by the kill
+                if _wait_frozen(proc.pid) and self._consistent():
                     break
                 proc.send_signal(signal.SIGCONT)
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the GCS emulator's files never looked whole for 60 s; "
+                                       f"not killing it mid-write (see {self.folder})")
                 time.sleep(0.005)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
