@@ -215,29 +215,36 @@ def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, par
     assert local._child_env(parallel)["OMP_NUM_THREADS"] == "7"
 
 
+def _launch_and_wait(root, args, workdirs):
+    """A real ``python -m launchers.local`` process over the fake trainer (runs that sleep 60 s
+    and record a SIGTERM in ``stopped``), once every run in ``workdirs`` is training; returns
+    the process (stdout piped, text) and the runs' pids."""
+    import subprocess
+    import time
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FAKE_SLEEP="60", FAKE_STOP_FILE="1",
+               PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], repo]))
+    proc = subprocess.Popen([sys.executable, "-m", "launchers.local", "--sweep=cpu_e2_2_tn",
+                             "--seeds=0", f"--root={root}", "--train_module=fake_trainer",
+                             "--no_preflight", *args], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            (w / "launcher.log").exists() and "training" in (w / "launcher.log").read_text()
+            for w in workdirs):
+        time.sleep(0.1)
+    return proc, [_calls(str(w))[0]["pid"] for w in workdirs]
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_stop_signal_stops_the_running_runs_and_the_launcher(trainer, tmp_path, signame):
     """A real launcher process: SIGTERM / SIGHUP (e.g. `kill`, a closed terminal) stop the
     sweep as Ctrl-C does. Each running run gets SIGTERM (the trainer saves and exits), the
     launcher says how to resume and exits 128 + the signal; no run is left running."""
     import signal
-    import subprocess
-    import time
     root = tmp_path / "runs"
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, FAKE_SLEEP="60", FAKE_STOP_FILE="1",
-               PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], repo]))
-    proc = subprocess.Popen([sys.executable, "-m", "launchers.local", "--sweep=cpu_e2_2_tn",
-                             "--seeds=0", f"--root={root}", "--train_module=fake_trainer",
-                             "--no_preflight", "--parallel=2"], env=env, cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     workdirs = [root / "cpu_e2_2_tn" / n for n in ("t2_n2_s0", "t2_n6_s0")]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(
-            "training" in (w / "launcher.log").read_text() if (w / "launcher.log").exists()
-            else False for w in workdirs):
-        time.sleep(0.1)
-    pids = [_calls(str(w))[0]["pid"] for w in workdirs]
+    proc, pids = _launch_and_wait(root, ["--parallel=2"], workdirs)
     proc.send_signal(getattr(signal, signame))
     out, _ = proc.communicate(timeout=60)
     signum = getattr(signal, signame)
@@ -255,28 +262,15 @@ def test_runs_stop_and_save_when_the_launcher_is_killed(trainer, tmp_path):
     """SIGKILL leaves the launcher no chance to stop its runs: each run gets SIGTERM from the
     kernel (Linux's parent-death signal), saves and exits instead of going on unwatched."""
     import signal
-    import subprocess
     import time
     if not sys.platform.startswith("linux"):
         pytest.skip("the parent-death signal is Linux's")
     root = tmp_path / "runs"
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, FAKE_SLEEP="60", FAKE_STOP_FILE="1",
-               PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], repo]))
-    proc = subprocess.Popen([sys.executable, "-m", "launchers.local", "--sweep=cpu_e2_2_tn",
-                             "--seeds=0", f"--root={root}", "--train_module=fake_trainer",
-                             "--no_preflight", "--runs=*t2_n2_s0"], env=env, cwd=repo,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workdir = root / "cpu_e2_2_tn" / "t2_n2_s0"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
-            (workdir / "launcher.log").exists() and "training" in
-            (workdir / "launcher.log").read_text()):
-        time.sleep(0.1)
-    pid = _calls(str(workdir))[0]["pid"]
+    proc, (pid,) = _launch_and_wait(root, ["--runs=*t2_n2_s0"], [workdir])
     assert os.getsid(pid) == pid            # a session of its own: no terminal signals
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (workdir / "stopped").exists():
         time.sleep(0.1)
