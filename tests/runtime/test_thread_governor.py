@@ -143,10 +143,11 @@ def test_only_where_the_rule_chose_the_count(monkeypatch):
     assert threads.governor_for_this_process().interval_s == 2.5
     monkeypatch.setenv(threads.INTERVAL_ENV, "0")
     assert threads.governor_for_this_process() is None
-    monkeypatch.setenv(threads.INTERVAL_ENV, "soon")
-    with pytest.raises(device.DeviceError, match="TRM_CPU_THREADS_INTERVAL_S='soon' is not a "
-                                                  "number of seconds"):
-        threads.governor_for_this_process()
+    for bad in ("soon", "nan", "inf"):
+        monkeypatch.setenv(threads.INTERVAL_ENV, bad)
+        with pytest.raises(device.DeviceError, match=f"TRM_CPU_THREADS_INTERVAL_S='{bad}' is "
+                                                      "not a number of seconds"):
+            threads.governor_for_this_process()
     monkeypatch.delenv(threads.INTERVAL_ENV)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads.governor_for_this_process() is None

@@ -25,6 +25,7 @@ differently), so a run whose count changed is not bitwise repeatable; set ``TRM_
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -154,6 +155,8 @@ def governor_for_this_process(processes_on_host: int = 1) -> Optional[ThreadGove
     raw = os.environ.get(INTERVAL_ENV, "").strip()
     try:
         interval = float(raw) if raw else DEFAULT_INTERVAL_S
+        if not math.isfinite(interval):
+            raise ValueError(raw)
     except ValueError:
         raise device.DeviceError(f"{INTERVAL_ENV}={raw!r} is not a number of seconds; set it "
                                  "to e.g. 10, or 0 to keep the start's thread count") from None
