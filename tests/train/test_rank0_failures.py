@@ -67,6 +67,18 @@ def test_storage_error_at_start(sudoku4, tmp_path):
     _both_end_alike(start_ranks(train_args(wd, _bindings(sudoku4))), "Cannot write")
 
 
+@pytest.mark.slow
+def test_failed_dataset_build(tmp_path):
+    """Process 0 builds the dataset; its failure reaches the other process, so both exit with
+    the builder's error instead of one waiting at the barrier."""
+    bindings = ["GLOBAL_BATCH_SIZE=16", "EVAL_BATCH_SIZE=16", "TRAIN_STEPS=2", "DEVICE='cpu'",
+                f"DATA_DIR='{tmp_path}/data/bad'", "SUDOKU_BLANKS=99"]
+    procs = start_ranks(train_args(str(tmp_path / "run"), bindings),
+                        env={"TRM_DATA_ROOT": str(tmp_path)})
+    _both_end_alike(procs, "failed on process 0", "blanks must be in [0, 81), got 99")
+    assert not os.path.exists(tmp_path / "data" / "bad" / "train")  # nothing half-built left
+
+
 @contextlib.contextmanager
 def _small_tmpfs(target, size):
     os.makedirs(target, exist_ok=True)

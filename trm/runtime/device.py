@@ -127,8 +127,12 @@ def cpu_info() -> Tuple[str, FrozenSet[str]]:
     return name, flags
 
 
-def choose_cpu_threads(processes_on_host: int = 1) -> str:
+def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]] = None,
+                       cores: Optional[Tuple[int, str]] = None) -> str:
     """Sets torch's intra-op thread count for a CPU run and returns how it was chosen.
+
+    ``cpus`` (:func:`allowed_cpus`) and ``cores`` (:func:`usable_cores`) are measured here
+    unless the caller already has them.
 
     The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
     follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
@@ -152,8 +156,8 @@ def choose_cpu_threads(processes_on_host: int = 1) -> str:
         return f"{threads} (TRM_CPU_THREADS)"
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return f"{torch.get_num_threads()} (OMP_NUM_THREADS)"
-    cpus = allowed_cpus()
-    cores, why = usable_cores(cpus)
+    cpus = allowed_cpus() if cpus is None else list(cpus)
+    cores, why = usable_cores(cpus) if cores is None else cores
     busy, how = busy_cores(cpus)
     share = max(1, cores // max(1, processes_on_host))
     free = int(len(cpus) - busy + 0.5)
@@ -273,6 +277,21 @@ def _cpu_ticks(path: str = "/proc/stat") -> Dict[Optional[int], Tuple[int, int]]
     return out
 
 
+def busy_ticks(ticks: Dict[Optional[int], Tuple[int, int]],
+               cpus: Union[int, Sequence[int]]) -> Tuple[float, float]:
+    """(busy, all) ticks so far of ``cpus`` in a :func:`_cpu_ticks` reading: the sum of their
+    own lines, or, where one has no line of its own or ``cpus`` is a count, the host line's
+    ticks scaled to that many CPUs."""
+    if not isinstance(cpus, int) and all(c in ticks for c in cpus):
+        total = sum(ticks[c][0] for c in cpus)
+        idle = sum(ticks[c][1] for c in cpus)
+        return float(total - idle), float(total)
+    count = cpus if isinstance(cpus, int) else len(cpus)
+    host_cpus = len(ticks) - 1 or os.cpu_count() or 1
+    total, idle = ticks[None]
+    return (total - idle) * count / host_cpus, total * count / host_cpus
+
+
 def busy_cores(cpus: Union[int, Sequence[int]], sample_s: float = 0.25) -> Tuple[float, str]:
     """How many CPUs other work keeps busy now, and how that was measured.
 
@@ -287,20 +306,12 @@ def busy_cores(cpus: Union[int, Sequence[int]], sample_s: float = 0.25) -> Tuple
         before = _cpu_ticks()
         time.sleep(sample_s)
         after = _cpu_ticks()
-
-        def share(cpu):
-            total = after[cpu][0] - before[cpu][0]
-            return 1.0 - (after[cpu][1] - before[cpu][1]) / total if total > 0 else None
-
-        per_cpu = ([] if isinstance(cpus, int) or any(c not in before or c not in after
-                                                      for c in cpus)
-                   else [share(c) for c in cpus])
-        if per_cpu and None not in per_cpu:
-            busy = sum(per_cpu)
-        else:
-            host = share(None)
-            busy = None if host is None else host * count
-        if busy is not None:
+        # each CPU's own line only where both readings have it, else the host's share
+        which = (cpus if not isinstance(cpus, int)
+                 and all(c in before and c in after for c in cpus) else count)
+        (busy0, all0), (busy1, all1) = busy_ticks(before, which), busy_ticks(after, which)
+        if all1 > all0:
+            busy = count * (busy1 - busy0) / (all1 - all0)
             return min(float(count), max(0.0, busy)), f"sampled over {sample_s:g} s"
     except (OSError, ValueError, IndexError, KeyError):
         pass

@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import torch
 
 from trm.errors import TrmError
-from trm.runtime.device import (choose_cpu_threads, is_xla_available, select_device,
-                                tune_cpu_allocator)
+from trm.runtime.device import (allowed_cpus, choose_cpu_threads, is_xla_available,
+                                select_device, tune_cpu_allocator, usable_cores)
 
 _WIDE_DTYPES = (torch.int64, torch.float64, torch.complex128, torch.uint64)
 
@@ -318,8 +318,10 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
         from trm.runtime.threads import governor_for_this_process
         tune_cpu_allocator()
         on_host = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        threads = choose_cpu_threads(on_host)
-        governor = governor_for_this_process(on_host)
+        cpus = allowed_cpus()
+        cores = usable_cores(cpus)  # measured once for both
+        threads = choose_cpu_threads(on_host, cpus, cores)
+        governor = governor_for_this_process(on_host, cpus, cores[0])
     if world > 1:
         import torch.distributed as dist
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -50,15 +50,9 @@ def _clock_ticks() -> float:
 def host_busy_s(cpus: Sequence[int]) -> Optional[float]:
     """CPU-seconds the ``cpus`` have been busy since boot (/proc/stat), None where unknown."""
     try:
-        ticks = device._cpu_ticks()
-    except (OSError, ValueError, IndexError):
+        busy, _ = device.busy_ticks(device._cpu_ticks(), cpus)
+    except (OSError, ValueError, IndexError, KeyError):
         return None
-    if all(c in ticks for c in cpus):
-        busy = sum(ticks[c][0] - ticks[c][1] for c in cpus)
-    else:  # CPUs without their own line: the host's busy time, scaled to them
-        total, idle = ticks[None]
-        host_cpus = len(ticks) - 1 or os.cpu_count() or 1
-        busy = (total - idle) * len(cpus) / host_cpus
     return busy / _clock_ticks()
 
 
@@ -146,10 +140,12 @@ class ThreadGovernor:
         return out
 
 
-def governor_for_this_process(processes_on_host: int = 1) -> Optional[ThreadGovernor]:
+def governor_for_this_process(processes_on_host: int = 1, cpus: Optional[Sequence[int]] = None,
+                              cores: Optional[int] = None) -> Optional[ThreadGovernor]:
     """A governor when the thread rule chose the count (neither ``$TRM_CPU_THREADS`` nor
     ``$OMP_NUM_THREADS`` is set), else None; ``$TRM_CPU_THREADS_INTERVAL_S`` sets its
-    interval (0 turns it off)."""
+    interval (0 turns it off). ``cpus`` and ``cores`` as for
+    :func:`trm.runtime.device.choose_cpu_threads`."""
     if any(os.environ.get(k, "").strip() for k in ("TRM_CPU_THREADS", "OMP_NUM_THREADS")):
         return None
     raw = os.environ.get(INTERVAL_ENV, "").strip()
@@ -162,5 +158,6 @@ def governor_for_this_process(processes_on_host: int = 1) -> Optional[ThreadGove
                                  "to e.g. 10, or 0 to keep the start's thread count") from None
     if interval <= 0:
         return None
-    cpus = device.allowed_cpus()
-    return ThreadGovernor(cpus, device.usable_cores(cpus)[0], processes_on_host, interval)
+    cpus = device.allowed_cpus() if cpus is None else list(cpus)
+    cores = device.usable_cores(cpus)[0] if cores is None else cores
+    return ThreadGovernor(cpus, cores, processes_on_host, interval)
