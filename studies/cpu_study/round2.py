@@ -18,7 +18,9 @@ in :mod:`studies.cpu_study.sweep`.
 incomplete. :func:`write_report` writes ``results_round2.json``, ``RESULTS_ROUND2.md`` and the
 figures (PNG, SVG, PDF); ``--notebook=studies/cpu_study/notebook_round2.ipynb`` then renders
 the notebook on them. Command line: ``python -m studies.cpu_study.round2 --runs=runs
---out=docs/results/cpu_study`` (or ``--results=.../results_round2.json``).
+--out=docs/results/cpu_study`` (or ``--results=.../results_round2.json``). ``--runs=runs
+--archive=DIR`` instead copies the complete runs' records into DIR (:func:`archive`), for a
+study run in parts on machines that do not keep their disks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -40,7 +43,7 @@ from studies.cpu_study import analysis as cs
 from studies.cpu_study.sweep import (ROUND2_ARMS, ROUND2_EVAL_EVERY, ROUND2_LONG_SEEDS,
                                      ROUND2_LONG_STEPS, ROUND2_SEEDS, ROUND2_STEPS)
 
-__all__ = ["CONTRASTS", "EXPECTED_RUNS", "load", "load_results", "analyze", "arms_table",
+__all__ = ["CONTRASTS", "EXPECTED_RUNS", "load", "load_results", "archive", "analyze", "arms_table",
            "verdicts_table", "longer_table", "ema_table", "curves_table", "render_markdown",
            "write_report", "report", "main"]
 
@@ -135,26 +138,85 @@ def load_results(path: str) -> List[Dict[str, Any]]:
     return res["runs"]
 
 
+def _run_problem(r: Optional[Mapping[str, Any]], name: str, steps: int) -> Optional[str]:
+    """Why the run ``name`` (a :func:`load` entry, None when missing) does not count yet, or
+    None when it is complete: finished at ``steps`` with EMA and raw evaluations at every
+    evaluation step."""
+    if r is None:
+        return f"{name} missing"
+    both = {h["step"] for h in r["history"] if "exact_accuracy_raw" in h}
+    lacking = [s for s in _eval_steps(steps) if s not in both]
+    if r["status"] != "completed" or r["total_steps"] != steps or lacking:
+        return (f"{name} incomplete ({r['status']}, step {r['last_step']} of "
+                f"{r['total_steps']}, expected {steps}"
+                + (f"; no EMA+raw evaluation at step {lacking}" if lacking else "") + ")")
+    return None
+
+
+def _expected() -> List[Tuple[str, int]]:
+    """(name, steps) of every run round two needs."""
+    return [(f"{sweep}/{label}_s{seed}", steps) for sweep, seeds, steps in EXPECTED_RUNS
+            for label in LABELS for seed in seeds]
+
+
 def _problems(runs: Sequence[Mapping[str, Any]]) -> List[str]:
     """What keeps round two from being analysed: each expected run missing or incomplete."""
     by_name = {r["name"]: r for r in runs}
-    out = []
-    for sweep, seeds, steps in EXPECTED_RUNS:
-        for label in LABELS:
-            for seed in seeds:
-                name = f"{sweep}/{label}_s{seed}"
-                r = by_name.get(name)
-                if r is None:
-                    out.append(f"{name} missing")
+    found = (_run_problem(by_name.get(name), name, steps) for name, steps in _expected())
+    return [p for p in found if p]
+
+
+#: a run's files kept by :func:`archive`: what :func:`load` reads (with ``eval/*/metrics.json``),
+#: what a launcher's preflight compares (``config.gin``) and the run's own log
+ARCHIVE_FILES = ("config.gin", "operative_config.gin", "hparams.json", "command.json",
+                 "launcher.log")
+
+
+def _copy_atomic(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.tmp{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def archive(runs_root: str, dest: str) -> Tuple[List[str], List[str], List[str]]:
+    """Copies the records of every complete round-two run under ``runs_root`` into ``dest``,
+    in the same layout, so a study run in parts on machines that do not keep their disks keeps
+    its finished runs: ``run.json``, :data:`ARCHIVE_FILES` and ``eval/step_*/metrics.json``
+    (no checkpoints, no TensorBoard files; a few KB a run). Copy ``dest`` into a fresh
+    ``--root`` and ``launchers.local`` skips those runs as completed; ``--runs=dest`` reports
+    from it once all 30 are there. ``run.json`` is written last, so an interrupted archive
+    never shows a run as complete. A run already archived with the same ``run.json`` is left
+    as it is; one archived with another ``run.json`` is an error (ValueError), nothing of it
+    overwritten. Returns (archived now, already archived, not archived with why)."""
+    if not os.path.isdir(runs_root):
+        raise FileNotFoundError(f"--runs {runs_root!r} is not a folder (the --root given to "
+                                "launchers.local)")
+    by_name = {r["name"]: r for r in load(runs_root)}
+    done, kept, left = [], [], []
+    for name, steps in _expected():
+        problem = _run_problem(by_name.get(name), name, steps)
+        if problem:
+            left.append(problem)
+            continue
+        src, dst = os.path.join(runs_root, name), os.path.join(dest, name)
+        with open(os.path.join(src, "run.json"), "rb") as f:
+            record = f.read()
+        if os.path.isfile(os.path.join(dst, "run.json")):
+            with open(os.path.join(dst, "run.json"), "rb") as f:
+                if f.read() == record:
+                    kept.append(name)
                     continue
-                both = {h["step"] for h in r["history"] if "exact_accuracy_raw" in h}
-                lacking = [s for s in _eval_steps(steps) if s not in both]
-                if r["status"] != "completed" or r["total_steps"] != steps or lacking:
-                    out.append(f"{name} incomplete ({r['status']}, step {r['last_step']} of "
-                               f"{r['total_steps']}, expected {steps}"
-                               + (f"; no EMA+raw evaluation at step {lacking}" if lacking
-                                  else "") + ")")
-    return out
+            raise ValueError(f"{dst} already holds another record of {name} (its run.json "
+                             f"differs from {src}'s); nothing was overwritten: move one away")
+        files = [f for f in ARCHIVE_FILES if os.path.isfile(os.path.join(src, f))]
+        evals = os.path.join(src, "eval")
+        files += sorted(os.path.join("eval", sub, "metrics.json") for sub in os.listdir(evals)
+                        if os.path.isfile(os.path.join(evals, sub, "metrics.json")))
+        for rel in files + ["run.json"]:
+            _copy_atomic(os.path.join(src, rel), os.path.join(dst, rel))
+        done.append(name)
+    return done, kept, left
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,12 +579,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", help="the --root given to launchers.local")
     src.add_argument("--results", help=f"a {RESULTS_JSON} written by this command")
-    p.add_argument("--out", required=True, help="output folder (docs/results/cpu_study)")
+    p.add_argument("--out", help="output folder (docs/results/cpu_study)")
     p.add_argument("--notebook", default=None,
                    help="after writing the report, execute this notebook in place on the "
                         f"{RESULTS_JSON} just written, so it is committed with its outputs "
                         "(studies/cpu_study/notebook_round2.ipynb)")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="instead of the report: copy the records of the complete runs under "
+                        "--runs into DIR (no checkpoints), to keep them when the study runs "
+                        "in parts on machines that do not keep their disks")
     args = p.parse_args(argv)
+    if args.archive:
+        if not args.runs or args.out or args.notebook:
+            p.error("--archive takes --runs (the runs to archive) and no --out, --results or "
+                    "--notebook")
+        try:
+            done, kept, left = archive(args.runs, args.archive)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"archived {len(done)} runs into {args.archive} ({len(kept)} were already "
+              f"there); {len(left)} not complete" + (f": {'; '.join(left)}" if left else ""))
+        return 0
+    if not args.out:
+        p.error("--out is required (the report's folder, docs/results/cpu_study)")
     if args.notebook and not os.path.isfile(args.notebook):
         print(f"error: --notebook {args.notebook!r} does not exist (the round-two notebook is "
               "studies/cpu_study/notebook_round2.ipynb)", file=sys.stderr)

@@ -6,6 +6,7 @@ pre-registered report and notebook (studies.cpu_study.round2)."""
 import json
 import os
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -268,7 +269,6 @@ def test_notebook_renders_a_study_and_the_committed_one_has_its_plots(tmp_path, 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     src = os.path.join(repo, "studies", "cpu_study", "notebook.ipynb")
     nb_path = str(tmp_path / "cpu_study.ipynb")
-    import shutil
     shutil.copy(src, nb_path)
     monkeypatch.setenv("TRM_CPU_STUDY_RESULTS", os.path.join(out, "results.json"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -450,6 +450,68 @@ def test_round2_report_by_hand(tmp_path):
     assert open(os.path.join(again, "RESULTS_ROUND2.md")).read() == md
 
 
+def test_round2_archive_keeps_complete_runs_for_a_fresh_root(tmp_path, capsys):
+    """--archive copies the complete runs' records (no checkpoints, no TensorBoard files):
+    the launchers' preflight sees them completed, the report reads them as it reads the runs,
+    a second archive adds only what is new, and a differing record is never overwritten."""
+    from trm.preflight import workdir_state
+    root, arc = str(tmp_path / "runs"), str(tmp_path / "arc")
+    part = {"cpu_tn_round2/t2_n6_s4", "cpu_tn_round2_long/t3_n6_s1"}
+    _write_round2(root, skip={"cpu_tn_round2/t2_n6_s4"},
+                  **{"cpu_tn_round2_long/t3_n6_s1": dict(status="running", last_step=2000)})
+    one = os.path.join(root, "cpu_tn_round2", "t2_n2_s3")
+    with open(os.path.join(one, "launcher.log"), "w") as f:
+        f.write("started\n")
+    os.makedirs(os.path.join(one, "checkpoints", "step_000001500"))
+    assert r2.main([f"--runs={root}", f"--archive={arc}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"archived 28 runs into {arc} (0 were already there); 2 not complete")
+    assert "cpu_tn_round2/t2_n6_s4 missing" in out and "t3_n6_s1 incomplete (running" in out
+    assert not os.path.exists(os.path.join(arc, "cpu_tn_round2_long", "t3_n6_s1"))
+    kept = sorted(os.path.relpath(os.path.join(d, f), os.path.join(arc, "cpu_tn_round2",
+                                                                    "t2_n2_s3"))
+                  for d, _, fs in os.walk(os.path.join(arc, "cpu_tn_round2", "t2_n2_s3"))
+                  for f in fs)
+    assert kept == sorted(["run.json", "command.json", "config.gin", "operative_config.gin",
+                           "hparams.json", "launcher.log"]
+                          + [f"eval/step_{s:09d}/metrics.json" for s in (500, 1000, 1500)])
+    for rel in kept:
+        assert open(os.path.join(one, rel), "rb").read() == open(
+            os.path.join(arc, "cpu_tn_round2", "t2_n2_s3", rel), "rb").read()
+    assert {r["name"]: r for r in r2.load(arc)} == {
+        r["name"]: r for r in r2.load(root) if r["name"] not in part}
+    config = open(os.path.join(one, "config.gin")).read()
+    assert workdir_state(os.path.join(arc, "cpu_tn_round2", "t2_n2_s3"), config)[0] == "completed"
+    # the two runs finish; archiving again adds just them, and the report reads the archive
+    _write_round2(str(tmp_path / "rest"))
+    for name in part:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        shutil.copytree(os.path.join(tmp_path, "rest", name), os.path.join(root, name))
+    assert r2.main([f"--runs={root}", f"--archive={arc}"]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"archived 2 runs into {arc} (28 were already there); 0 not complete")
+    assert r2.main([f"--runs={arc}", f"--out={tmp_path / 'o1'}"]) == 0
+    assert r2.main([f"--runs={root}", f"--out={tmp_path / 'o2'}"]) == 0
+    assert (open(tmp_path / "o1" / "RESULTS_ROUND2.md").read()
+            == open(tmp_path / "o2" / "RESULTS_ROUND2.md").read())
+    # another record of an archived run: an error naming it, the archived one untouched
+    before = open(os.path.join(arc, "cpu_tn_round2", "t2_n2_s3", "run.json")).read()
+    meta = json.load(open(os.path.join(one, "run.json")))
+    json.dump({**meta, "active_s": 1.0}, open(os.path.join(one, "run.json"), "w"))
+    assert r2.main([f"--runs={root}", f"--archive={arc}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds another record of cpu_tn_round2/t2_n2_s3" in err
+    assert open(os.path.join(arc, "cpu_tn_round2", "t2_n2_s3", "run.json")).read() == before
+    # bad arguments: one line each
+    for argv in ([f"--results={arc}", f"--archive={arc}"],
+                 [f"--runs={root}", f"--archive={arc}", "--out=x"]):
+        with pytest.raises(SystemExit) as e:
+            r2.main(argv)
+        assert e.value.code == 2
+    assert r2.main([f"--runs={tmp_path / 'nowhere'}", f"--archive={arc}"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def _notebook_outputs(nb):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
@@ -470,7 +532,6 @@ def test_round2_notebook_renders_with_the_report(tmp_path, monkeypatch, capsys):
     os.symlink(os.path.join(repo, "studies"), tmp_path / "studies")
     os.makedirs(tmp_path / "nb")
     nb_path = str(tmp_path / "nb" / "notebook_round2.ipynb")
-    import shutil
     shutil.copy(os.path.join(repo, "studies", "cpu_study", "notebook_round2.ipynb"), nb_path)
     bad = [f"--runs={root}", f"--out={out}", f"--notebook={tmp_path / 'none.ipynb'}"]
     assert r2.main(bad) == 2 and not os.path.exists(out)  # before any report is written
