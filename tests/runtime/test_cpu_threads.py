@@ -205,6 +205,21 @@ def test_busy_cores_per_cpu_arithmetic(monkeypatch):
     assert device.busy_cores([0, 5], sample_s=0.1) == (1.0, "sampled over 0.1 s")
 
 
+def test_busy_ticks_of_a_cpu_list_and_the_governors_busy_seconds(monkeypatch):
+    """One computation for the start's rule and the governor: the CPUs' own lines summed, or
+    the host line scaled to them where one has no line (or only a count is known)."""
+    from trm.runtime import threads
+    ticks = {None: (400, 100), 0: (100, 50), 1: (100, 0), 2: (100, 25), 3: (100, 25)}
+    assert device.busy_ticks(ticks, [0, 1]) == (150.0, 200.0)
+    assert device.busy_ticks(ticks, [1, 7]) == (150.0, 200.0)  # CPU 7: the host's 3/4 each
+    assert device.busy_ticks(ticks, 2) == (150.0, 200.0)
+    monkeypatch.setattr(device, "_cpu_ticks", lambda: ticks)
+    monkeypatch.setattr(threads, "_clock_ticks", lambda: 100.0)
+    assert threads.host_busy_s([0, 2]) == 1.25
+    monkeypatch.setattr(device, "_cpu_ticks", lambda: {0: (1, 1)})  # no host line: unknown
+    assert threads.host_busy_s([5]) is None
+
+
 def test_proc_stat_parsing(tmp_path):
     stat = tmp_path / "stat"
     stat.write_text("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 5 0 2 40 3 0 0 0 0 0\n"

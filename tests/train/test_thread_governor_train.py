@@ -18,7 +18,9 @@ def test_a_training_run_records_the_changes(sudoku4, tmp_path, monkeypatch):
     TensorBoard's perf/cpu_threads; torch's own thread count is left alone here (fake host)."""
     host = {"t": 0.0, "busy": 0.0, "threads": 2}
 
-    def governor(processes_on_host=1):
+    def governor(processes_on_host=1, cpus=None, cores=None):
+        host["given"] = (cpus, cores)  # what init_runtime measured once for both rules
+
         def clock():   # each check is a second later; other work keeps a CPU busy from 3 s on
             host["t"] += 1.0
             host["busy"] += 1.0 if host["t"] > 3 else 0.0
@@ -40,3 +42,5 @@ def test_a_training_run_records_the_changes(sudoku4, tmp_path, monkeypatch):
     assert changes[0]["step"] == 5 and changes[0]["others_busy"] == 1.0   # logged at step 5
     assert run["torch_threads"] == 1
     assert read_scalars(wd)["perf/cpu_threads"] == [(5, 1.0), (10, 1.0)]
+    from trm.runtime.device import allowed_cpus, usable_cores
+    assert host["given"] == (allowed_cpus(), usable_cores(allowed_cpus())[0])
