@@ -183,9 +183,9 @@ def archive(runs_root: str, dest: str) -> Tuple[List[str], List[str], List[str]]
     """Copies the records of every complete round-two run under ``runs_root`` into ``dest``,
     in the same layout, so a study run in parts on machines that do not keep their disks keeps
     its finished runs: ``run.json``, :data:`ARCHIVE_FILES` and ``eval/step_*/metrics.json``
-    (no checkpoints, no TensorBoard files; a few KB a run). Copy ``dest`` into a fresh
-    ``--root`` and ``launchers.local`` skips those runs as completed; ``--runs=dest`` reports
-    from it once all 30 are there. ``run.json`` is written last, so an interrupted archive
+    (no checkpoints, no TensorBoard files; about 100 KB a run, mostly ``launcher.log``). Copy
+    ``dest`` into a fresh ``--root`` and ``launchers.local`` skips those runs as completed;
+    ``--runs=dest`` reports from it once all 30 are there. ``run.json`` is written last, so an interrupted archive
     never shows a run as complete. A run already archived with the same ``run.json`` is left
     as it is; one archived with another ``run.json`` is an error (ValueError), nothing of it
     overwritten. Returns (archived now, already archived, not archived with why)."""
