@@ -118,13 +118,10 @@ def load(root: str) -> List[Dict[str, Any]]:
     """Every round-two run found under ``root`` (``<root>/<sweep>/<arm>_s<seed>/run.json``),
     finished or not; :func:`analyze` says which are missing or incomplete."""
     runs = []
-    for sweep, seeds, _ in EXPECTED_RUNS:
-        for label in LABELS:
-            for seed in seeds:
-                path = os.path.join(root, sweep, f"{label}_s{seed}")
-                if os.path.isfile(os.path.join(path, "run.json")):
-                    runs.append(_run_entry(f"{sweep}/{label}_s{seed}", sweep, label, seed,
-                                           path))
+    for name, sweep, label, seed, _ in _expected():
+        path = os.path.join(root, name)
+        if os.path.isfile(os.path.join(path, "run.json")):
+            runs.append(_run_entry(name, sweep, label, seed, path))
     return runs
 
 
@@ -153,16 +150,17 @@ def _run_problem(r: Optional[Mapping[str, Any]], name: str, steps: int) -> Optio
     return None
 
 
-def _expected() -> List[Tuple[str, int]]:
-    """(name, steps) of every run round two needs."""
-    return [(f"{sweep}/{label}_s{seed}", steps) for sweep, seeds, steps in EXPECTED_RUNS
-            for label in LABELS for seed in seeds]
+def _expected() -> List[Tuple[str, str, str, int, int]]:
+    """(name, sweep, arm label, seed, steps) of every run round two needs."""
+    return [(f"{sweep}/{label}_s{seed}", sweep, label, seed, steps)
+            for sweep, seeds, steps in EXPECTED_RUNS for label in LABELS for seed in seeds]
 
 
 def _problems(runs: Sequence[Mapping[str, Any]]) -> List[str]:
     """What keeps round two from being analysed: each expected run missing or incomplete."""
     by_name = {r["name"]: r for r in runs}
-    found = (_run_problem(by_name.get(name), name, steps) for name, steps in _expected())
+    found = (_run_problem(by_name.get(name), name, steps)
+             for name, _, _, _, steps in _expected())
     return [p for p in found if p]
 
 
@@ -194,7 +192,7 @@ def archive(runs_root: str, dest: str) -> Tuple[List[str], List[str], List[str]]
                                 "launchers.local)")
     by_name = {r["name"]: r for r in load(runs_root)}
     done, kept, left = [], [], []
-    for name, steps in _expected():
+    for name, _, _, _, steps in _expected():
         problem = _run_problem(by_name.get(name), name, steps)
         if problem:
             left.append(problem)

@@ -144,8 +144,9 @@ def governor_for_this_process(processes_on_host: int = 1, cpus: Optional[Sequenc
                               cores: Optional[int] = None) -> Optional[ThreadGovernor]:
     """A governor when the thread rule chose the count (neither ``$TRM_CPU_THREADS`` nor
     ``$OMP_NUM_THREADS`` is set), else None; ``$TRM_CPU_THREADS_INTERVAL_S`` sets its
-    interval (0 turns it off). ``cpus`` and ``cores`` as for
-    :func:`trm.runtime.device.choose_cpu_threads`."""
+    interval (0 turns it off). ``cpus`` (:func:`trm.runtime.device.allowed_cpus`) and
+    ``cores`` (the count of :func:`trm.runtime.device.usable_cores`) are measured here unless
+    the caller already has them."""
     if any(os.environ.get(k, "").strip() for k in ("TRM_CPU_THREADS", "OMP_NUM_THREADS")):
         return None
     raw = os.environ.get(INTERVAL_ENV, "").strip()
