@@ -26,7 +26,6 @@ FAKE_TRAINER = textwrap.dedent(
     with open(os.path.join(workdir, "calls.jsonl"), "a") as f:
         f.write(json.dumps({"argv": args, "omp": os.environ.get("OMP_NUM_THREADS"),
                             "pid": os.getpid()}) + "\\n")
-    print("training", os.path.basename(workdir), flush=True)
     if os.environ.get("FAKE_STOP_FILE"):   # a trainer that saves on SIGTERM, then exits
         import signal
         def stop(signum, frame):
@@ -34,6 +33,8 @@ FAKE_TRAINER = textwrap.dedent(
                 f.write(str(signum))
             sys.exit(143)
         signal.signal(signal.SIGTERM, stop)
+    # "training" only once the handler is in place: the tests signal the run when they see it
+    print("training", os.path.basename(workdir), flush=True)
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in workdir:
         print("boom", file=sys.stderr)
