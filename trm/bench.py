@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from absl import app, flags
@@ -58,8 +58,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("vocab_size", 11, "Vocabulary size (when the config does not set it).")
     flags.DEFINE_integer("num_puzzle_identifiers", 1, "Puzzle-table rows.")
     flags.DEFINE_bool("activation_checkpointing", None, "Override activation checkpointing.")
-    flags.DEFINE_bool("compile", False, "torch.compile each block (CPU/GPU; not with XLA).")
+    flags.DEFINE_bool("compile", False, "COMPILE=True: torch.compile the reasoning networks "
+                      "(CPU/GPU; not with XLA).")
     flags.DEFINE_float("matmul_seconds", 1.0, "Seconds spent measuring the matmul FLOP/s.")
+    flags.DEFINE_integer("profile_steps", 0,
+                         "After timing, profile this many more steps (torch.profiler; CPU or "
+                         "CUDA) and print where the step's time goes: the matrix products' "
+                         "share, the most that any change to the rest could gain, and the "
+                         "top operators.")
     flags.DEFINE_bool("suite", False,
                       "Benchmark the study's baseline (e1_1_baseline.gin) and attention "
                       "(e2_3_attention.gin) configs, each without and with --compile, and print "
@@ -168,6 +174,9 @@ def run_benchmark() -> Dict[str, Any]:
         synchronize(device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    profiled = (profile_steps(lambda: trainer.train_step(batch), device, FLAGS.profile_steps,
+                              model.flops_per_example(training=True) * b)
+                if FLAGS.profile_steps > 0 else None)
     dtype = model.forward_dtype
     flops = model.flops_per_example(training=True) * b / step_s
     mm = matmul_flops(device, dtype, seconds=FLAGS.matmul_seconds)
@@ -193,6 +202,56 @@ def run_benchmark() -> Dict[str, Any]:
         "activation_checkpointing": model.core.net.activation_checkpointing,
         "compile": FLAGS.compile,
         "ema": trainer.ema is not None,
+        **({"profile": profiled} if profiled is not None else {}),
+    }
+
+
+# Operators that are matrix products (dense GEMMs, their batched forms, fused attention).
+PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_mm",
+               "aten::_scaled_dot_product_flash_attention_for_cpu",
+               "aten::_scaled_dot_product_flash_attention",
+               "aten::_scaled_dot_product_efficient_attention",
+               "aten::_scaled_dot_product_cudnn_attention")
+
+
+def profile_steps(step: Callable[[], Any], device: torch.device, steps: int,
+                  flops_per_step: Optional[float] = None, top: int = 10) -> Dict[str, Any]:
+    """Where ``steps`` calls of ``step`` spend their time, by operator self time (torch.profiler
+    on the CPU, device time on CUDA): ``product_share`` (the matrix products, ``PRODUCT_OPS``),
+    ``bound_speedup`` (1 / share: the most a step can gain with its products unchanged, were
+    everything else free), ``product_flops_per_s`` (``flops_per_step``, the model's matrix-product
+    FLOPs, over the products' time) and the ``top`` operators in ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+    if device.type not in ("cpu", "cuda"):
+        raise TrmError(f"--profile_steps profiles CPU and CUDA steps, not {device.type}: on "
+                       "XLA use the XLA profiler (docs/TROUBLESHOOTING.md).")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+            synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    totals: Dict[str, float] = {}
+    for event in prof.key_averages():
+        us = float(getattr(event, attr))
+        if us > 0:
+            totals[event.key] = totals.get(event.key, 0.0) + us
+    total = sum(totals.values())
+    if total <= 0:
+        raise TrmError("the profiler recorded no operator time: nothing to report.")
+    products = sum(us for name, us in totals.items() if name in PRODUCT_OPS)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    product_rate = (flops_per_step * steps / (products / 1e6)
+                    if flops_per_step and products > 0 else None)
+    return {
+        "steps": steps,
+        "ms_per_step": total / steps / 1e3,
+        "product_share": products / total,
+        "bound_speedup": total / products if products > 0 else float("inf"),
+        "product_flops_per_s": product_rate,
+        "top_ops": [{"op": name, "ms_per_step": round(us / steps / 1e3, 3),
+                     "share": round(us / total, 4)} for name, us in ranked],
     }
 
 
@@ -351,6 +410,16 @@ def _report() -> None:
           f"(MFU {100 * r['mfu']:.1f}% of the {r['peak_source']} peak "
           f"{format_flops(r['peak_flops_per_s'])})")
     print(f"matmul FLOP/s      {format_flops(r['matmul_flops_per_s'])}")
+    if "profile" in r:
+        p = r["profile"]
+        print(f"profile            {p['steps']} step(s), {p['ms_per_step']:.1f} ms/step of "
+              f"operator time; matrix products {100 * p['product_share']:.1f}%: with the "
+              f"products unchanged the step can be at most {p['bound_speedup']:.2f}x faster")
+        if p["product_flops_per_s"]:
+            print(f"  the products run at {format_flops(p['product_flops_per_s'])} in the step "
+                  f"(the measured matmul rate: {format_flops(r['matmul_flops_per_s'])})")
+        for op in p["top_ops"]:
+            print(f"  {op['op'][:60]:<60} {op['ms_per_step']:9.2f} ms  {100 * op['share']:5.1f}%")
     print(json.dumps(r))
 
 

@@ -75,6 +75,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup", 2, "Untimed steps of each first.")
     flags.DEFINE_integer("threads", None, "torch intra-op threads (default: the runtime's rule).")
     flags.DEFINE_enum("forward_dtype", "float32", ["float32", "bfloat16"], "Activation dtype.")
+    flags.DEFINE_bool("compile", False, "torch.compile both sides: the reference's whole loss "
+                      "head, as its pretrain.py does by default, and trm with COMPILE=True.")
     flags.DEFINE_string("write_doc", None, "Append the table, settings and command to this "
                         "markdown file (e.g. docs/BENCHMARKS.md).")
 
@@ -88,6 +90,7 @@ class Settings:
     L_cycles: int = 6
     batch: int = 64
     forward_dtype: str = "float32"
+    compile: bool = False
 
 
 # -- the reference -----------------------------------------------------------------------------
@@ -168,7 +171,8 @@ class ReferenceStep:
     """The reference's ``train_batch`` (pretrain.py, one process) with the optimizer settings,
     LR schedule and EMA rate of a trm trainer; one call = one training step."""
 
-    def __init__(self, ref: SimpleNamespace, config: Dict[str, Any], trainer: Any) -> None:
+    def __init__(self, ref: SimpleNamespace, config: Dict[str, Any], trainer: Any,
+                 compile: bool = False) -> None:
         try:
             model = ref.trm.TinyRecursiveReasoningModel_ACTV1(config)
         except Exception as e:
@@ -176,6 +180,8 @@ class ReferenceStep:
                                       f"{type(e).__name__}: {e}") from None
         # e1_1_baseline.gin: loss.act_loss.lm_loss = @loss.stablemax_cross_entropy
         self.head = ref.losses.ACTLossHead(model, loss_type="stablemax_cross_entropy")
+        # pretrain.py compiles the whole loss head unless DISABLE_COMPILE is set
+        self.step_head = torch.compile(self.head) if compile else self.head
         sign_sgd = trainer.optimizers[0]
         self.optimizers = [
             ref.sparse_embedding.CastedSparseEmbeddingSignSGD_Distributed(
@@ -191,7 +197,8 @@ class ReferenceStep:
     def __call__(self, batch: Dict[str, torch.Tensor]) -> None:
         if self.carry is None:
             self.carry = self.head.initial_carry(batch)
-        self.carry, loss, _, _, _ = self.head(carry=self.carry, batch=batch, return_keys=[])
+        self.carry, loss, _, _, _ = self.step_head(carry=self.carry, batch=batch,
+                                                   return_keys=[])
         (loss / self.batch_size).backward()
         self.step += 1
         for optimizer, base_lr in zip(self.optimizers, self.lrs.base_lrs):
@@ -209,7 +216,8 @@ def build_trainer(settings: Settings, num_steps: int) -> Any:
     bindings = [f"HIDDEN_SIZE={settings.hidden}", f"H_CYCLES={settings.H_cycles}",
                 f"L_CYCLES={settings.L_cycles}"]
     cfg, shape = bench.gin_experiment([RECIPE], bindings, SUDOKU)
-    cfg = bench.for_benchmark(cfg, settings.batch, "cpu", settings.forward_dtype)
+    cfg = bench.for_benchmark(cfg, settings.batch, "cpu", settings.forward_dtype,
+                              settings.compile)
     return bench.build_trainer(cfg, shape, num_steps)
 
 
@@ -273,7 +281,7 @@ def run(repo: str, settings: Settings, steps: int, warmup: int) -> Dict[str, Any
     """Builds both sides, checks that they compute the same, and times them interleaved."""
     ref = import_reference(repo)
     trainer = build_trainer(settings, warmup + steps + 1)
-    reference = ReferenceStep(ref, reference_config(settings), trainer)
+    reference = ReferenceStep(ref, reference_config(settings), trainer, settings.compile)
     load_same_weights(reference, trainer)
     batch = bench.fixed_batch(trainer.model, settings.batch, torch.device("cpu"))
     diff = check_same_computation(reference, trainer, batch, settings.forward_dtype)
@@ -308,7 +316,8 @@ def markdown(r: Dict[str, Any], command: str) -> str:
         f"### `python -m trm.bench_reference` on {r['cpu']}, {datetime.date.today().isoformat()}",
         "",
         f"Sudoku TRM-MLP ({RECIPE}: hidden {r['hidden']}, T={r['H_cycles']}, n={r['L_cycles']}), "
-        f"batch {r['batch']}, {r['forward_dtype']}, {r['threads']} torch thread(s), eager, one "
+        f"batch {r['batch']}, {r['forward_dtype']}, {r['threads']} torch thread(s), "
+        f"{'both sides compiled (torch.compile)' if r['compile'] else 'eager'}, one "
         f"process, {r['steps']} timed steps of each after {r['warmup']} warm-up, interleaved. "
         f"CPU: {r['cpu']} ({flags_text}); torch {r['torch']}, Python {r['python']}; reference "
         f"commit {r['reference_commit']}. Same weights on both sides (relative max logit "
@@ -333,7 +342,7 @@ def main(argv: List[str]) -> None:
     if FLAGS.threads:
         bench.set_threads(FLAGS.threads)
     settings = Settings(FLAGS.hidden, FLAGS.H_cycles, FLAGS.L_cycles, FLAGS.batch,
-                        FLAGS.forward_dtype)
+                        FLAGS.forward_dtype, FLAGS.compile)
     try:
         result = run(FLAGS.reference_repo, settings, FLAGS.steps, FLAGS.warmup)
     except TrmError as e:  # every error a user can fix: one line (trm.errors)

@@ -115,9 +115,9 @@ class Trainer:
         self.model.to(rt.device)
         self.model.train()
         if cfg.compile:
-            for layer in self.model.core.modules():
-                if type(layer).__name__ == "Block":
-                    layer.compile()
+            from trm.runtime.compile import compile_core
+            log.info("COMPILE: torch.compile of %s (graphs built at the first steps).",
+                     compile_core(self.model, rt.device))
         self.loss_head = cfg.loss()
         self.optimizers, base_lrs = build_optimizers(cfg, self.model, gather_fn=rt.all_gather)
         self.lrs = StepLRs(cfg.schedule, base_lrs, self.total_steps, cfg.lr_warmup_steps,

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,3 +87,34 @@ def test_flop_rates_print_with_a_unit_that_keeps_the_digits():
     assert format_flops(1.234e12) == "1.23 TFLOP/s"
     assert format_flops(989e12) == "989 TFLOP/s"
     assert format_flops(2.5e6) == "2.5 MFLOP/s"
+
+
+def test_profile_steps_says_where_the_step_time_goes():
+    from trm import bench
+    bench.define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["bench", "--gin_file=quickstart.gin", "--gin_param=HIDDEN_SIZE=16", "--batch=4",
+                 "--steps=1", "--warmup=1", "--matmul_seconds=0.01", "--profile_steps=2"])
+    try:
+        result = bench.run_benchmark()
+    finally:
+        flags.FLAGS.unparse_flags()
+    p = result["profile"]
+    assert p["steps"] == 2 and p["ms_per_step"] > 0
+    assert 0 < p["product_share"] < 1
+    assert p["bound_speedup"] == pytest.approx(1 / p["product_share"])
+    product_s = p["product_share"] * p["ms_per_step"] / 1e3
+    assert p["product_flops_per_s"] == pytest.approx(
+        result["model_flops_per_s"] * result["ms_per_step"] / 1e3 / product_s, rel=1e-3)
+    names = [op["op"] for op in p["top_ops"]]
+    assert "aten::mm" in names and len(names) == 10
+    per_step = [op["ms_per_step"] for op in p["top_ops"]]
+    assert per_step == sorted(per_step, reverse=True)
+    assert sum(op["share"] for op in p["top_ops"]) <= 1.0 + 1e-3
+
+
+def test_profile_steps_refuses_xla_with_a_pointer():
+    from trm import bench
+    from trm.errors import TrmError
+    with pytest.raises(TrmError, match="not xla: on XLA use the XLA profiler"):
+        bench.profile_steps(lambda: None, torch.device("xla"), 1)

@@ -72,8 +72,23 @@ def test_the_table_of_both_steps(reference_repo, tmp_path):
     for text in ("| reference |", "| trm |", "| **reference / trm** |", "ms/step (median)",
                  "ms/step (min)", "1 torch thread(s)", "float32", f"CPU: {name}", "avx2 ",
                  "avx512_bf16 ", f"torch {torch.__version__}", "reference commit unknown",
-                 "adam_atan2 package is CUDA-only", "hidden 32, T=1, n=1"):
+                 "adam_atan2 package is CUDA-only", "hidden 32, T=1, n=1", ", eager, "):
         assert text in table, text
+    assert result["compile"] is False
+
+
+def test_compile_times_both_sides_compiled(reference_repo, tmp_path):
+    """--compile: the reference's whole loss head compiled as its pretrain.py does, trm with
+    COMPILE=True; both still checked for the same logits first."""
+    cache = tmp_path / "inductor"
+    out = _cli([f"--reference_repo={reference_repo}", *TINY, "--compile"],
+               env=dict(ENV, TORCHINDUCTOR_CACHE_DIR=str(cache)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["compile"] is True and result["max_logit_difference"] <= 1e-4
+    assert "both sides compiled (torch.compile)" in out.stdout
+    assert "COMPILE: torch.compile of 1 reasoning network(s)" in out.stderr
+    assert list(cache.rglob("*.so"))
 
 
 def test_a_perturbed_trm_weight_makes_it_refuse_to_time(reference_repo, monkeypatch,
@@ -125,6 +140,10 @@ def test_the_reference_step_trains_like_train_batch(reference_repo, forget_refer
     for k, v in step.ema.shadow.items():   # the EMA, at the recipe's rate
         assert torch.allclose(v, (1 - 0.999) * weights[k].detach(), rtol=1e-5, atol=0), k
     assert all(p.grad is None for p in head.parameters())
+    assert step.step_head is head   # eager unless compile=True
+    compiled = br.ReferenceStep(ref, br.reference_config(settings), trainer, compile=True)
+    assert isinstance(compiled.step_head, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.step_head._orig_mod is compiled.head
 
 
 def test_reference_commit_only_of_a_checkout_root(tmp_path):

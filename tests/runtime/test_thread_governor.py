@@ -110,17 +110,37 @@ def test_an_unreadable_proc_stat_changes_nothing():
     assert g.check() is None and host.threads == 2
 
 
-def test_a_real_busy_process_lowers_the_threads():
-    """Real measurements: a spinner on this machine (pinned to one of this process's CPUs) is
-    other work; the governor, started at every CPU, drops at least one thread."""
+def _spin(cpu, detached):
+    """A process spinning on ``cpu``: this process's child, or (``detached``) an orphan that
+    is not its descendant (started by a shell that exits at once). Returns its pid."""
+    code = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    if not detached:
+        return subprocess.Popen([sys.executable, "-c", code]).pid
+    out = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null 2>&1 & echo $!',
+                          code], capture_output=True, text=True, check=True, timeout=30)
+    return int(out.stdout.strip())
+
+
+def _stop(pid):
+    import signal
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:   # not our child: its parent reaps it
+        pass
+
+
+def _governor_change_with_a_spinner(detached):
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
     state = {"n": len(cpus)}
     g = ThreadGovernor(cpus, len(cpus), 1, 0.5, set_threads=lambda n: state.update(n=n),
                        get_threads=lambda: state["n"])
-    spinner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, "
-                                f"{{{cpus[-1]}}})\nwhile True: pass"])
+    pid = _spin(cpus[-1], detached)
     try:
         time.sleep(0.2)
         g.check()          # restart the window with the spinner running
@@ -128,10 +148,65 @@ def test_a_real_busy_process_lowers_the_threads():
         time.sleep(0.8)
         change = g.check()
     finally:
-        spinner.kill()
-        spinner.wait()
-    assert state["n"] <= len(cpus) - 1, change
-    assert change and change.startswith(f"CPU threads {len(cpus)} -> {state['n']}")
+        _stop(pid)
+    return cpus, state["n"], change
+
+
+def test_a_real_busy_process_lowers_the_threads():
+    """Real measurements: a spinner on this machine (pinned to one of this process's CPUs, not
+    its descendant) is other work; the governor, started at every CPU, drops a thread."""
+    cpus, n, change = _governor_change_with_a_spinner(detached=True)
+    assert n <= len(cpus) - 1, change
+    assert change and change.startswith(f"CPU threads {len(cpus)} -> {n}")
+
+
+def test_a_busy_child_process_is_this_runs_own_work():
+    """torch.compile's compile workers are child processes of the run: their CPU time is the
+    run's own, not other work. Measured as the difference the child makes to the governor's
+    estimate of other work (so that other load on the machine does not matter)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pid = _spin(cpus[-1], detached=False)
+    try:
+        time.sleep(0.3)
+        t0, busy0 = time.monotonic(), threads.host_busy_s(cpus)
+        own0, self0 = threads.own_cpu_s(), sum(os.times()[:2])
+        time.sleep(1.0)
+        t1, busy1 = time.monotonic(), threads.host_busy_s(cpus)
+        own1, self1 = threads.own_cpu_s(), sum(os.times()[:2])
+    finally:
+        _stop(pid)
+    if busy0 is None or busy1 is None:
+        pytest.skip("no /proc/stat")
+    others = ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+    others_without_children = ((busy1 - busy0) - (self1 - self0)) / (t1 - t0)
+    # the spinner kept about one CPU busy for the second: counted as this run's own
+    assert others_without_children - others >= 0.6, (others, others_without_children)
+
+
+SPIN_THEN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+
+
+def test_own_cpu_time_counts_live_descendants():
+    import signal
+    before = threads.own_cpu_s()
+    # a grandchild: the shell waits for python (no exec: "; true" follows)
+    shell = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "$0"; true',
+                              SPIN_THEN + "time.sleep(60)"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while threads.descendants_cpu_s() < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert threads.own_cpu_s() - before >= 0.5   # the grandchild's spinning
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+    assert threads.descendants_cpu_s(shell.pid) == 0.0
+
+
+def test_own_cpu_time_keeps_a_reaped_childs():
+    before = threads.own_cpu_s()
+    subprocess.run([sys.executable, "-c", SPIN_THEN], check=True, timeout=60)
+    assert threads.own_cpu_s() - before >= 0.5
 
 
 def test_only_where_the_rule_chose_the_count(monkeypatch):

@@ -6,7 +6,8 @@ threads fight it for the cores, and a step can get tens of times slower (two thr
 busy cores: docs/BENCHMARKS.md, the platform notes). :class:`ThreadGovernor` re-applies the same
 rule during the run: every ``interval_s`` (``$TRM_CPU_THREADS_INTERVAL_S``, default 10 s) it
 measures how many of the process's CPUs *other* work kept busy over the last interval -- the
-CPUs' busy time from /proc/stat less this process's own CPU time -- and sets
+CPUs' busy time from /proc/stat less this process's own CPU time and its child processes'
+(torch.compile's compile workers are the run's own work) -- and sets
 
     threads = max(1, min(cores // processes_on_host, round(CPUs - others_busy)))
 
@@ -57,9 +58,46 @@ def host_busy_s(cpus: Sequence[int]) -> Optional[float]:
 
 
 def own_cpu_s() -> float:
-    """CPU-seconds this process has used so far (every thread: torch's, tf.data's, ...)."""
+    """CPU-seconds this process and its child processes have used so far: every thread
+    (torch's, tf.data's, ...), the children it has waited for, and the live descendants (e.g.
+    torch.compile's compile workers, which are the run's own work, not other work)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system + descendants_cpu_s()
+
+
+def descendants_cpu_s(pid: Optional[int] = None) -> float:
+    """CPU-seconds used by the live descendants of ``pid`` (default: this process) and by the
+    children they waited for, from /proc/<pid>/stat; 0 where /proc is missing."""
+    root = os.getpid() if pid is None else pid
+    children: Dict[int, List[int]] = {}
+    ticks: Dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0.0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+            # the fields after the command name "(...)": state, ppid, ..., utime (14th field of
+            # the line), stime, cutime, cstime
+            fields = raw[raw.rindex(b")") + 2:].split()
+            child = int(entry)
+            children.setdefault(int(fields[1]), []).append(child)
+            ticks[child] = sum(int(x) for x in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            continue   # gone since the listing, or unreadable
+    total, todo, seen = 0, list(children.get(root, ())), {root}
+    while todo:
+        child = todo.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        total += ticks.get(child, 0)
+        todo.extend(children.get(child, ()))
+    return total / _clock_ticks()
 
 
 class ThreadGovernor:
