@@ -1,4 +1,4 @@
-"""``COMPILE = True``: torch.compile of the recursion's blocks on the CPU or a CUDA GPU.
+"""``COMPILE = True``: torch.compile of the recursion's reasoning networks on the CPU or a CUDA GPU.
 
 Each reasoning network of the core (the input injection and its stack of blocks; with
 activation checkpointing, each block) is compiled in place (``nn.Module.compile``), so parameter

@@ -6,8 +6,8 @@ threads fight it for the cores, and a step can get tens of times slower (two thr
 busy cores: docs/BENCHMARKS.md, the platform notes). :class:`ThreadGovernor` re-applies the same
 rule during the run: every ``interval_s`` (``$TRM_CPU_THREADS_INTERVAL_S``, default 10 s) it
 measures how many of the process's CPUs *other* work kept busy over the last interval -- the
-CPUs' busy time from /proc/stat less this process's own CPU time and its child processes'
-(torch.compile's compile workers are the run's own work) -- and sets
+CPUs' busy time from /proc/stat less this process's own CPU time and its descendant processes'
+(torch.compile's compile workers are the run's own work; :class:`OwnCpu`) -- and sets
 
     threads = max(1, min(cores // processes_on_host, round(CPUs - others_busy)))
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -57,47 +58,77 @@ def host_busy_s(cpus: Sequence[int]) -> Optional[float]:
     return busy / _clock_ticks()
 
 
-def own_cpu_s() -> float:
-    """CPU-seconds this process and its child processes have used so far: every thread
-    (torch's, tf.data's, ...), the children it has waited for, and the live descendants (e.g.
-    torch.compile's compile workers, which are the run's own work, not other work)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system + descendants_cpu_s()
-
-
-def descendants_cpu_s(pid: Optional[int] = None) -> float:
-    """CPU-seconds used by the live descendants of ``pid`` (default: this process) and by the
-    children they waited for, from /proc/<pid>/stat; 0 where /proc is missing."""
+def descendant_ticks(pid: Optional[int] = None) -> Dict[int, int]:
+    """{pid: user + system clock ticks} of each live descendant of ``pid`` (default: this
+    process), from /proc/<pid>/stat; empty where /proc is missing."""
     root = os.getpid() if pid is None else pid
     children: Dict[int, List[int]] = {}
     ticks: Dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return 0.0
+        return {}
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 raw = f.read()
-            # the fields after the command name "(...)": state, ppid, ..., utime (14th field of
-            # the line), stime, cutime, cstime
+            # the fields after the command name "(...)": state, ppid, ..., utime (the line's
+            # 14th field), stime
             fields = raw[raw.rindex(b")") + 2:].split()
-            child = int(entry)
-            children.setdefault(int(fields[1]), []).append(child)
-            ticks[child] = sum(int(x) for x in fields[11:15])
+            proc = int(entry)
+            children.setdefault(int(fields[1]), []).append(proc)
+            ticks[proc] = int(fields[11]) + int(fields[12])
         except (OSError, ValueError, IndexError):
             continue   # gone since the listing, or unreadable
-    total, todo, seen = 0, list(children.get(root, ())), {root}
+    out: Dict[int, int] = {}
+    todo = list(children.get(root, ()))
     while todo:
-        child = todo.pop()
-        if child in seen:
+        proc = todo.pop()
+        if proc in out or proc == root:
             continue
-        seen.add(child)
-        total += ticks.get(child, 0)
-        todo.extend(children.get(child, ()))
-    return total / _clock_ticks()
+        out[proc] = ticks.get(proc, 0)
+        todo.extend(children.get(proc, ()))
+    return out
+
+
+def descendants_cpu_s(pid: Optional[int] = None) -> float:
+    """CPU-seconds the live descendants of ``pid`` (default: this process) have used."""
+    return sum(descendant_ticks(pid).values()) / _clock_ticks()
+
+
+class OwnCpu:
+    """A running total of the CPU-seconds of this process (every thread: torch's, tf.data's,
+    ...) and of its descendant processes (e.g. torch.compile's compile workers: the run's own
+    work, not other work) since the first call.
+
+    Descendants count by what each one used between two calls while it was alive, so the total
+    never goes down when one exits (its accumulated time is kept), and nothing counts twice (a
+    child's time that reappears in its parent's totals once reaped is not read). A descendant
+    born and gone between two calls is not seen: its time counts as other work."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: Optional[Dict[int, int]] = None
+        self._descendants = 0
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = descendant_ticks()
+            if self._last is not None:
+                for proc, ticks in now.items():
+                    before = self._last.get(proc, 0)
+                    # a pid seen with more ticks before is a reused pid: a new process
+                    self._descendants += ticks - before if ticks >= before else ticks
+            self._last = now
+            descendants = self._descendants
+        t = os.times()
+        return t.user + t.system + descendants / _clock_ticks()
+
+
+#: this process's :class:`OwnCpu` (one running total, shared by every caller)
+own_cpu_s = OwnCpu()
 
 
 class ThreadGovernor:
