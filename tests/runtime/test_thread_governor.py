@@ -133,14 +133,16 @@ def _stop(pid):
         pass
 
 
-def _governor_change_with_a_spinner(detached):
+def test_a_real_busy_process_lowers_the_threads():
+    """Real measurements: a spinner on this machine (pinned to one of this process's CPUs, not
+    its descendant) is other work; the governor, started at every CPU, drops a thread."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
     state = {"n": len(cpus)}
     g = ThreadGovernor(cpus, len(cpus), 1, 0.5, set_threads=lambda n: state.update(n=n),
                        get_threads=lambda: state["n"])
-    pid = _spin(cpus[-1], detached)
+    pid = _spin(cpus[-1], detached=True)
     try:
         time.sleep(0.2)
         g.check()          # restart the window with the spinner running
@@ -149,15 +151,8 @@ def _governor_change_with_a_spinner(detached):
         change = g.check()
     finally:
         _stop(pid)
-    return cpus, state["n"], change
-
-
-def test_a_real_busy_process_lowers_the_threads():
-    """Real measurements: a spinner on this machine (pinned to one of this process's CPUs, not
-    its descendant) is other work; the governor, started at every CPU, drops a thread."""
-    cpus, n, change = _governor_change_with_a_spinner(detached=True)
-    assert n <= len(cpus) - 1, change
-    assert change and change.startswith(f"CPU threads {len(cpus)} -> {n}")
+    assert state["n"] <= len(cpus) - 1, change
+    assert change and change.startswith(f"CPU threads {len(cpus)} -> {state['n']}")
 
 
 def test_a_busy_child_process_is_this_runs_own_work():
@@ -190,6 +185,11 @@ def test_a_busy_child_process_is_this_runs_own_work():
         (others, others_without_children, child_cpus)
 
 
+def _descendants_s(pid):
+    """CPU-seconds of the live descendants of ``pid``."""
+    return sum(threads.descendant_ticks(pid).values()) / os.sysconf("SC_CLK_TCK")
+
+
 SPIN_THEN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
 
 
@@ -202,14 +202,14 @@ def test_own_cpu_time_counts_descendants_and_keeps_their_time_after_they_exit():
                               SPIN_THEN + "time.sleep(60)"], start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while threads.descendants_cpu_s(shell.pid) < 0.5 and time.monotonic() < deadline:
+        while _descendants_s(shell.pid) < 0.5 and time.monotonic() < deadline:
             time.sleep(0.1)
         alive = own()
         assert alive - before >= 0.5   # the grandchild's spinning
     finally:
         os.killpg(shell.pid, signal.SIGKILL)
         shell.wait()
-    assert threads.descendants_cpu_s(shell.pid) == 0.0
+    assert _descendants_s(shell.pid) == 0.0
     assert own() >= alive     # gone, reaped: its time stays counted, once
 
 

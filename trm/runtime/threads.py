@@ -93,11 +93,6 @@ def descendant_ticks(pid: Optional[int] = None) -> Dict[int, int]:
     return out
 
 
-def descendants_cpu_s(pid: Optional[int] = None) -> float:
-    """CPU-seconds the live descendants of ``pid`` (default: this process) have used."""
-    return sum(descendant_ticks(pid).values()) / _clock_ticks()
-
-
 class OwnCpu:
     """A running total of the CPU-seconds of this process (every thread: torch's, tf.data's,
     ...) and of its descendant processes (e.g. torch.compile's compile workers: the run's own
