@@ -12,9 +12,14 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
   before) are started; the trainer resumes from the workdir's last checkpoint by itself.
   With ``--no_preflight`` the same is decided from ``run.json`` and ``command.json``.
 * A failed run does not stop the sweep; failures are listed at the end and the exit code is 1.
-* ``--parallel=N`` runs N at a time; each gets ``OMP_NUM_THREADS = cores // N`` unless the
-  environment already sets it, where cores are those the launcher may use: its CPU affinity,
-  capped by a container's CPU quota (``trm.runtime.device.usable_cores``).
+* ``--parallel=N`` runs N at a time; each may use at most ``cores // N`` torch threads
+  (``TRM_CPU_THREADS_MAX``), where cores are those the launcher may use: its CPU affinity,
+  capped by a container's CPU quota (``trm.runtime.device.usable_cores``). That is a cap, not
+  a fixed count: each run's CPU thread rule and governor (:mod:`trm.runtime.threads`) still
+  take threads away while other work keeps the cores busy, so a run does not collapse when
+  something else starts. ``OMP_NUM_THREADS`` or ``TRM_CPU_THREADS`` in the launcher's
+  environment fixes the count of every run instead (bitwise-repeatable CPU runs), and a
+  ``TRM_CPU_THREADS_MAX`` there lowers the cap.
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
 * Ctrl-C, ``kill`` (SIGTERM) or a closed terminal (SIGHUP) stops the sweep: each running run
   gets SIGTERM (it saves a checkpoint and exits; killed after 120 s), the launcher says how to
@@ -149,12 +154,17 @@ class Progress:
 
 
 def _child_env(parallel: int) -> dict[str, str]:
+    """The runs' environment: the launcher's, with each run's share of the cores as the cap
+    of its thread rule (``TRM_CPU_THREADS_MAX``), unless the user fixed the count."""
+    from trm.runtime.device import THREADS_MAX_ENV, threads_max, usable_cores
     env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        # the cores this launcher may use (affinity, capped by a container's CPU quota), the
-        # count trm's own thread rule starts from
-        from trm.runtime.device import usable_cores
-        env["OMP_NUM_THREADS"] = str(max(1, usable_cores()[0] // parallel))
+    if any(env.get(k, "").strip() for k in ("OMP_NUM_THREADS", "TRM_CPU_THREADS")):
+        return env   # the user's fixed count, for every run
+    # the cores this launcher may use (affinity, capped by a container's CPU quota), shared by
+    # the runs at a time; a cap set by the user lowers it (a bad one is an error here, once)
+    share = max(1, usable_cores()[0] // parallel)
+    user = threads_max()
+    env[THREADS_MAX_ENV] = str(min(share, user) if user is not None else share)
     return env
 
 
@@ -353,6 +363,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     try:
+        _child_env(args.parallel)   # a bad TRM_CPU_THREADS_MAX: one line, before anything
         sweep, seeds, extra_files = _sweep(args)
         runs = sweep.runs(seeds)
         extra = common.gin_bindings(args)

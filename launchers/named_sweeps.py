@@ -154,6 +154,37 @@ class Sweep:
             object.__setattr__(self, field, tuple(getattr(self, field)))
         if not self.seeds:
             raise ValueError(f"sweep {self.name!r} has no seeds")
+        self._check_each_macro_has_one_source()
+
+    def _check_each_macro_has_one_source(self) -> None:
+        """Every run binds ``SEED`` last and each axis's bindings after ``fixed`` (gin: the
+        last binding wins). So a macro bound in two of these places would silently take one
+        value while the run's name or the sweep's text says another (``--grid=SEED=1,2``
+        trained two runs with seed 0): an error instead."""
+        where: dict[str, str] = {}
+        for binding in self.fixed:
+            key = binding.split("=", 1)[0].strip()
+            if key == SEED_MACRO:
+                raise ValueError(
+                    f"sweep {self.name!r} fixes {binding!r}, but each run binds its own "
+                    f"{SEED_MACRO} from the sweep's seeds: remove it and give the seeds "
+                    "instead (the sweep's seeds, or --seeds on the command line)")
+            where[key] = "its fixed bindings"
+        for axis in self.axes:
+            keys = {k for point in axis.points for k in point.bindings}
+            if SEED_MACRO in keys:
+                raise ValueError(
+                    f"sweep {self.name!r}: axis {axis.name!r} binds {SEED_MACRO}, but each "
+                    f"run binds its own {SEED_MACRO} from the sweep's seeds (and that one "
+                    "wins): remove the axis and give the seeds instead (the sweep's seeds, "
+                    "or --seeds on the command line)")
+            for key in sorted(keys):
+                if key in where:
+                    raise ValueError(
+                        f"sweep {self.name!r}: axis {axis.name!r} and {where[key]} both bind "
+                        f"{key}; a run would take only the later value: bind it in one place "
+                        "(merge the axes, or drop it from the fixed bindings)")
+                where[key] = f"axis {axis.name!r}"
 
     def swept_keys(self) -> set[str]:
         """Macro names that differ between runs (including ``SEED``)."""

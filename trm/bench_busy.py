@@ -1,7 +1,7 @@
 r"""Benchmark a CPU training run when other work starts part-way through it.
 
     python -m trm.bench_busy [--gin_file=quickstart.gin] [--gin_param=...] \
-        [--busy_after_s=25] [--modes=on,off] [--timeout_s=900]
+        [--busy_after_s=25] [--modes=on,off] [--timeout_s=900] [--launcher]
 
 Runs ``python -m trm.train`` once per mode, one after the other, each in a fresh temporary
 workdir. ``--busy_after_s`` seconds after each start, a busy process (a Python loop spinning
@@ -9,16 +9,23 @@ on one core) starts and runs until the training ends. The modes:
 
 * ``on``: the CPU thread governor re-applies the thread rule every ``--interval_s`` (10 s,
   the default);
-* ``off``: ``TRM_CPU_THREADS_INTERVAL_S=0``, so the count chosen at start is kept, as before.
+* ``off``: ``TRM_CPU_THREADS_INTERVAL_S=0``, so the count chosen at start is kept, as before;
+* ``fixed``: ``OMP_NUM_THREADS`` set to every usable core (the rule and the governor off):
+  what ``launchers.local --parallel=1`` gave its runs before it capped the rule instead.
 
-``OMP_NUM_THREADS`` and ``TRM_CPU_THREADS`` are removed from the runs' environment, so the rule
-chooses. Each mode prints one line: wall time, exit code, the final exact accuracy, and the
-thread changes. The last line is one JSON object. Run it on an otherwise quiet machine.
+``--launcher`` starts each run through ``python -m launchers.local --parallel=1`` (a one-run
+sweep file, ``--seeds=<the run's SEED>``) instead of directly, so the launcher's own thread
+setting is what is measured. ``OMP_NUM_THREADS``, ``TRM_CPU_THREADS`` and
+``TRM_CPU_THREADS_MAX`` are removed from the runs' environment (mode ``fixed`` sets the
+first), so the rule chooses. Each mode prints one line: wall time, exit code, the final exact
+accuracy, and the thread changes. The last line is one JSON object. Run it on an otherwise
+quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -28,24 +35,38 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-MODES = ("on", "off")
+MODES = ("on", "off", "fixed")
+_THREAD_ENV = ("OMP_NUM_THREADS", "TRM_CPU_THREADS", "TRM_CPU_THREADS_MAX")
 _EXACT = re.compile(r"exact_accuracy (\d+\.\d+)")
 _CHANGE = re.compile(r"CPU threads (\d+) -> (\d+)")
 
 
 def run_mode(mode: str, gin_files: Sequence[str], gin_params: Sequence[str],
-             busy_after_s: float, timeout_s: float, interval_s: float = 10.0
-             ) -> Dict[str, Any]:
+             busy_after_s: float, timeout_s: float, interval_s: float = 10.0,
+             launcher: bool = False) -> Dict[str, Any]:
     """One training run with a busy process from ``busy_after_s`` on; its wall time, exit
     code, final evaluation accuracy and thread changes."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
-                                                             "TRM_CPU_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in _THREAD_ENV}
     env["TRM_CPU_THREADS_INTERVAL_S"] = "0" if mode == "off" else f"{interval_s:g}"
+    if mode == "fixed":
+        from trm.runtime.device import usable_cores
+        env["OMP_NUM_THREADS"] = str(usable_cores()[0])
     with tempfile.TemporaryDirectory(prefix=f"trm_bench_busy_{mode}_") as tmp:
-        argv = [sys.executable, "-m", "trm.train", *(f"--gin_file={g}" for g in gin_files),
-                *(f"--gin_param={p}" for p in gin_params), f"--workdir={tmp}/run"]
+        if launcher:   # a one-run sweep file; the launcher binds SEED from --seeds
+            seeds = [p.split("=", 1)[1].strip() for p in gin_params
+                     if p.split("=", 1)[0].strip() == "SEED"]
+            sweep = os.path.join(tmp, "busy.json")
+            with open(sweep, "w") as f:
+                json.dump({"name": "busy", "gin_files": list(gin_files)}, f)
+            argv = [sys.executable, "-m", "launchers.local", f"--sweep={sweep}",
+                    f"--root={tmp}/runs", "--parallel=1", f"--seeds={seeds[-1] if seeds else 0}",
+                    *[f"--gin_param={p}" for p in gin_params
+                      if p.split("=", 1)[0].strip() != "SEED"]]
+        else:
+            argv = [sys.executable, "-m", "trm.train", *(f"--gin_file={g}" for g in gin_files),
+                    *(f"--gin_param={p}" for p in gin_params), f"--workdir={tmp}/run"]
         log_path = os.path.join(tmp, "train.log")
         with open(log_path, "w") as log:
             start = time.monotonic()
@@ -74,11 +95,14 @@ def run_mode(mode: str, gin_files: Sequence[str], gin_params: Sequence[str],
             wall = time.monotonic() - start
         with open(log_path) as f:
             text = f.read()
+        for run_log in sorted(glob.glob(os.path.join(tmp, "runs", "*", "*", "launcher.log"))):
+            with open(run_log) as f:   # the run's own output, through the launcher
+                text += f.read()
     exact = _EXACT.findall(text.split("eval step")[-1]) if "eval step" in text else []
     changes = [f"{a}->{b}" for a, b in _CHANGE.findall(text)]
     return {"mode": mode, "rc": rc, "wall_s": round(wall, 1),
             "exact_accuracy": float(exact[0]) if exact else None,
-            "thread_changes": changes, "busy_after_s": busy_after_s,
+            "thread_changes": changes, "busy_after_s": busy_after_s, "launcher": launcher,
             "log_tail": text.strip().splitlines()[-3:] if rc else []}
 
 
@@ -90,7 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--gin_param", action="append", default=[], help="extra bindings")
     p.add_argument("--busy_after_s", type=float, default=25.0,
                    help="seconds after the start when the busy process starts")
-    p.add_argument("--modes", default="on,off", help="comma-separated: on, off")
+    p.add_argument("--modes", default="on,off", help="comma-separated: on, off, fixed")
+    p.add_argument("--launcher", action="store_true",
+                   help="start each run through launchers.local --parallel=1")
     p.add_argument("--timeout_s", type=float, default=900.0, help="per run")
     p.add_argument("--interval_s", type=float, default=10.0,
                    help="the governor's interval in mode on (TRM_CPU_THREADS_INTERVAL_S)")
@@ -98,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        p.error(f"--modes: {', '.join(bad) or 'nothing'} is not a mode; use on, off or both")
+        p.error(f"--modes: {', '.join(bad) or 'nothing'} is not a mode; use one or more of "
+                "on, off, fixed")
     if args.busy_after_s < 0 or args.timeout_s <= args.busy_after_s:
         p.error("--busy_after_s must be >= 0 and below --timeout_s")
     if args.interval_s <= 0:
@@ -106,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: List[Dict[str, Any]] = []
     for mode in modes:
         r = run_mode(mode, args.gin_file or ["quickstart.gin"], args.gin_param,
-                     args.busy_after_s, args.timeout_s, args.interval_s)
+                     args.busy_after_s, args.timeout_s, args.interval_s, args.launcher)
         results.append(r)
         acc = "n/a" if r["exact_accuracy"] is None else f"{100 * r['exact_accuracy']:.1f}%"
         print(f"governor {mode}: {r['wall_s']:.1f} s, exit {r['rc']}, exact {acc}, thread "

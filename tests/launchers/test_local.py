@@ -205,15 +205,40 @@ def test_a_fifo_run_json_never_hangs_the_launcher(trainer, tmp_path):
     (64, 1.0, 2, "1"),    # never below one
     (8, 2.5, 1, "3"),
 ])
-def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, parallel,
-                                                    expected):
+def test_each_run_gets_a_share_of_the_usable_cores_as_its_thread_cap(monkeypatch, cpus, quota,
+                                                                     parallel, expected):
+    """The share caps each run's thread rule (TRM_CPU_THREADS_MAX) instead of fixing the count
+    (OMP_NUM_THREADS would turn the rule and the governor off: a run with two fixed threads
+    collapses when other work takes a core)."""
     from trm.runtime import device
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name in ("OMP_NUM_THREADS", "TRM_CPU_THREADS", "TRM_CPU_THREADS_MAX"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(device, "cpu_quota", lambda: quota)
-    assert local._child_env(parallel)["OMP_NUM_THREADS"] == expected
-    monkeypatch.setenv("OMP_NUM_THREADS", "7")   # the user's own setting wins
-    assert local._child_env(parallel)["OMP_NUM_THREADS"] == "7"
+    env = local._child_env(parallel)
+    assert env["TRM_CPU_THREADS_MAX"] == expected
+    assert "OMP_NUM_THREADS" not in env and "TRM_CPU_THREADS" not in env
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", "1")   # the user's lower cap wins ...
+    assert local._child_env(parallel)["TRM_CPU_THREADS_MAX"] == "1"
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", "999")  # ... a higher one does not
+    assert local._child_env(parallel)["TRM_CPU_THREADS_MAX"] == expected
+    monkeypatch.delenv("TRM_CPU_THREADS_MAX")
+    for fixed in ("OMP_NUM_THREADS", "TRM_CPU_THREADS"):   # the user's fixed count wins
+        monkeypatch.setenv(fixed, "7")
+        env = local._child_env(parallel)
+        assert env[fixed] == "7" and "TRM_CPU_THREADS_MAX" not in env
+        monkeypatch.delenv(fixed)
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-3"])
+def test_a_bad_thread_cap_stops_the_sweep_before_anything_starts(trainer, tmp_path, monkeypatch,
+                                                                  capsys, bad):
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", bad)
+    rc, _ = _run([], tmp_path / "runs")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"TRM_CPU_THREADS_MAX='{bad}' is not a positive thread count" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("calls.jsonl"))
 
 
 def _launch_and_wait(root, args, workdirs):

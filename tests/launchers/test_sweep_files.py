@@ -67,6 +67,12 @@ def test_name_defaults_to_the_file_name(tmp_path):
     ({"name": "Bad Name"}, "must be snake_case"),
     ({"axes": [{"name": "m", "points": [{"lable": "x"}]}]}, "a point is a mapping with at least"),
     ({"axes": [{"name": "m", "points": [{"label": "../x"}]}]}, "not path-safe"),
+    # a macro with two sources: a run would silently take the later value
+    ({"grid": {"SEED": [1, 2]}}, "axis 'seed' binds SEED, but each run binds its own SEED"),
+    ({"fixed": {"SEED": 3}}, "fixes 'SEED=3', but each run binds its own SEED"),
+    ({"fixed": {"LR": 1e-3}}, "axis 'lr' and its fixed bindings both bind LR"),
+    ({"axes": [{"name": "m", "points": [{"label": "x", "bindings": {"GLOBAL_BATCH_SIZE": 8}}]}]},
+     "axis 'm' and axis 'global_batch_size' both bind GLOBAL_BATCH_SIZE"),
 ])
 def test_malformed_sweep_files_get_one_line(tmp_path, change, expected):
     path = _write(tmp_path, "bad.json", {**SPEC, **change})
@@ -102,6 +108,23 @@ def test_command_line_grid():
         sweep_files.command_line_sweep([], ["LR=1"])
     with pytest.raises(SweepFileError, match="is not MACRO=v1,v2"):
         sweep_files.command_line_sweep(["q.gin"], ["LR"])
+    with pytest.raises(SweepFileError, match="axis 'lr' and axis 'lr' both bind LR"):
+        sweep_files.command_line_sweep(["q.gin"], ["LR=1,2", "LR=3"])
+
+
+def test_a_seed_grid_is_refused_not_run_with_seed_0(tmp_path, capsys):
+    """``--grid=SEED=1,2`` used to launch runs named seed1_s0 and seed2_s0 that both trained
+    with SEED=0 (each run's own SEED binding comes last and wins)."""
+    rc = local.main(["--grid=SEED=1,2", "--gin_file=quickstart.gin", f"--root={tmp_path}",
+                     "--dry_run"], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert rc == 2 and "binds SEED" in err and "--seeds" in err, err
+    out = io.StringIO()
+    assert local.main(["--grid=LR=1e-4", "--gin_file=quickstart.gin", f"--root={tmp_path}",
+                       "--seeds=1,2", "--dry_run"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert [line.count("--gin_param=SEED=") for line in lines] == [1, 1]
+    assert "--gin_param=SEED=1 " in lines[0] and "--gin_param=SEED=2 " in lines[1]
 
 
 def test_local_runs_a_sweep_file_and_a_grid(tmp_path, monkeypatch):

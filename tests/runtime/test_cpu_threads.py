@@ -14,6 +14,8 @@ def machine(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("TRM_CPU_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TRM_CPU_THREADS_MAX", raising=False)
+    monkeypatch.delenv("TRM_CPU_THREADS_INTERVAL_S", raising=False)
 
     def set_host(cores, load, quota=None):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
@@ -77,6 +79,35 @@ def test_a_bad_override_is_one_clear_line(machine, monkeypatch, bad):
     machine(2, 0.0)
     monkeypatch.setenv("TRM_CPU_THREADS", bad)
     with pytest.raises(device.DeviceError, match="TRM_CPU_THREADS=.*positive thread count"):
+        device.choose_cpu_threads()
+
+
+@pytest.mark.parametrize("cores,load,processes,cap,expected", [
+    (16, 0.0, 1, 4, 4),     # a quiet 16-core host, each launcher run capped at 4
+    (16, 14.0, 1, 4, 2),    # other work still takes threads away under the cap
+    (16, 0.0, 8, 4, 2),     # the training processes' share is below the cap
+    (2, 0.0, 1, 1, 1),
+    (2, 0.0, 1, 64, 2),     # a cap above the cores changes nothing
+])
+def test_a_thread_cap_caps_the_rule(machine, monkeypatch, cores, load, processes, cap, expected):
+    machine(cores, load)
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", str(cap))
+    rule = device.choose_cpu_threads(processes)
+    assert torch.get_num_threads() == expected
+    assert rule.startswith(f"{expected} (rule: {cores} cores / {processes} process(es) on the "
+                           f"host, at most {cap} (TRM_CPU_THREADS_MAX),")
+    # the governor re-applies the same cap
+    from trm.runtime.threads import governor_for_this_process
+    governor = governor_for_this_process(processes)
+    assert governor.share == device.thread_share(cores, processes, cap)
+    assert governor.wanted(0.0) == min(cap, max(1, cores // processes))
+
+
+@pytest.mark.parametrize("bad", ["0", "many", "-2", "1.5"])
+def test_a_bad_thread_cap_is_one_clear_line(machine, monkeypatch, bad):
+    machine(2, 0.0)
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", bad)
+    with pytest.raises(device.DeviceError, match="TRM_CPU_THREADS_MAX=.*positive thread count"):
         device.choose_cpu_threads()
 
 

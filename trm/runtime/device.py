@@ -137,8 +137,9 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
     The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
     follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
     capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
-    training processes on the host, less the CPUs other work keeps busy now among those it may
-    run on (:func:`busy_cores`), at least 1. torch's default (every core the host has)
+    training processes on the host and at most ``$TRM_CPU_THREADS_MAX`` (:func:`thread_share`;
+    ``launchers.local`` sets it to its runs' share of the cores), less the CPUs other work
+    keeps busy now among those it may run on (:func:`busy_cores`), at least 1. torch's default (every core the host has)
     collapses when another process wants a core: a small train step went from ~4 ms to
     ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in a container it
     starts a thread per host core whatever the quota.
@@ -158,14 +159,47 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
         return f"{torch.get_num_threads()} (OMP_NUM_THREADS)"
     cpus = allowed_cpus() if cpus is None else list(cpus)
     cores, why = usable_cores(cpus) if cores is None else cores
+    cap = threads_max()
     busy, how = busy_cores(cpus)
-    share = max(1, cores // max(1, processes_on_host))
+    share = thread_share(cores, processes_on_host, cap)
     free = int(len(cpus) - busy + 0.5)
     threads = max(1, min(share, free))
     torch.set_num_threads(threads)
+    capped = f", at most {cap} ({THREADS_MAX_ENV})" if cap is not None else ""
     return (f"{threads} (rule: {cores} cores{why} / {processes_on_host} process(es) on the "
-            f"host, {busy:.1f} of its {len(cpus)} CPUs busy ({how}); TRM_CPU_THREADS "
+            f"host{capped}, {busy:.1f} of its {len(cpus)} CPUs busy ({how}); TRM_CPU_THREADS "
             "overrides)")
+
+
+#: caps the thread rule's count (not a fixed count: the rule and the governor still lower it
+#: when other work needs the cores); ``launchers.local`` sets it to each run's share
+THREADS_MAX_ENV = "TRM_CPU_THREADS_MAX"
+
+
+def threads_max() -> Optional[int]:
+    """``$TRM_CPU_THREADS_MAX`` as a positive count, None when unset.
+
+    Raises:
+      DeviceError: it is set but not a positive whole number (one line, with the fix).
+    """
+    raw = os.environ.get(THREADS_MAX_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        cap = int(raw)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise DeviceError(f"{THREADS_MAX_ENV}={raw!r} is not a positive thread count; set it "
+                          "to e.g. 2, or unset it to let the rule use every core it may.")
+    return cap
+
+
+def thread_share(cores: int, processes_on_host: int = 1, cap: Optional[int] = None) -> int:
+    """The most threads the rule gives one process: ``cores`` shared by the training
+    processes on the host, at most ``cap`` (:func:`threads_max`), at least 1."""
+    share = max(1, cores // max(1, processes_on_host))
+    return max(1, min(share, cap)) if cap is not None else share
 
 
 def allowed_cpus() -> List[int]:

@@ -9,19 +9,22 @@ measures how many of the process's CPUs *other* work kept busy over the last int
 CPUs' busy time from /proc/stat less this process's own CPU time and its descendant processes'
 (torch.compile's compile workers are the run's own work; :class:`OwnCpu`) -- and sets
 
-    threads = max(1, min(cores // processes_on_host, round(CPUs - others_busy)))
+    threads = max(1, min(cores // processes_on_host, $TRM_CPU_THREADS_MAX,
+                         round(CPUs - others_busy)))
 
 It lowers the count at the first interval that asks for fewer threads (a collapse costs more
 than a briefly idle core) and raises it again only after two intervals in a row agree (the other
 work has ended). It runs only where the rule chose the count: ``$TRM_CPU_THREADS`` or
-``$OMP_NUM_THREADS`` fix it for the whole run (``launchers.local`` sets the latter for its
-runs). The trainer checks at every step and evaluation batch (a clock read between checks),
+``$OMP_NUM_THREADS`` fix it for the whole run. ``$TRM_CPU_THREADS_MAX`` only caps it:
+``launchers.local`` sets that to each run's share of the cores, so its runs adapt too. The
+trainer checks at every step and evaluation batch (a clock read between checks),
 logs each change, and records them in run.json (``cpu_thread_changes``) and TensorBoard
 (``perf/cpu_threads``).
 
 The thread count can change the last bits of a CPU result (parallel reductions split the work
 differently), so a run whose count changed is not bitwise repeatable; set ``TRM_CPU_THREADS``
-(or ``OMP_NUM_THREADS``) where that matters, as ``launchers.local`` does.
+(or ``OMP_NUM_THREADS``; ``launchers.local`` passes either on to its runs) where that
+matters.
 """
 
 from __future__ import annotations
@@ -130,12 +133,13 @@ class ThreadGovernor:
     """Re-applies the CPU thread rule during a run (see the module docstring).
 
     ``cores``: the cores the process may use (:func:`trm.runtime.device.usable_cores`);
-    ``cpus``: the CPUs it may run on; the measurements (``clock``, ``host_busy``, ``own``)
-    can be replaced, e.g. in tests.
+    ``cpus``: the CPUs it may run on; ``max_threads``: the most it ever sets
+    (``$TRM_CPU_THREADS_MAX``, :func:`trm.runtime.device.threads_max`); the measurements
+    (``clock``, ``host_busy``, ``own``) can be replaced, e.g. in tests.
     """
 
     def __init__(self, cpus: Sequence[int], cores: int, processes_on_host: int = 1,
-                 interval_s: float = DEFAULT_INTERVAL_S,
+                 interval_s: float = DEFAULT_INTERVAL_S, max_threads: Optional[int] = None,
                  clock: Callable[[], float] = time.monotonic,
                  host_busy: Callable[[Sequence[int]], Optional[float]] = host_busy_s,
                  own: Callable[[], float] = own_cpu_s,
@@ -144,7 +148,7 @@ class ThreadGovernor:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.cpus = list(cpus)
-        self.share = max(1, cores // max(1, processes_on_host))
+        self.share = device.thread_share(cores, processes_on_host, max_threads)
         self.interval_s = interval_s
         self._clock, self._host_busy, self._own = clock, host_busy, own
         self._set, self._get = set_threads, get_threads
@@ -225,4 +229,4 @@ def governor_for_this_process(processes_on_host: int = 1, cpus: Optional[Sequenc
         return None
     cpus = device.allowed_cpus() if cpus is None else list(cpus)
     cores = device.usable_cores(cpus)[0] if cores is None else cores
-    return ThreadGovernor(cpus, cores, processes_on_host, interval)
+    return ThreadGovernor(cpus, cores, processes_on_host, interval, device.threads_max())
