@@ -139,22 +139,16 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
     capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
     training processes on the host and at most ``$TRM_CPU_THREADS_MAX`` (:func:`thread_share`;
     ``launchers.local`` sets it to its runs' share of the cores), less the CPUs other work
-    keeps busy now among those it may run on (:func:`busy_cores`), at least 1. torch's default (every core the host has)
-    collapses when another process wants a core: a small train step went from ~4 ms to
-    ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in a container it
-    starts a thread per host core whatever the quota.
+    keeps busy now among those it may run on (:func:`busy_cores`), at least 1. torch's default
+    (every core the host has) collapses when another process wants a core: a small train step
+    went from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in
+    a container it starts a thread per host core whatever the quota.
     """
-    forced = os.environ.get("TRM_CPU_THREADS", "").strip()
-    if forced:
-        try:
-            threads = int(forced)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise DeviceError(f"TRM_CPU_THREADS={forced!r} is not a positive thread count; "
-                              "set it to e.g. 1, or unset it to let trm choose.")
-        torch.set_num_threads(threads)
-        return f"{threads} (TRM_CPU_THREADS)"
+    forced = _thread_count_env("TRM_CPU_THREADS", "set it to e.g. 1, or unset it to let trm "
+                                                  "choose.")
+    if forced is not None:
+        torch.set_num_threads(forced)
+        return f"{forced} (TRM_CPU_THREADS)"
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return f"{torch.get_num_threads()} (OMP_NUM_THREADS)"
     cpus = allowed_cpus() if cpus is None else list(cpus)
@@ -176,23 +170,29 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
 THREADS_MAX_ENV = "TRM_CPU_THREADS_MAX"
 
 
+def _thread_count_env(name: str, fix: str) -> Optional[int]:
+    """``$name`` as a positive count, None when unset; else a one-line :class:`DeviceError`
+    ending with ``fix``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise DeviceError(f"{name}={raw!r} is not a positive thread count; {fix}")
+    return count
+
+
 def threads_max() -> Optional[int]:
     """``$TRM_CPU_THREADS_MAX`` as a positive count, None when unset.
 
     Raises:
       DeviceError: it is set but not a positive whole number (one line, with the fix).
     """
-    raw = os.environ.get(THREADS_MAX_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        cap = int(raw)
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise DeviceError(f"{THREADS_MAX_ENV}={raw!r} is not a positive thread count; set it "
-                          "to e.g. 2, or unset it to let the rule use every core it may.")
-    return cap
+    return _thread_count_env(THREADS_MAX_ENV, "set it to e.g. 2, or unset it to let the rule "
+                                              "use every core it may.")
 
 
 def thread_share(cores: int, processes_on_host: int = 1, cap: Optional[int] = None) -> int:
