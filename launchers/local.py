@@ -12,14 +12,15 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
   before) are started; the trainer resumes from the workdir's last checkpoint by itself.
   With ``--no_preflight`` the same is decided from ``run.json`` and ``command.json``.
 * A failed run does not stop the sweep; failures are listed at the end and the exit code is 1.
-* ``--parallel=N`` runs N at a time; each may use at most ``cores // N`` torch threads
-  (``TRM_CPU_THREADS_MAX``), where cores are those the launcher may use: its CPU affinity,
-  capped by a container's CPU quota (``trm.runtime.device.usable_cores``). That is a cap, not
-  a fixed count: each run's CPU thread rule and governor (:mod:`trm.runtime.threads`) still
-  take threads away while other work keeps the cores busy, so a run does not collapse when
-  something else starts. ``OMP_NUM_THREADS`` or ``TRM_CPU_THREADS`` in the launcher's
-  environment fixes the count of every run instead (bitwise-repeatable CPU runs), and a
-  ``TRM_CPU_THREADS_MAX`` there lowers the cap.
+* ``--parallel=N`` runs N at a time, each with ``cores // N`` torch threads, where cores are
+  those the launcher may use: its CPU affinity, capped by a container's CPU quota
+  (``trm.runtime.device.usable_cores``). With ``N = 1`` that is a cap
+  (``TRM_CPU_THREADS_MAX``), not a fixed count: the run's CPU thread rule and governor
+  (:mod:`trm.runtime.threads`) still take threads away while other work keeps the cores busy,
+  so the run does not collapse when something else starts. With ``N > 1`` it is a fixed count
+  (``OMP_NUM_THREADS``): runs side by side would count each other as other work. A user's
+  ``OMP_NUM_THREADS`` or ``TRM_CPU_THREADS`` fixes the count of every run instead
+  (bitwise-repeatable CPU runs), and a ``TRM_CPU_THREADS_MAX`` lowers the share.
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
 * Ctrl-C, ``kill`` (SIGTERM) or a closed terminal (SIGHUP) stops the sweep: each running run
   gets SIGTERM (it saves a checkpoint and exits; killed after 120 s), the launcher says how to
@@ -155,7 +156,8 @@ class Progress:
 
 def _child_env(parallel: int) -> dict[str, str]:
     """The runs' environment: the launcher's, with each run's share of the cores as the cap
-    of its thread rule (``TRM_CPU_THREADS_MAX``), unless the user fixed the count."""
+    of its thread rule (``TRM_CPU_THREADS_MAX``) when runs go one at a time, as a fixed count
+    (``OMP_NUM_THREADS``) when several share the machine; unless the user fixed the count."""
     from trm.runtime.device import THREADS_MAX_ENV, threads_max, usable_cores
     env = dict(os.environ)
     if any(env.get(k, "").strip() for k in ("OMP_NUM_THREADS", "TRM_CPU_THREADS")):
@@ -164,7 +166,15 @@ def _child_env(parallel: int) -> dict[str, str]:
     # the runs at a time; a cap set by the user lowers it (a bad one is an error here, once)
     share = max(1, usable_cores()[0] // parallel)
     user = threads_max()
-    env[THREADS_MAX_ENV] = str(min(share, user) if user is not None else share)
+    share = min(share, user) if user is not None else share
+    if parallel == 1:
+        env[THREADS_MAX_ENV] = str(share)
+    else:
+        # Runs side by side would count each other as other work: a run at its share uses a
+        # little more than its share of CPU time (2.1 CPUs at 2 threads), so with many runs
+        # the governors would take threads away from all of them and give them back, over
+        # and over. They keep a fixed share instead (as before).
+        env["OMP_NUM_THREADS"] = str(share)
     return env
 
 

@@ -204,29 +204,33 @@ def test_a_fifo_run_json_never_hangs_the_launcher(trainer, tmp_path):
     (64, 4.0, 2, "2"),    # a container limited to 4 CPUs on a 64-core host: 4 // 2, not 32
     (64, 1.0, 2, "1"),    # never below one
     (8, 2.5, 1, "3"),
+    (16, None, 1, "16"),
 ])
-def test_each_run_gets_a_share_of_the_usable_cores_as_its_thread_cap(monkeypatch, cpus, quota,
-                                                                     parallel, expected):
-    """The share caps each run's thread rule (TRM_CPU_THREADS_MAX) instead of fixing the count
-    (OMP_NUM_THREADS would turn the rule and the governor off: a run with two fixed threads
-    collapses when other work takes a core)."""
+def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, parallel,
+                                                    expected):
+    """One run at a time: the share caps its thread rule (TRM_CPU_THREADS_MAX) instead of
+    fixing the count (OMP_NUM_THREADS turns the rule and the governor off: a run with two fixed
+    threads collapses when other work takes a core). Runs side by side: a fixed share (each
+    would count the others as other work)."""
     from trm.runtime import device
     for name in ("OMP_NUM_THREADS", "TRM_CPU_THREADS", "TRM_CPU_THREADS_MAX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(device, "cpu_quota", lambda: quota)
+    var, other = (("TRM_CPU_THREADS_MAX", "OMP_NUM_THREADS") if parallel == 1 else
+                  ("OMP_NUM_THREADS", "TRM_CPU_THREADS_MAX"))
     env = local._child_env(parallel)
-    assert env["TRM_CPU_THREADS_MAX"] == expected
-    assert "OMP_NUM_THREADS" not in env and "TRM_CPU_THREADS" not in env
+    assert env[var] == expected and other not in env and "TRM_CPU_THREADS" not in env
     monkeypatch.setenv("TRM_CPU_THREADS_MAX", "1")   # the user's lower cap wins ...
-    assert local._child_env(parallel)["TRM_CPU_THREADS_MAX"] == "1"
+    assert local._child_env(parallel)[var] == "1"
     monkeypatch.setenv("TRM_CPU_THREADS_MAX", "999")  # ... a higher one does not
-    assert local._child_env(parallel)["TRM_CPU_THREADS_MAX"] == expected
+    assert local._child_env(parallel)[var] == expected
     monkeypatch.delenv("TRM_CPU_THREADS_MAX")
     for fixed in ("OMP_NUM_THREADS", "TRM_CPU_THREADS"):   # the user's fixed count wins
         monkeypatch.setenv(fixed, "7")
         env = local._child_env(parallel)
         assert env[fixed] == "7" and "TRM_CPU_THREADS_MAX" not in env
+        assert "OMP_NUM_THREADS" not in env or fixed == "OMP_NUM_THREADS"
         monkeypatch.delenv(fixed)
 
 

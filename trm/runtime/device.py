@@ -138,7 +138,7 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
     follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
     capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
     training processes on the host and at most ``$TRM_CPU_THREADS_MAX`` (:func:`thread_share`;
-    ``launchers.local`` sets it to its runs' share of the cores), less the CPUs other work
+    ``launchers.local --parallel=1`` sets it to its cores), less the CPUs other work
     keeps busy now among those it may run on (:func:`busy_cores`), at least 1. torch's default
     (every core the host has) collapses when another process wants a core: a small train step
     went from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in
@@ -166,7 +166,7 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
 
 
 #: caps the thread rule's count (not a fixed count: the rule and the governor still lower it
-#: when other work needs the cores); ``launchers.local`` sets it to each run's share
+#: when other work needs the cores); ``launchers.local`` sets it for runs one at a time
 THREADS_MAX_ENV = "TRM_CPU_THREADS_MAX"
 
 

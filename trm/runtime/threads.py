@@ -16,10 +16,13 @@ It lowers the count at the first interval that asks for fewer threads (a collaps
 than a briefly idle core) and raises it again only after two intervals in a row agree (the other
 work has ended). It runs only where the rule chose the count: ``$TRM_CPU_THREADS`` or
 ``$OMP_NUM_THREADS`` fix it for the whole run. ``$TRM_CPU_THREADS_MAX`` only caps it:
-``launchers.local`` sets that to each run's share of the cores, so its runs adapt too. The
-trainer checks at every step and evaluation batch (a clock read between checks),
-logs each change, and records them in run.json (``cpu_thread_changes``) and TensorBoard
-(``perf/cpu_threads``).
+``launchers.local`` sets that for runs one at a time, so they adapt too; runs side by side get
+a fixed share (``OMP_NUM_THREADS``), as each governor would count the other runs as other
+work: a run at its share uses a little more than its share of CPU time (about 2.1 CPUs at 2
+threads, docs/BENCHMARKS.md), and with many runs the governors would take threads from all
+of them and give them back, over and over. The trainer checks at every step and evaluation
+batch (a clock read between checks), logs each change, and records them in run.json
+(``cpu_thread_changes``) and TensorBoard (``perf/cpu_threads``).
 
 The thread count can change the last bits of a CPU result (parallel reductions split the work
 differently), so a run whose count changed is not bitwise repeatable; set ``TRM_CPU_THREADS``
