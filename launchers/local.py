@@ -214,14 +214,16 @@ def _stop_signals():
             signal.signal(sig, h)
 
 
-def execute(todo: Sequence[Job], total: int, parallel: int, out: TextIO) -> list[Job]:
-    """Runs ``todo`` with at most ``parallel`` at a time; returns the failed jobs.
+def execute(todo: Sequence[Job], total: int, parallel: int, out: TextIO,
+            env: dict[str, str] | None = None) -> list[Job]:
+    """Runs ``todo`` with at most ``parallel`` at a time, in ``env`` (default
+    :func:`_child_env`); returns the failed jobs.
 
     Ctrl-C, SIGTERM or SIGHUP: each running run gets SIGTERM (the trainer saves a checkpoint
     and exits), up to :data:`STOP_GRACE_S` in all before the rest are killed; then the
     interrupt (:class:`Stopped` for the signals) is raised."""
     progress = Progress(total, total - len(todo), parallel, out)
-    env = _child_env(parallel)
+    env = _child_env(parallel) if env is None else env
     pending = list(todo)
     running: list[tuple[Job, subprocess.Popen, TextIO, float]] = []
     failed: list[Job] = []
@@ -373,7 +375,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     try:
-        _child_env(args.parallel)   # a bad TRM_CPU_THREADS_MAX: one line, before anything
+        env = _child_env(args.parallel)   # a bad TRM_CPU_THREADS_MAX: one line, up front
         sweep, seeds, extra_files = _sweep(args)
         runs = sweep.runs(seeds)
         extra = common.gin_bindings(args)
@@ -411,7 +413,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
           f"{args.parallel} at a time", file=out, flush=True)
     start = time.monotonic()
     try:
-        failed = execute(todo, len(runs), args.parallel, out)
+        failed = execute(todo, len(runs), args.parallel, out, env)
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         _say(out, f"stopped by {signal.Signals(signum).name} after "
