@@ -85,14 +85,23 @@ class Trainer:
         self.config_text, self.hparams = config_text, hparams
         self.allow_config_change, self.progress = allow_config_change, progress
         self.step_callback = step_callback
-        self.cfg.validate(self.runtime.process_count)
-        self.test_meta = None
-        self.session: Optional[RunSession] = None if not workdir else RunSession(
-            workdir, self.runtime, best_metric=config.best_metric,
-            keep_checkpoints=config.keep_checkpoints, async_checkpoint=config.async_checkpoint,
-            trust_checkpoint=trust_checkpoint, force_unlock=force_unlock,
-            config_text=config_text, allow_config_change=allow_config_change, command=command,
-            hparams=hparams, operative_config=operative_config, progress=progress)
+        try:
+            self.cfg.validate(self.runtime.process_count)
+            self.test_meta = None
+            self.session: Optional[RunSession] = None if not workdir else RunSession(
+                workdir, self.runtime, best_metric=config.best_metric,
+                keep_checkpoints=config.keep_checkpoints,
+                async_checkpoint=config.async_checkpoint, trust_checkpoint=trust_checkpoint,
+                force_unlock=force_unlock, config_text=config_text,
+                allow_config_change=allow_config_change, command=command, hparams=hparams,
+                operative_config=operative_config, progress=progress)
+        except BaseException:
+            # e.g. a workdir holding another configuration: a runtime started here is shut
+            # down here (the caller never gets a trainer to shut down), or gloo's threads,
+            # torn down at exit, can abort the process after the one-line error
+            if runtime is None:
+                self.runtime.shutdown()
+            raise
         self._ema_change: Optional[Dict[str, Any]] = None   # an EMA change applied at resume
 
     # -- set-up ----------------------------------------------------------------------------

@@ -99,3 +99,33 @@ def test_storage_error_while_saving(sudoku4, tmp_path):
         procs = start_ranks(train_args(wd, _bindings(sudoku4, steps=8, extra=[
             "CHECKPOINT_EVERY=1", "KEEP_CHECKPOINTS=0"])))
         _both_end_alike(procs, "no space left on the device")
+
+
+
+def test_a_trainer_that_fails_to_start_shuts_down_the_runtime_it_started(sudoku4, tmp_path,
+                                                                          monkeypatch):
+    """An error raised while the Trainer is built (a refused workdir, a config invalid for the
+    process count) comes after its runtime (the process group) started, and the caller gets no
+    trainer to shut down: the Trainer shuts down a runtime it started itself, never one passed
+    in (gloo's threads torn down at interpreter exit can abort a rank after its error)."""
+    import trm.trainer
+    from trm import gin_edge
+    from trm.errors import TrmError
+    from trm.runtime.distributed import Runtime, local_runtime
+    shut = []
+    monkeypatch.setattr(Runtime, "shutdown", lambda self: shut.append(self))
+    monkeypatch.setattr(trm.trainer, "init_runtime", lambda device="auto": local_runtime("cpu"))
+
+    def refused(*args, **kwargs):
+        raise TrmError("refused")
+    monkeypatch.setattr(trm.trainer, "RunSession", refused)
+    gin_edge.clear()
+    gin_edge.parse([GIN], _bindings(sudoku4))
+    cfg = gin_edge.build_train_config()
+    with pytest.raises(TrmError, match="refused"):
+        trm.trainer.Trainer(cfg, str(tmp_path / "run"))
+    assert len(shut) == 1          # the one it started
+    mine = local_runtime("cpu")
+    with pytest.raises(TrmError, match="refused"):
+        trm.trainer.Trainer(cfg, str(tmp_path / "run"), runtime=mine)
+    assert len(shut) == 1          # not the caller's
