@@ -14,11 +14,12 @@ Each run is a subprocess ``python -m trm.train --gin_file=... --gin_param=...
 * A failed run does not stop the sweep; failures are listed at the end and the exit code is 1.
 * ``--parallel=N`` runs N at a time, each with ``cores // N`` torch threads, where cores are
   those the launcher may use: its CPU affinity, capped by a container's CPU quota
-  (``trm.runtime.device.usable_cores``). With ``N = 1`` that is a cap
-  (``TRM_CPU_THREADS_MAX``), not a fixed count: the run's CPU thread rule and governor
-  (:mod:`trm.runtime.threads`) still take threads away while other work keeps the cores busy,
-  so the run does not collapse when something else starts. With ``N > 1`` it is a fixed count
-  (``OMP_NUM_THREADS``): runs side by side would count each other as other work. A user's
+  (``trm.runtime.device.usable_cores``). That is a cap (``TRM_CPU_THREADS_MAX``), not a
+  fixed count: each run's CPU thread rule and governor (:mod:`trm.runtime.threads`) still
+  take threads away while other work keeps the cores busy, so the runs do not collapse when
+  something else starts. With ``N > 1`` the runs are one group (``TRM_CPU_GROUP``, the
+  launcher's pid): each counts the others' CPU time as the group's, not as other work, and
+  they share what other work leaves (``trm.runtime.threads.CpuGroup``). A user's
   ``OMP_NUM_THREADS`` or ``TRM_CPU_THREADS`` fixes the count of every run instead
   (bitwise-repeatable CPU runs), and a ``TRM_CPU_THREADS_MAX`` lowers the share.
 * Progress (runs done / total, elapsed, ETA) is printed as runs finish.
@@ -156,25 +157,26 @@ class Progress:
 
 def _child_env(parallel: int) -> dict[str, str]:
     """The runs' environment: the launcher's, with each run's share of the cores as the cap
-    of its thread rule (``TRM_CPU_THREADS_MAX``) when runs go one at a time, as a fixed count
-    (``OMP_NUM_THREADS``) when several share the machine; unless the user fixed the count."""
+    of its thread rule (``TRM_CPU_THREADS_MAX``), unless the user fixed the count; runs side by
+    side also name the launcher as their group (``TRM_CPU_GROUP``), so each one's governor
+    counts the others as the group's work, not as other work, and they share what other work
+    leaves free (trm.runtime.threads.CpuGroup)."""
     from trm.runtime.device import THREADS_MAX_ENV, threads_max, usable_cores
+    from trm.runtime.threads import GROUP_ENV
     env = dict(os.environ)
+    env.pop(GROUP_ENV, None)   # a launcher started under another one's run: not its group
     if any(env.get(k, "").strip() for k in ("OMP_NUM_THREADS", "TRM_CPU_THREADS")):
         return env   # the user's fixed count, for every run
     # the cores this launcher may use (affinity, capped by a container's CPU quota), shared by
     # the runs at a time; a cap set by the user lowers it (a bad one is an error here, once)
     share = max(1, usable_cores()[0] // parallel)
     user = threads_max()
-    share = min(share, user) if user is not None else share
-    if parallel == 1:
-        env[THREADS_MAX_ENV] = str(share)
-    else:
-        # Runs side by side would count each other as other work: a run at its share uses a
-        # little more than its share of CPU time (2.1 CPUs at 2 threads), so with many runs
-        # the governors would take threads away from all of them and give them back, over
-        # and over. They keep a fixed share instead (as before).
-        env["OMP_NUM_THREADS"] = str(share)
+    env[THREADS_MAX_ENV] = str(min(share, user) if user is not None else share)
+    if parallel > 1:
+        # Without the group, a run at its share (using a little more than its share of CPU
+        # time: 2.1 CPUs at 2 threads) would look like other work to the others, and with many
+        # runs the governors would take threads from all of them and give them back.
+        env[GROUP_ENV] = str(os.getpid())
     return env
 
 

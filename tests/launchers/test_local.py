@@ -208,19 +208,20 @@ def test_a_fifo_run_json_never_hangs_the_launcher(trainer, tmp_path):
 ])
 def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, parallel,
                                                     expected):
-    """One run at a time: the share caps its thread rule (TRM_CPU_THREADS_MAX) instead of
-    fixing the count (OMP_NUM_THREADS turns the rule and the governor off: a run with two fixed
-    threads collapses when other work takes a core). Runs side by side: a fixed share (each
-    would count the others as other work)."""
+    """The share caps each run's thread rule (TRM_CPU_THREADS_MAX) instead of fixing the count
+    (OMP_NUM_THREADS turns the rule and the governor off: a run with two fixed threads
+    collapses when other work takes a core). Runs side by side also name the launcher as their
+    group (TRM_CPU_GROUP: each one's governor does not count the others as other work)."""
     from trm.runtime import device
     for name in ("OMP_NUM_THREADS", "TRM_CPU_THREADS", "TRM_CPU_THREADS_MAX"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRM_CPU_GROUP", "1")   # an outer launcher's: never passed on as is
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(device, "cpu_quota", lambda: quota)
-    var, other = (("TRM_CPU_THREADS_MAX", "OMP_NUM_THREADS") if parallel == 1 else
-                  ("OMP_NUM_THREADS", "TRM_CPU_THREADS_MAX"))
+    var = "TRM_CPU_THREADS_MAX"
     env = local._child_env(parallel)
-    assert env[var] == expected and other not in env and "TRM_CPU_THREADS" not in env
+    assert env[var] == expected and "OMP_NUM_THREADS" not in env and "TRM_CPU_THREADS" not in env
+    assert env.get("TRM_CPU_GROUP") == (str(os.getpid()) if parallel > 1 else None)
     monkeypatch.setenv("TRM_CPU_THREADS_MAX", "1")   # the user's lower cap wins ...
     assert local._child_env(parallel)[var] == "1"
     monkeypatch.setenv("TRM_CPU_THREADS_MAX", "999")  # ... a higher one does not
@@ -231,6 +232,7 @@ def test_each_run_gets_a_share_of_the_usable_cores(monkeypatch, cpus, quota, par
         env = local._child_env(parallel)
         assert env[fixed] == "7" and "TRM_CPU_THREADS_MAX" not in env
         assert "OMP_NUM_THREADS" not in env or fixed == "OMP_NUM_THREADS"
+        assert "TRM_CPU_GROUP" not in env
         monkeypatch.delenv(fixed)
 
 

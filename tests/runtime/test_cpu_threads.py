@@ -19,7 +19,8 @@ def machine(monkeypatch):
 
     def set_host(cores, load, quota=None):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-        monkeypatch.setattr(device, "busy_cores", lambda cpus: (load, "sampled"))
+        monkeypatch.setattr(device, "busy_cores",
+                            lambda cpus, exclude=None: (load, "sampled"))
         monkeypatch.setattr(device, "cpu_quota", lambda: quota)
 
     yield set_host
@@ -234,6 +235,50 @@ def test_busy_cores_per_cpu_arithmetic(monkeypatch):
     samples = iter([{None: (0, 0), 0: (0, 0)}, {None: (300, 150), 0: (100, 50)}])
     # CPU 5 has no line of its own: the host's share (0.5) times the CPUs asked about
     assert device.busy_cores([0, 5], sample_s=0.1) == (1.0, "sampled over 0.1 s")
+
+
+class FakeGroup:
+    """Runs side by side (trm.runtime.threads.CpuGroup): ``runs`` alive, no CPU time."""
+
+    def __init__(self, runs):
+        self._runs = runs
+
+    def runs(self):
+        return self._runs
+
+    def cpu_s(self):
+        return 0.0
+
+
+@pytest.mark.parametrize("cores,load,cap,runs,expected", [
+    (16, 0.0, 8, 2, 8),    # quiet: each run its share (the launcher's cap)
+    (16, 4.0, 8, 2, 6),    # a build on 4 CPUs: the 12 it leaves, shared by the 2 runs
+    (16, 12.0, 4, 4, 1),   # 4 left for 4 runs
+    (2, 1.0, 1, 2, 1),     # never fewer than one
+    (8, 2.0, 8, 1, 6),     # one run alive: all that other work leaves, as without a group
+])
+def test_runs_side_by_side_share_what_other_work_leaves(machine, monkeypatch, cores, load, cap,
+                                                        runs, expected):
+    machine(cores, load)
+    monkeypatch.setenv("TRM_CPU_THREADS_MAX", str(cap))
+    rule = device.choose_cpu_threads(1, group=FakeGroup(runs))
+    assert torch.get_num_threads() == expected
+    assert rule.startswith(f"{expected} (rule: {cores} cores / 1 process(es) on the host, "
+                           f"at most {cap} (TRM_CPU_THREADS_MAX), {load:.1f} of its {cores} "
+                           "CPUs busy with other work (sampled), the rest shared by "
+                           f"{runs} runs side by side (TRM_CPU_GROUP)"), rule
+
+
+def test_busy_cores_takes_off_the_groups_time(monkeypatch):
+    """CPUs 0 and 2 busy 1.5 CPUs over the sample, of which the group's runs used 1.0."""
+    samples = iter([{None: (0, 0), 0: (0, 0), 2: (0, 0)},
+                    {None: (200, 50), 0: (100, 50), 2: (100, 0)}])
+    clock, group = iter([10.0, 10.25]), iter([3.0, 3.25])
+    monkeypatch.setattr(device, "_cpu_ticks", lambda: next(samples))
+    monkeypatch.setattr(device.time, "sleep", lambda s: None)
+    monkeypatch.setattr(device.time, "monotonic", lambda: next(clock))
+    busy, how = device.busy_cores([0, 2], sample_s=0.25, exclude=lambda: next(group))
+    assert busy == pytest.approx(0.5) and how == "sampled over 0.25 s"
 
 
 def test_busy_ticks_of_a_cpu_list_and_the_governors_busy_seconds(monkeypatch):

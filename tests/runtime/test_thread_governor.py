@@ -33,10 +33,10 @@ class FakeHost:
     def set(self, n):
         self.threads = n
 
-    def governor(self, cores=None, processes=1, interval=10.0):
+    def governor(self, cores=None, processes=1, interval=10.0, max_threads=None, runs=None):
         return ThreadGovernor(self.cpus, cores or len(self.cpus), processes, interval,
-                              clock=lambda: self.t, host_busy=self.host_busy,
-                              own=lambda: self.own_s, set_threads=self.set,
+                              max_threads, clock=lambda: self.t, host_busy=self.host_busy,
+                              own=lambda: self.own_s, runs=runs, set_threads=self.set,
                               get_threads=lambda: self.threads)
 
 
@@ -90,6 +90,108 @@ def test_this_process_own_work_is_not_other_work():
 def test_the_rule_it_reapplies(cpus, cores, processes, others, expected):
     host = FakeHost(cpus=cpus)
     assert host.governor(cores, processes).wanted(others) == expected
+
+
+def test_runs_side_by_side_share_what_other_work_leaves():
+    """launchers.local --parallel=2 on 8 CPUs: each run capped at 4; the two runs' own CPU time
+    is the group's (``own``), a build on 4 CPUs leaves 4, 2 for each; when one run has ended,
+    the other may take what is left up to its cap."""
+    host = FakeHost(cpus=8, threads_now=4)
+    alive = {"runs": 2}
+    g = host.governor(max_threads=4, runs=lambda: alive["runs"])
+    host.own = 8.0                          # the two runs at their share: no other work
+    host.advance(10)
+    assert g.check() is None and host.threads == 4
+    host.own, host.others = 4.0, 4.0        # a build starts
+    host.advance(10)
+    assert g.check().startswith("CPU threads 4 -> 2: other work kept 4.0 of this process's 8 "
+                                "CPUs busy over the last 10 s, shared by 2 runs side by side")
+    assert g.changes[-1]["group_runs"] == 2 and host.threads == 2
+    alive["runs"] = 1                       # the other run ends
+    for _ in range(2):
+        host.advance(10)
+        g.check()
+    assert host.threads == 4 and "group_runs" not in g.changes[-1]
+
+
+@pytest.mark.parametrize("cpus,share,others,runs,expected", [
+    (8, 4, 0.0, 2, 4), (8, 4, 4.0, 2, 2), (8, 8, 2.0, 3, 2), (2, 1, 1.5, 2, 1)])
+def test_the_rule_with_runs_side_by_side(cpus, share, others, runs, expected):
+    assert FakeHost(cpus=cpus).governor(max_threads=share).wanted(others, runs) == expected
+
+
+def _group_root(spinners):
+    """A child process that starts ``spinners`` spinning children of its own, each
+    pinned to one of this process's CPUs, and sleeps without reaping them. Returns
+    (its Popen, its children's pids)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = [cpus[i % len(cpus)] for i in range(spinners)]
+    code = f"""
+import subprocess, sys, time
+spin = "import os\\nos.sched_setaffinity(0, {{%d}})\\nwhile True: pass"
+kids = [subprocess.Popen([sys.executable, "-c", spin % c]) for c in {pinned}]
+print(" ".join(str(k.pid) for k in kids), flush=True)
+time.sleep(120)
+"""
+    root = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    kids = [int(p) for p in root.stdout.readline().split()]
+    return root, kids
+
+
+def test_a_groups_runs_are_its_own_work_and_exited_runs_do_not_count():
+    """Real processes: a root with two spinning children (runs side by side). Their CPU time
+    is the group's: other work as the group's governor measures it is lower, by what they
+    used, than as a governor without the group measures it; a run that exited (a zombie its
+    root has not reaped yet) is not counted as alive."""
+    import signal
+    cpus = sorted(os.sched_getaffinity(0))
+    root, kids = _group_root(2)
+    try:
+        group = threads.CpuGroup(root.pid)
+        assert group.runs() == 2
+        time.sleep(0.3)
+        own = threads.OwnCpu()
+        t0, busy0, own0, grp0 = time.monotonic(), threads.host_busy_s(cpus), own(), group.cpu_s()
+        time.sleep(1.0)
+        t1, busy1, own1, grp1 = time.monotonic(), threads.host_busy_s(cpus), own(), group.cpu_s()
+        if busy0 is None or busy1 is None:
+            pytest.skip("no /proc/stat")
+        group_cpus = (grp1 - grp0) / (t1 - t0)
+        others_alone = ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        others_group = ((busy1 - busy0) - (grp1 - grp0)) / (t1 - t0)
+        assert group_cpus >= 0.4, group_cpus   # the runs ran (however busy the machine is)
+        assert others_alone - others_group == pytest.approx(group_cpus - (own1 - own0) /
+                                                            (t1 - t0), abs=0.1)
+        os.kill(kids[0], signal.SIGKILL)       # a run ends; its root has not reaped it yet
+        deadline = time.monotonic() + 30
+        while group.runs() != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert group.runs() == 1
+    finally:
+        os.killpg(root.pid, signal.SIGKILL)
+        root.wait()
+
+
+def test_the_group_is_named_by_an_ancestor(monkeypatch):
+    monkeypatch.delenv(threads.GROUP_ENV, raising=False)
+    assert threads.cpu_group_for_this_process() is None
+    monkeypatch.setenv(threads.GROUP_ENV, str(os.getppid()))
+    assert threads.cpu_group_for_this_process().root == os.getppid()
+    for bad in ("launcher", "0", "-4"):
+        monkeypatch.setenv(threads.GROUP_ENV, bad)
+        with pytest.raises(device.DeviceError, match=f"TRM_CPU_GROUP='{bad}' is not a process "
+                                                      "id; unset it"):
+            threads.cpu_group_for_this_process()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:   # a live process, but not one this one runs under (e.g. a stale value)
+        monkeypatch.setenv(threads.GROUP_ENV, str(child.pid))
+        with pytest.raises(device.DeviceError, match="is not a process this one was started "
+                                                      "under; unset it"):
+            threads.cpu_group_for_this_process()
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_between_intervals_it_only_reads_the_clock():

@@ -18,7 +18,7 @@ def test_a_training_run_records_the_changes(sudoku4, tmp_path, monkeypatch):
     TensorBoard's perf/cpu_threads; torch's own thread count is left alone here (fake host)."""
     host = {"t": 0.0, "busy": 0.0, "threads": 2}
 
-    def governor(processes_on_host=1, cpus=None, cores=None):
+    def governor(processes_on_host=1, cpus=None, cores=None, group=None):
         host["given"] = (cpus, cores)  # what init_runtime measured once for both rules
 
         def clock():   # each check is a second later; other work keeps a CPU busy from 3 s on

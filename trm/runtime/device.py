@@ -13,7 +13,7 @@ import os
 import resource
 import time
 
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -128,18 +128,20 @@ def cpu_info() -> Tuple[str, FrozenSet[str]]:
 
 
 def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]] = None,
-                       cores: Optional[Tuple[int, str]] = None) -> str:
+                       cores: Optional[Tuple[int, str]] = None, group: Any = None) -> str:
     """Sets torch's intra-op thread count for a CPU run and returns how it was chosen.
 
     ``cpus`` (:func:`allowed_cpus`) and ``cores`` (:func:`usable_cores`) are measured here
-    unless the caller already has them.
+    unless the caller already has them; ``group``: the runs this one shares the machine with
+    on purpose (:class:`trm.runtime.threads.CpuGroup`, ``$TRM_CPU_GROUP``).
 
     The rule: ``$TRM_CPU_THREADS`` if set; else ``$OMP_NUM_THREADS`` if set (torch already
     follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
     capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
     training processes on the host and at most ``$TRM_CPU_THREADS_MAX`` (:func:`thread_share`;
     ``launchers.local --parallel=1`` sets it to its cores), less the CPUs other work
-    keeps busy now among those it may run on (:func:`busy_cores`), at least 1. torch's default
+    keeps busy now among those it may run on (:func:`busy_cores`; the group's runs are not
+    other work, and share what it leaves: :func:`free_share`), at least 1. torch's default
     (every core the host has) collapses when another process wants a core: a small train step
     went from ~4 ms to ~200 ms on 2 cores with one other busy process (docs/BENCHMARKS.md); in
     a container it starts a thread per host core whatever the quota.
@@ -154,15 +156,17 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
     cpus = allowed_cpus() if cpus is None else list(cpus)
     cores, why = usable_cores(cpus) if cores is None else cores
     cap = threads_max()
-    busy, how = busy_cores(cpus)
+    busy, how = busy_cores(cpus, exclude=group.cpu_s if group is not None else None)
+    runs = group.runs() if group is not None else 1
     share = thread_share(cores, processes_on_host, cap)
-    free = int(len(cpus) - busy + 0.5)
-    threads = max(1, min(share, free))
+    threads = free_share(len(cpus), busy, share, runs)
     torch.set_num_threads(threads)
     capped = f", at most {cap} ({THREADS_MAX_ENV})" if cap is not None else ""
+    shared = (f", the rest shared by {runs} runs side by side (TRM_CPU_GROUP)"
+              if group is not None else "")
     return (f"{threads} (rule: {cores} cores{why} / {processes_on_host} process(es) on the "
-            f"host{capped}, {busy:.1f} of its {len(cpus)} CPUs busy ({how}); TRM_CPU_THREADS "
-            "overrides)")
+            f"host{capped}, {busy:.1f} of its {len(cpus)} CPUs busy with other work ({how})"
+            f"{shared}; TRM_CPU_THREADS overrides)")
 
 
 #: caps the thread rule's count (not a fixed count: the rule and the governor still lower it
@@ -170,19 +174,24 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
 THREADS_MAX_ENV = "TRM_CPU_THREADS_MAX"
 
 
-def _thread_count_env(name: str, fix: str) -> Optional[int]:
-    """``$name`` as a positive count, None when unset; else a one-line :class:`DeviceError`
-    ending with ``fix``."""
+def positive_int_env(name: str, what: str, fix: str) -> Optional[int]:
+    """``$name`` as a positive whole number, None when unset; else a one-line
+    :class:`DeviceError` saying it is not ``what``, ending with ``fix``."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
     try:
-        count = int(raw)
+        value = int(raw)
     except ValueError:
-        count = 0
-    if count < 1:
-        raise DeviceError(f"{name}={raw!r} is not a positive thread count; {fix}")
-    return count
+        value = 0
+    if value < 1:
+        raise DeviceError(f"{name}={raw!r} is not {what}; {fix}")
+    return value
+
+
+def _thread_count_env(name: str, fix: str) -> Optional[int]:
+    """``$name`` as a positive thread count (:func:`positive_int_env`)."""
+    return positive_int_env(name, "a positive thread count", fix)
 
 
 def threads_max() -> Optional[int]:
@@ -200,6 +209,13 @@ def thread_share(cores: int, processes_on_host: int = 1, cap: Optional[int] = No
     processes on the host, at most ``cap`` (:func:`threads_max`), at least 1."""
     share = max(1, cores // max(1, processes_on_host))
     return max(1, min(share, cap)) if cap is not None else share
+
+
+def free_share(cpus: int, others_busy: float, share: int, runs: int = 1) -> int:
+    """The thread rule: the CPUs other work leaves free (rounded), shared by ``runs`` runs side
+    by side, at most ``share`` (:func:`thread_share`), at least 1."""
+    free = int((cpus - others_busy) / max(1, runs) + 0.5)
+    return max(1, min(share, free))
 
 
 def allowed_cpus() -> List[int]:
@@ -326,26 +342,31 @@ def busy_ticks(ticks: Dict[Optional[int], Tuple[int, int]],
     return (total - idle) * count / host_cpus, total * count / host_cpus
 
 
-def busy_cores(cpus: Union[int, Sequence[int]], sample_s: float = 0.25) -> Tuple[float, str]:
+def busy_cores(cpus: Union[int, Sequence[int]], sample_s: float = 0.25,
+               exclude: Optional[Callable[[], float]] = None) -> Tuple[float, str]:
     """How many CPUs other work keeps busy now, and how that was measured.
 
     ``cpus``: the CPUs this process may run on (a list of CPU numbers: the sum of each one's
     busy share, from its own /proc/stat line, so work pinned elsewhere on a big host does not
     count), or a count (the host's busy share times it). Measured over a ``sample_s`` sample
     of /proc/stat (this process sleeps meanwhile), or the 1-minute load average where
-    /proc/stat is missing (it lags: a job that just ended counts).
+    /proc/stat is missing (it lags: a job that just ended counts). ``exclude``: a running total
+    of CPU-seconds that are not other work (e.g. :class:`trm.runtime.threads.CpuGroup`'s
+    runs), taken off the sample (not off the load average).
     """
     count = cpus if isinstance(cpus, int) else len(cpus)
     try:
+        mine0, t0 = (exclude() if exclude else 0.0), time.monotonic()
         before = _cpu_ticks()
         time.sleep(sample_s)
         after = _cpu_ticks()
+        mine1, t1 = (exclude() if exclude else 0.0), time.monotonic()
         # each CPU's own line only where both readings have it, else the host's share
         which = (cpus if not isinstance(cpus, int)
                  and all(c in before and c in after for c in cpus) else count)
         (busy0, all0), (busy1, all1) = busy_ticks(before, which), busy_ticks(after, which)
         if all1 > all0:
-            busy = count * (busy1 - busy0) / (all1 - all0)
+            busy = count * (busy1 - busy0) / (all1 - all0) - (mine1 - mine0) / max(t1 - t0, 1e-3)
             return min(float(count), max(0.0, busy)), f"sampled over {sample_s:g} s"
     except (OSError, ValueError, IndexError, KeyError):
         pass

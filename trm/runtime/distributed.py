@@ -315,13 +315,14 @@ def init_runtime(device: str = "auto", timeout_s: float = 1800.0) -> Runtime:
     dev = select_device(device)  # an unavailable explicit device is an error, never the CPU
     threads, governor = "", None
     if dev.type == "cpu":
-        from trm.runtime.threads import governor_for_this_process
+        from trm.runtime.threads import cpu_group_for_this_process, governor_for_this_process
         tune_cpu_allocator()
         on_host = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         cpus = allowed_cpus()
         cores = usable_cores(cpus)  # measured once for both
-        threads = choose_cpu_threads(on_host, cpus, cores)
-        governor = governor_for_this_process(on_host, cpus, cores[0])
+        group = cpu_group_for_this_process()  # runs side by side ($TRM_CPU_GROUP)
+        threads = choose_cpu_threads(on_host, cpus, cores, group=group)
+        governor = governor_for_this_process(on_host, cpus, cores[0], group=group)
     if world > 1:
         import torch.distributed as dist
         backend = "nccl" if dev.type == "cuda" else "gloo"

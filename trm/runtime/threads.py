@@ -16,11 +16,17 @@ It lowers the count at the first interval that asks for fewer threads (a collaps
 than a briefly idle core) and raises it again only after two intervals in a row agree (the other
 work has ended). It runs only where the rule chose the count: ``$TRM_CPU_THREADS`` or
 ``$OMP_NUM_THREADS`` fix it for the whole run. ``$TRM_CPU_THREADS_MAX`` only caps it:
-``launchers.local`` sets that for runs one at a time, so they adapt too; runs side by side get
-a fixed share (``OMP_NUM_THREADS``), as each governor would count the other runs as other
-work: a run at its share uses a little more than its share of CPU time (about 2.1 CPUs at 2
-threads, docs/BENCHMARKS.md), and with many runs the governors would take threads from all
-of them and give them back, over and over. The trainer checks at every step and evaluation
+``launchers.local`` sets that for its runs, so they adapt too. Runs side by side on purpose
+(``launchers.local --parallel=N``) are one :class:`CpuGroup` (``$TRM_CPU_GROUP``, the pid of
+the process whose children they are): the group's CPU time is not other work, and the CPUs
+other work leaves are shared by the group's runs alive now, so the rule becomes
+
+    threads = max(1, min(share, round((CPUs - others_busy) / runs_alive)))
+
+Without the group each run would count the others as other work: a run at its share uses a
+little more than its share of CPU time (about 2.1 CPUs at 2 threads, docs/BENCHMARKS.md), and
+with many runs the governors would take threads from all of them and give them back, over and
+over. The trainer checks at every step and evaluation
 batch (a clock read between checks), logs each change, and records them in run.json
 (``cpu_thread_changes``) and TensorBoard (``perf/cpu_threads``).
 
@@ -36,7 +42,7 @@ import math
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -64,16 +70,16 @@ def host_busy_s(cpus: Sequence[int]) -> Optional[float]:
     return busy / _clock_ticks()
 
 
-def descendant_ticks(pid: Optional[int] = None) -> Dict[int, int]:
-    """{pid: user + system clock ticks} of each live descendant of ``pid`` (default: this
-    process), from /proc/<pid>/stat; empty where /proc is missing."""
-    root = os.getpid() if pid is None else pid
+def _processes() -> Tuple[Dict[int, List[int]], Dict[int, int], Set[int]]:
+    """(live children by parent pid, user + system clock ticks by pid, zombie pids) of every
+    process in /proc; empty where /proc is missing."""
     children: Dict[int, List[int]] = {}
     ticks: Dict[int, int] = {}
+    zombies: Set[int] = set()
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return {}
+        return children, ticks, zombies
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -86,8 +92,18 @@ def descendant_ticks(pid: Optional[int] = None) -> Dict[int, int]:
             proc = int(entry)
             children.setdefault(int(fields[1]), []).append(proc)
             ticks[proc] = int(fields[11]) + int(fields[12])
+            if fields[0] == b"Z":
+                zombies.add(proc)
         except (OSError, ValueError, IndexError):
             continue   # gone since the listing, or unreadable
+    return children, ticks, zombies
+
+
+def descendant_ticks(pid: Optional[int] = None) -> Dict[int, int]:
+    """{pid: user + system clock ticks} of each live descendant of ``pid`` (default: this
+    process), from /proc/<pid>/stat; empty where /proc is missing."""
+    root = os.getpid() if pid is None else pid
+    children, ticks, _ = _processes()
     out: Dict[int, int] = {}
     todo = list(children.get(root, ()))
     while todo:
@@ -107,16 +123,20 @@ class OwnCpu:
     Descendants count by what each one used between two calls while it was alive, so the total
     never goes down when one exits (its accumulated time is kept), and nothing counts twice (a
     child's time that reappears in its parent's totals once reaped is not read). A descendant
-    born and gone between two calls is not seen: its time counts as other work."""
+    born and gone between two calls is not seen: its time counts as other work.
 
-    def __init__(self) -> None:
+    ``root``: the descendants of that process instead, without its own time (a
+    :class:`CpuGroup`'s runs)."""
+
+    def __init__(self, root: Optional[int] = None) -> None:
         self._lock = threading.Lock()
+        self._root = root
         self._last: Optional[Dict[int, int]] = None
         self._descendants = 0
 
     def __call__(self) -> float:
         with self._lock:
-            now = descendant_ticks()
+            now = descendant_ticks(self._root)
             if self._last is not None:
                 for proc, ticks in now.items():
                     before = self._last.get(proc, 0)
@@ -124,6 +144,8 @@ class OwnCpu:
                     self._descendants += ticks - before if ticks >= before else ticks
             self._last = now
             descendants = self._descendants
+        if self._root is not None:
+            return descendants / _clock_ticks()
         t = os.times()
         return t.user + t.system + descendants / _clock_ticks()
 
@@ -131,21 +153,80 @@ class OwnCpu:
 #: this process's :class:`OwnCpu` (one running total, shared by every caller)
 own_cpu_s = OwnCpu()
 
+#: the pid of the process whose children are runs sharing the machine on purpose
+#: (``launchers.local --parallel=N`` sets it to itself; :class:`CpuGroup`)
+GROUP_ENV = "TRM_CPU_GROUP"
+
+
+class CpuGroup:
+    """Runs that share the machine on purpose: the children of process ``root`` (each with its
+    descendants), e.g. ``launchers.local``'s runs side by side. Their CPU time is the group's
+    own work, not other work, and the CPUs other work leaves free are shared among the runs
+    alive now: a run's governor no longer takes threads away because its siblings use theirs,
+    and every run still gives threads up when a process outside the group wants the cores."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        #: the running total of the group's CPU-seconds (see :class:`OwnCpu`)
+        self.cpu_s = OwnCpu(root)
+
+    def runs(self) -> int:
+        """The runs alive now (``root``'s children, not counting exited ones), at least 1."""
+        children, _, zombies = _processes()
+        return max(1, sum(1 for c in children.get(self.root, ()) if c not in zombies))
+
+
+def _ancestors(pid: int) -> List[int]:
+    """The parent, grandparent, ... of ``pid`` (from /proc); empty where /proc is missing."""
+    out: List[int] = []
+    while pid > 1 and len(out) < 512:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+            pid = int(raw[raw.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        out.append(pid)
+    return out
+
+
+def cpu_group_for_this_process() -> Optional[CpuGroup]:
+    """The :class:`CpuGroup` named by ``$TRM_CPU_GROUP``, None when it is unset or /proc is
+    missing (nothing to measure the group with).
+
+    Raises:
+      DeviceError: the value is not a pid, or not one of this process's ancestors (one line,
+        with the fix).
+    """
+    fix = (f"unset it ({GROUP_ENV} names the process whose children run side by side; "
+           "launchers.local --parallel sets it to itself).")
+    root = device.positive_int_env(GROUP_ENV, "a process id", fix)
+    if root is None or not os.path.isdir("/proc/self"):
+        return None
+    if root not in _ancestors(os.getpid()):
+        raise device.DeviceError(f"{GROUP_ENV}={str(root)!r} is not a process this one was "
+                                 f"started under; {fix}")
+    return CpuGroup(root)
+
 
 class ThreadGovernor:
     """Re-applies the CPU thread rule during a run (see the module docstring).
 
     ``cores``: the cores the process may use (:func:`trm.runtime.device.usable_cores`);
     ``cpus``: the CPUs it may run on; ``max_threads``: the most it ever sets
-    (``$TRM_CPU_THREADS_MAX``, :func:`trm.runtime.device.threads_max`); the measurements
-    (``clock``, ``host_busy``, ``own``) can be replaced, e.g. in tests.
+    (``$TRM_CPU_THREADS_MAX``, :func:`trm.runtime.device.threads_max`); ``group``: the
+    :class:`CpuGroup` this run shares the machine with (its CPU time is not other work, the
+    free CPUs are shared by its runs); the measurements (``clock``, ``host_busy``, ``own``,
+    ``runs``) can be replaced, e.g. in tests.
     """
 
     def __init__(self, cpus: Sequence[int], cores: int, processes_on_host: int = 1,
                  interval_s: float = DEFAULT_INTERVAL_S, max_threads: Optional[int] = None,
+                 group: Optional[CpuGroup] = None,
                  clock: Callable[[], float] = time.monotonic,
                  host_busy: Callable[[Sequence[int]], Optional[float]] = host_busy_s,
-                 own: Callable[[], float] = own_cpu_s,
+                 own: Optional[Callable[[], float]] = None,
+                 runs: Optional[Callable[[], int]] = None,
                  set_threads: Callable[[int], None] = torch.set_num_threads,
                  get_threads: Callable[[], int] = torch.get_num_threads) -> None:
         if interval_s <= 0:
@@ -153,7 +234,9 @@ class ThreadGovernor:
         self.cpus = list(cpus)
         self.share = device.thread_share(cores, processes_on_host, max_threads)
         self.interval_s = interval_s
-        self._clock, self._host_busy, self._own = clock, host_busy, own
+        self._clock, self._host_busy = clock, host_busy
+        self._own = own or (group.cpu_s if group is not None else own_cpu_s)
+        self._runs = runs or (group.runs if group is not None else (lambda: 1))
         self._set, self._get = set_threads, get_threads
         self._last = self._sample()
         self._raise_votes = 0
@@ -168,10 +251,10 @@ class ThreadGovernor:
     def _sample(self):
         return self._clock(), self._host_busy(self.cpus), self._own()
 
-    def wanted(self, others_busy: float) -> int:
-        """The rule's thread count when other work keeps ``others_busy`` of the CPUs busy."""
-        free = int(len(self.cpus) - others_busy + 0.5)
-        return max(1, min(self.share, free))
+    def wanted(self, others_busy: float, runs: int = 1) -> int:
+        """The rule's thread count when other work keeps ``others_busy`` of the CPUs busy and
+        ``runs`` runs of this one's group share the rest."""
+        return device.free_share(len(self.cpus), others_busy, self.share, runs)
 
     def check(self) -> Optional[str]:
         """Measures and adjusts once an interval has passed since the last measurement;
@@ -186,7 +269,8 @@ class ThreadGovernor:
             return None
         others = ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)
         others = min(float(len(self.cpus)), max(0.0, others))
-        current, want = self._get(), self.wanted(others)
+        runs = self._runs()
+        current, want = self._get(), self.wanted(others, runs)
         if want > current:
             self._raise_votes += 1
             if self._raise_votes < 2:
@@ -197,11 +281,15 @@ class ThreadGovernor:
             return None
         self._raise_votes = 0
         self._set(want)
-        self.changes.append({"threads_from": current, "threads": want,
-                             "others_busy": round(others, 2),
-                             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        change: Dict[str, object] = {"threads_from": current, "threads": want,
+                                     "others_busy": round(others, 2)}
+        if runs > 1:
+            change["group_runs"] = runs
+        change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.changes.append(change)
+        shared = f", shared by {runs} runs side by side" if runs > 1 else ""
         return (f"CPU threads {current} -> {want}: other work kept {others:.1f} of this "
-                f"process's {len(self.cpus)} CPUs busy over the last {t1 - t0:.0f} s "
+                f"process's {len(self.cpus)} CPUs busy over the last {t1 - t0:.0f} s{shared} "
                 "(TRM_CPU_THREADS fixes the count)")
 
     def new_changes(self) -> List[Dict[str, object]]:
@@ -212,12 +300,13 @@ class ThreadGovernor:
 
 
 def governor_for_this_process(processes_on_host: int = 1, cpus: Optional[Sequence[int]] = None,
-                              cores: Optional[int] = None) -> Optional[ThreadGovernor]:
+                              cores: Optional[int] = None,
+                              group: Optional[CpuGroup] = None) -> Optional[ThreadGovernor]:
     """A governor when the thread rule chose the count (neither ``$TRM_CPU_THREADS`` nor
     ``$OMP_NUM_THREADS`` is set), else None; ``$TRM_CPU_THREADS_INTERVAL_S`` sets its
     interval (0 turns it off). ``cpus`` (:func:`trm.runtime.device.allowed_cpus`) and
     ``cores`` (the count of :func:`trm.runtime.device.usable_cores`) are measured here unless
-    the caller already has them."""
+    the caller already has them; ``group``: :func:`cpu_group_for_this_process`."""
     if any(os.environ.get(k, "").strip() for k in ("TRM_CPU_THREADS", "OMP_NUM_THREADS")):
         return None
     raw = os.environ.get(INTERVAL_ENV, "").strip()
@@ -232,4 +321,4 @@ def governor_for_this_process(processes_on_host: int = 1, cpus: Optional[Sequenc
         return None
     cpus = device.allowed_cpus() if cpus is None else list(cpus)
     cores = device.usable_cores(cpus)[0] if cores is None else cores
-    return ThreadGovernor(cpus, cores, processes_on_host, interval, device.threads_max())
+    return ThreadGovernor(cpus, cores, processes_on_host, interval, device.threads_max(), group)
