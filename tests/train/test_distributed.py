@@ -63,6 +63,24 @@ def test_two_gloo_processes_match_one_process(sudoku4, tmp_path):
     assert '"world_size": 2' in run_json and '"backend": "gloo"' in run_json
 
 
+@pytest.mark.slow
+def test_under_torchrun_trm_cpu_threads_sets_each_processs_threads(sudoku4, tmp_path):
+    """torchrun sets OMP_NUM_THREADS=1 for its processes when it is unset (one thread each,
+    the rule off); TRM_CPU_THREADS=N gives each N (docs/SETUP_GUIDE.md)."""
+    import json
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TRM_CPU_THREADS")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", TRM_DATA_ROOT=str(tmp_path))
+    bindings = tiny_bindings(sudoku4, steps=2)
+    for threads, rule in ((None, "1 (OMP_NUM_THREADS)"), ("2", "2 (TRM_CPU_THREADS)")):
+        wd = str(tmp_path / f"run{threads}")
+        r = subprocess.run(_train_cmd(wd, bindings, 2), cwd=REPO,
+                           env=dict(env, **({"TRM_CPU_THREADS": threads} if threads else {})),
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-4000:]
+        run = json.load(open(os.path.join(wd, "run.json")))
+        assert run["world_size"] == 2 and run["cpu_threads_rule"] == rule, run
+
+
 def test_a_64_bit_tensor_never_enters_a_collective():
     from trm.runtime.distributed import CollectiveDtypeError, Runtime
     rt = Runtime(torch.device("cpu"), 0, 2, "gloo")  # the guard runs before any process group
