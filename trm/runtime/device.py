@@ -139,7 +139,7 @@ def choose_cpu_threads(processes_on_host: int = 1, cpus: Optional[Sequence[int]]
     follows it); else the cores this process may use (:func:`usable_cores`: its CPU affinity,
     capped by a cgroup CPU quota such as ``docker --cpus`` or a Kubernetes limit), shared by the
     training processes on the host and at most ``$TRM_CPU_THREADS_MAX`` (:func:`thread_share`;
-    ``launchers.local --parallel=1`` sets it to its cores), less the CPUs other work
+    ``launchers.local --parallel=N`` sets it to its cores // N), less the CPUs other work
     keeps busy now among those it may run on (:func:`busy_cores`; the group's runs are not
     other work, and share what it leaves: :func:`free_share`), at least 1. torch's default
     (every core the host has) collapses when another process wants a core: a small train step
