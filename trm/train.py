@@ -25,6 +25,7 @@ one process runs.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -175,7 +176,17 @@ def main(argv: List[str]) -> None:
                        FLAGS.progress, list(sys.argv), FLAGS.force_unlock,
                        FLAGS.trust_checkpoint)
     except TrmError as e:  # every error a user can fix: one line (trm.errors)
-        sys.exit(f"trm.train: {one_line(e)}")
+        failure = f"trm.train: {one_line(e)}"
+    else:
+        failure = None
+    # The run's objects (the trainer, its model, data pipeline and process group buffers) sit
+    # in reference cycles, and out of the except block nothing else holds them: they go now,
+    # while the interpreter is whole. Left to the collection during its exit, they could abort
+    # a process of a multi-process run after its one-line error ("terminate called without an
+    # active exception", then "Fatal Python error: Aborted").
+    gc.collect()
+    if failure is not None:
+        sys.exit(failure)
     if result.get("status") == "preempted":
         sys.exit(0)
 
