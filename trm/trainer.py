@@ -96,9 +96,9 @@ class Trainer:
                 allow_config_change=allow_config_change, command=command, hparams=hparams,
                 operative_config=operative_config, progress=progress)
         except BaseException:
-            # e.g. a workdir holding another configuration: a runtime started here is shut
-            # down here (the caller never gets a trainer to shut down), or gloo's threads,
-            # torn down at exit, can abort the process after the one-line error
+            # e.g. a config invalid for the process count: a runtime started here is shut
+            # down here (the caller never gets a trainer to shut down), so its process group
+            # does not outlive the error into the interpreter's exit
             if runtime is None:
                 self.runtime.shutdown()
             raise

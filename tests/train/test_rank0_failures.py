@@ -142,7 +142,7 @@ def test_a_trainer_that_fails_to_start_shuts_down_the_runtime_it_started(sudoku4
     """An error raised while the Trainer is built (a refused workdir, a config invalid for the
     process count) comes after its runtime (the process group) started, and the caller gets no
     trainer to shut down: the Trainer shuts down a runtime it started itself, never one passed
-    in (gloo's threads torn down at interpreter exit can abort a rank after its error)."""
+    in (its process group would otherwise outlive the error into the interpreter's exit)."""
     import trm.trainer
     from trm import gin_edge
     from trm.errors import TrmError
